@@ -1,0 +1,94 @@
+-- Raising alerts and ringing the NOTIFY doorbell.
+-- Invariant: the alert rows are written in the caller's transaction; the doorbell is rung at
+-- most once per channel per transaction, carries only an alert id, and can never make the
+-- caller's statement fail (disabled, queue nearly full, or any NOTIFY error: it stays silent).
+
+CREATE FUNCTION cep._setting(setting text)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT coalesce(
+        (SELECT s.value FROM cep.settings AS s WHERE s.name = setting),
+        CASE setting
+            WHEN 'notify' THEN 'on'
+            WHEN 'notify_max_queue_usage' THEN '0.5'
+            WHEN 'stats_retention' THEN '7 days'
+            WHEN 'late_event_retention' THEN '7 days'
+        END
+    )
+$fn$;
+
+COMMENT ON FUNCTION cep._setting(text) IS
+'Internal: the value of a global setting from cep.settings, or its default.';
+
+CREATE FUNCTION cep._ring_doorbell(channel text, alert_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_rung text := coalesce(current_setting('cep.doorbells_rung', true), '');
+    v_mark text := '/' || md5(channel) || '/';
+BEGIN
+    IF channel IS NULL
+        OR coalesce(current_setting('cep.notify', true), '') IN ('off', 'false', '0')
+        OR cep._setting('notify') = 'off'
+        OR strpos(v_rung, v_mark) > 0 THEN
+        RETURN false;
+    END IF;
+    IF pg_notification_queue_usage() >= cep._setting('notify_max_queue_usage')::float8 THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        PERFORM pg_notify(channel, alert_id::text);
+    EXCEPTION WHEN OTHERS THEN
+        RETURN false;
+    END;
+    PERFORM set_config('cep.doorbells_rung', v_rung || v_mark, true);
+    RETURN true;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._ring_doorbell(text, bigint) IS
+'Internal: NOTIFY channel with an alert id as payload, at most once per channel per '
+'transaction; never raises. Switched off by SET cep.notify = off (session) or the notify '
+'setting (global).';
+
+CREATE FUNCTION cep._raise_alerts(stream_id integer, drafts cep.alert_draft [])
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_first bigint;
+    v_count integer;
+    v_notify boolean;
+    v_channel text;
+BEGIN
+    WITH ins AS (
+        INSERT INTO cep.alerts (
+            source_kind, source_name, stream, partition_key, event_id,
+            severity, score, message, details
+        )
+        SELECT d.source_kind, d.source_name, d.stream, d.partition_key, d.event_id,
+            coalesce(d.severity, 'high'), d.score, d.message, coalesce(d.details, '{}')
+        FROM unnest(drafts) AS d
+        RETURNING alert_id
+    )
+    SELECT min(ins.alert_id), count(*) INTO v_first, v_count FROM ins;
+
+    IF v_count > 0 THEN
+        SELECT s.notify, s.notify_channel INTO v_notify, v_channel
+        FROM cep.streams AS s WHERE s.stream_id = _raise_alerts.stream_id;
+        IF coalesce(v_notify, true) THEN
+            PERFORM cep._ring_doorbell(coalesce(v_channel, 'cep_alerts'), v_first);
+        END IF;
+    END IF;
+    RETURN v_count;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._raise_alerts(integer, cep.alert_draft []) IS
+'Internal: insert a set of alerts for a stream in one statement and ring its doorbell.';

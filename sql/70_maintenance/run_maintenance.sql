@@ -1,0 +1,89 @@
+-- Periodic duties, run by cep.run_maintenance() from any scheduler.
+-- Invariant: idempotent and safe from several sessions at once (one transaction-scoped
+-- advisory lock; a second caller skips instead of waiting), and never changes a figure that
+-- the monitoring views report: compaction preserves sums, maxima and sketches.
+
+CREATE FUNCTION cep.run_maintenance()
+RETURNS TABLE (task text, items bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_n bigint;
+    v_now timestamptz := clock_timestamp();
+    v_stats_retention interval := cep._setting('stats_retention')::interval;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('pg_cep run_maintenance')) THEN
+        task := 'skipped: another session is running maintenance';
+        items := 0;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    -- Fold ingest-log rows older than the previous minute into one row per stream and minute.
+    WITH moved AS (
+        DELETE FROM cep.stream_log AS l
+        WHERE NOT l.compacted
+            AND l.logged_at < date_trunc('minute', v_now) - interval '1 minute'
+        RETURNING l.*
+    ), ins AS (
+        INSERT INTO cep.stream_log (
+            stream_id, logged_at, batches, events, late_events, min_event_time,
+            max_event_time, watermark, ingest_micros, max_batch_micros, key_sketch, compacted
+        )
+        SELECT m.stream_id, date_bin('1 minute', m.logged_at, '1970-01-01 00:00:00+00'),
+            sum(m.batches), sum(m.events), sum(m.late_events), min(m.min_event_time),
+            max(m.max_event_time), max(m.watermark), sum(m.ingest_micros),
+            max(m.max_batch_micros), bit_or(m.key_sketch), true
+        FROM moved AS m
+        GROUP BY 1, 2
+        RETURNING 1
+    )
+    SELECT count(*) INTO v_n FROM moved;
+    task := 'compact_stream_log';
+    items := v_n;
+    RETURN NEXT;
+
+    -- Past the statistics retention, keep only one archive row per stream (totals, watermark).
+    IF EXISTS (
+        SELECT 1 FROM cep.stream_log AS l
+        WHERE l.logged_at < v_now - v_stats_retention AND l.logged_at > '-infinity'
+    ) THEN
+        WITH moved AS (
+            DELETE FROM cep.stream_log AS l
+            WHERE l.logged_at < v_now - v_stats_retention
+            RETURNING l.*
+        ), ins AS (
+            INSERT INTO cep.stream_log (
+                stream_id, logged_at, batches, events, late_events, min_event_time,
+                max_event_time, watermark, ingest_micros, max_batch_micros, compacted
+            )
+            SELECT m.stream_id, '-infinity', sum(m.batches), sum(m.events), sum(m.late_events),
+                min(m.min_event_time), max(m.max_event_time), max(m.watermark),
+                sum(m.ingest_micros), max(m.max_batch_micros), true
+            FROM moved AS m
+            GROUP BY m.stream_id
+            RETURNING 1
+        )
+        SELECT count(*) INTO v_n FROM moved;
+    ELSE
+        v_n := 0;
+    END IF;
+    task := 'archive_stream_log';
+    items := v_n;
+    RETURN NEXT;
+
+    DELETE FROM cep.late_events AS l
+    WHERE l.arrived_at < v_now - cep._setting('late_event_retention')::interval;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    task := 'purge_late_events';
+    items := v_n;
+    RETURN NEXT;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep.run_maintenance() IS
+'Run every periodic duty once and report what was done, one row per task: compaction of the '
+'ingest log, archiving past stats_retention, purging late events past late_event_retention. '
+'Idempotent; a concurrent second call skips. Schedule it every minute (pg_cron or any '
+'scheduler).';

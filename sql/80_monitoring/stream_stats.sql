@@ -1,0 +1,158 @@
+-- Monitoring of streams: cep.stream_stats, cep.dashboard, cep.timeline.
+-- Invariant: these read only pg_cep's own bookkeeping (cep.stream_log, cep.alerts), never the
+-- event tables, so they stay cheap however large the streams grow.
+
+-- Linear-counting estimate of distinct keys from a 4096-bit sketch (exact enough below ~10k
+-- keys; saturates near 30k, where it reports the saturation bound).
+CREATE FUNCTION cep._sketch_estimate(sketch bit)
+RETURNS bigint
+LANGUAGE sql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT CASE
+        WHEN sketch IS NULL THEN 0
+        WHEN bit_count(sketch) >= length(sketch) THEN
+            round(length(sketch) * ln(length(sketch)::float8))::bigint
+        ELSE round(-length(sketch) * ln((length(sketch) - bit_count(sketch))::float8
+            / length(sketch)))::bigint
+    END
+$fn$;
+
+COMMENT ON FUNCTION cep._sketch_estimate(bit) IS
+'Internal: estimated number of distinct keys behind a key sketch (linear counting).';
+
+CREATE VIEW cep.stream_stats AS
+SELECT
+    s.name AS stream,
+    coalesce(a.events, 0)::bigint AS events_total,
+    coalesce(a.events_last_minute, 0)::bigint AS events_last_minute,
+    round(coalesce(a.events_last_minute, 0) / 60.0, 3) AS events_per_second,
+    a.last_event_time,
+    coalesce(a.watermark, '-infinity') AS watermark,
+    clock_timestamp() - a.last_event_time AS lag,
+    coalesce(a.late_events, 0)::bigint AS late_events,
+    coalesce(a.batches, 0)::bigint AS batches_total,
+    round(a.ingest_micros::numeric / nullif(a.events, 0), 2) AS ingest_micros_per_event,
+    round(a.ingest_micros::numeric / nullif(a.batches, 0), 2) AS ingest_micros_per_batch,
+    a.last_ingest_at,
+    s.allowed_lateness
+FROM cep.streams AS s
+LEFT JOIN LATERAL (
+    SELECT
+        sum(l.events) AS events,
+        sum(l.events) FILTER (WHERE l.logged_at >= clock_timestamp() - interval '1 minute')
+            AS events_last_minute,
+        max(l.max_event_time) AS last_event_time,
+        max(l.watermark) AS watermark,
+        sum(l.late_events) AS late_events,
+        sum(l.batches) AS batches,
+        sum(l.ingest_micros) AS ingest_micros,
+        max(l.logged_at) FILTER (WHERE l.events > 0) AS last_ingest_at
+    FROM cep.stream_log AS l
+    WHERE l.stream_id = s.stream_id
+) AS a ON true;
+
+COMMENT ON VIEW cep.stream_stats IS
+'One row per stream: events_total, events_last_minute, events_per_second (last minute), '
+'last_event_time, watermark, lag (wall clock minus the newest event time), late_events, '
+'batches_total and the ingest time per event and per batch in microseconds.';
+
+CREATE VIEW cep.dashboard AS
+WITH recent AS (
+    SELECT
+        l.stream_id,
+        sum(l.events) AS events,
+        sum(l.events) FILTER (WHERE l.logged_at >= clock_timestamp() - interval '1 minute')
+            AS events_last_minute,
+        sum(l.batches) AS batches,
+        sum(l.ingest_micros) AS ingest_micros,
+        bit_or(l.key_sketch) AS sketch
+    FROM cep.stream_log AS l
+    WHERE l.logged_at >= clock_timestamp() - interval '1 hour'
+    GROUP BY l.stream_id
+)
+SELECT
+    (SELECT count(*) FROM cep.streams) AS streams,
+    coalesce(sum(r.events), 0)::bigint AS events_last_hour,
+    round(coalesce(sum(r.events_last_minute), 0) / 60.0, 3) AS events_per_second,
+    round(sum(r.ingest_micros)::numeric / nullif(sum(r.batches), 0) / 1000.0, 3)
+        AS avg_ingest_latency_ms,
+    coalesce(sum(cep._sketch_estimate(r.sketch)), 0)::bigint AS active_keys,
+    (SELECT count(*) FROM cep.alerts AS al
+        WHERE al.created_at >= clock_timestamp() - interval '1 hour') AS alerts_last_hour
+FROM recent AS r;
+
+COMMENT ON VIEW cep.dashboard IS
+'One row for a psql dashboard: streams, events_last_hour, events_per_second (last minute), '
+'avg_ingest_latency_ms (ingest function time per statement, last hour), active_keys '
+'(estimated distinct keys seen in the last hour) and alerts_last_hour.';
+
+CREATE FUNCTION cep.timeline(
+    stream text,
+    bucket interval DEFAULT '1 minute',
+    span interval DEFAULT '1 hour'
+)
+RETURNS TABLE (
+    bucket_start timestamptz,
+    events bigint,
+    late_events bigint,
+    batches bigint,
+    events_per_second numeric,
+    ingest_micros_per_event numeric,
+    alerts bigint
+)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_id integer := cep._stream_id(stream);
+    v_from timestamptz;
+BEGIN
+    IF bucket IS NULL OR bucket <= '0 seconds' THEN
+        RAISE EXCEPTION 'bucket must be a positive interval' USING ERRCODE = '22023';
+    END IF;
+    IF span IS NULL OR span <= '0 seconds' THEN
+        RAISE EXCEPTION 'span must be a positive interval' USING ERRCODE = '22023';
+    END IF;
+    IF extract(epoch FROM span) / extract(epoch FROM bucket) > 10000 THEN
+        RAISE EXCEPTION 'span / bucket must be at most 10000 buckets' USING ERRCODE = '22023';
+    END IF;
+    v_from := date_bin(bucket, clock_timestamp() - span, '1970-01-01 00:00:00+00');
+    RETURN QUERY
+    WITH b AS (
+        SELECT g AS bucket_start
+        FROM generate_series(v_from, clock_timestamp(), bucket) AS g
+    ), l AS (
+        SELECT date_bin(bucket, sl.logged_at, '1970-01-01 00:00:00+00') AS bucket_start,
+            sum(sl.events) AS events, sum(sl.late_events) AS late_events,
+            sum(sl.batches) AS batches, sum(sl.ingest_micros) AS ingest_micros
+        FROM cep.stream_log AS sl
+        WHERE sl.stream_id = v_id AND sl.logged_at >= v_from
+        GROUP BY 1
+    ), a AS (
+        SELECT date_bin(bucket, al.created_at, '1970-01-01 00:00:00+00') AS bucket_start,
+            count(*) AS alerts
+        FROM cep.alerts AS al
+        WHERE al.stream = timeline.stream AND al.created_at >= v_from
+        GROUP BY 1
+    )
+    SELECT b.bucket_start,
+        coalesce(l.events, 0)::bigint,
+        coalesce(l.late_events, 0)::bigint,
+        coalesce(l.batches, 0)::bigint,
+        round(coalesce(l.events, 0) / extract(epoch FROM bucket), 3),
+        round(l.ingest_micros::numeric / nullif(l.events, 0), 2),
+        coalesce(a.alerts, 0)::bigint
+    FROM b
+    LEFT JOIN l ON l.bucket_start = b.bucket_start
+    LEFT JOIN a ON a.bucket_start = b.bucket_start
+    ORDER BY b.bucket_start;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep.timeline(text, interval, interval) IS
+'Per-bucket activity of STREAM over the last SPAN (buckets aligned to the Unix epoch): events, '
+'late events, statements, events per second, ingest time per event and alerts raised.';

@@ -1,0 +1,35 @@
+-- Privileges and dump behaviour of the installed objects.
+-- Invariant: internal functions (named _*) are not executable by PUBLIC; catalog and state
+-- tables are marked for pg_dump so their rows survive dump and restore. Roles are never
+-- created here: README.md gives the grant recipe for admin, writer and reader roles.
+
+DO $privileges$
+DECLARE
+    v_fn regprocedure;
+BEGIN
+    FOR v_fn IN
+        SELECT p.oid::regprocedure
+        FROM pg_catalog.pg_proc AS p
+        WHERE p.pronamespace OPERATOR(pg_catalog.=) 'cep'::regnamespace
+            AND p.proname OPERATOR(pg_catalog.~~) '\_%'
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', v_fn);
+    END LOOP;
+END
+$privileges$;
+
+-- The migration runner applies this script outside CREATE EXTENSION, where
+-- pg_extension_config_dump is not allowed; it sets pgcep.script_install to say so.
+DO $dump$
+BEGIN
+    IF pg_catalog.current_setting('pgcep.script_install', true) IS DISTINCT FROM 'on' THEN
+        PERFORM pg_catalog.pg_extension_config_dump('cep.streams', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.streams_stream_id_seq', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.stream_log', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.late_events', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.settings', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.alerts', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.alerts_alert_id_seq', '');
+    END IF;
+END
+$dump$;
