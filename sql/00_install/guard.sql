@@ -1,6 +1,9 @@
 -- Install guard: refuses to install into a `cep` schema that someone else controls.
 -- CREATE EXTENSION reuses an existing schema of the control file's name; a schema owned by
 -- another role, or writable by others, could hold planted objects, so installation stops.
+-- The whole script runs with a fixed search_path; every object it creates is qualified.
+SET LOCAL search_path = pg_catalog, pg_temp;
+
 DO $guard$
 DECLARE
     v_owner oid;

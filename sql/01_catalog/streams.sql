@@ -13,10 +13,10 @@ CREATE TABLE cep.streams (
     id_column name NOT NULL,
     allowed_lateness interval NOT NULL DEFAULT '0 seconds',
     max_future_skew interval NOT NULL DEFAULT '1 day',
-    checked_columns name [] NOT NULL DEFAULT '{}',
-    notify boolean NOT NULL DEFAULT true,
+    checked_columns name[] NOT NULL DEFAULT '{}',
+    notify boolean NOT NULL DEFAULT TRUE,
     notify_channel text NOT NULL DEFAULT 'cep_alerts',
-    owner regrole NOT NULL DEFAULT CURRENT_USER::regrole,
+    owner regrole NOT NULL DEFAULT current_user::regrole,
     ingest_function name NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT streams_pkey PRIMARY KEY (stream_id),
@@ -51,7 +51,7 @@ CREATE TABLE cep.stream_log (
     ingest_micros bigint NOT NULL DEFAULT 0,
     max_batch_micros bigint NOT NULL DEFAULT 0,
     key_sketch bit(4096),
-    compacted boolean NOT NULL DEFAULT false,
+    compacted boolean NOT NULL DEFAULT FALSE,
     CONSTRAINT stream_log_counts_check CHECK (events >= 0 AND late_events >= 0 AND batches >= 0)
 );
 
@@ -93,7 +93,7 @@ CREATE TABLE cep.settings (
             WHEN 'notify_max_queue_usage' THEN value ~ '^(0(\.[0-9]+)?|1(\.0+)?)$'
             WHEN 'stats_retention' THEN value ~ '^[0-9]+ (seconds|minutes|hours|days)$'
             WHEN 'late_event_retention' THEN value ~ '^[0-9]+ (seconds|minutes|hours|days)$'
-            ELSE false
+            ELSE FALSE
         END
     )
 );

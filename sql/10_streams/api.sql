@@ -50,7 +50,7 @@ CREATE FUNCTION cep.create_stream(
     id_column name DEFAULT NULL,
     allowed_lateness interval DEFAULT '0 seconds',
     max_future_skew interval DEFAULT '1 day',
-    notify boolean DEFAULT true,
+    notify boolean DEFAULT TRUE,
     notify_channel text DEFAULT 'cep_alerts'
 )
 RETURNS integer

@@ -5,7 +5,7 @@
 -- off late events, runs each feature section set-based, and appends one cep.stream_log row.
 -- Identifiers and literals reach the generated text only through format('%I') and format('%L').
 
-CREATE FUNCTION cep._ingest_function_body(stream_id integer)
+CREATE FUNCTION cep._compile_ingest(stream_id integer)
 RETURNS text
 LANGUAGE plpgsql
 STABLE
@@ -21,7 +21,7 @@ DECLARE
     v_col name;
     v_stream_lit text;
 BEGIN
-    SELECT * INTO STRICT s FROM cep.streams AS st WHERE st.stream_id = _ingest_function_body.stream_id;
+    SELECT * INTO STRICT s FROM cep.streams AS st WHERE st.stream_id = _compile_ingest.stream_id;
     v_stream_lit := format('%L', s.name);
 
     IF s.time_type = 'timestamp without time zone'::regtype THEN
@@ -140,7 +140,7 @@ $body$,
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._ingest_function_body(integer) IS
+COMMENT ON FUNCTION cep._compile_ingest(integer) IS
 'Internal: the PL/pgSQL body of a stream''s generated ingest function, built from the catalog.';
 
 CREATE FUNCTION cep._feature_sections(stream_id integer)
@@ -171,7 +171,7 @@ BEGIN
     EXECUTE format(
         'CREATE OR REPLACE FUNCTION cep.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
         'SET search_path = pg_catalog, pg_temp AS %L',
-        v_function, cep._ingest_function_body(stream_id));
+        v_function, cep._compile_ingest(stream_id));
     EXECUTE format('REVOKE ALL ON FUNCTION cep.%I() FROM PUBLIC', v_function);
     EXECUTE format('COMMENT ON FUNCTION cep.%I() IS %L', v_function,
         format('Generated ingest function of pg_cep stream %s.', stream_id));

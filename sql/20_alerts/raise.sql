@@ -56,7 +56,7 @@ COMMENT ON FUNCTION cep._ring_doorbell(text, bigint) IS
 'transaction; never raises. Switched off by SET cep.notify = off (session) or the notify '
 'setting (global).';
 
-CREATE FUNCTION cep._raise_alerts(stream_id integer, drafts cep.alert_draft [])
+CREATE FUNCTION cep._raise_alerts(stream_id integer, drafts cep.alert_draft[])
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -90,5 +90,5 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._raise_alerts(integer, cep.alert_draft []) IS
+COMMENT ON FUNCTION cep._raise_alerts(integer, cep.alert_draft[]) IS
 'Internal: insert a set of alerts for a stream in one statement and ring its doorbell.';

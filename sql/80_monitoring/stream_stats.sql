@@ -52,7 +52,7 @@ LEFT JOIN LATERAL (
         max(l.logged_at) FILTER (WHERE l.events > 0) AS last_ingest_at
     FROM cep.stream_log AS l
     WHERE l.stream_id = s.stream_id
-) AS a ON true;
+) AS a ON TRUE;
 
 COMMENT ON VIEW cep.stream_stats IS
 'One row per stream: events_total, events_last_minute, events_per_second (last minute), '
@@ -73,6 +73,7 @@ WITH recent AS (
     WHERE l.logged_at >= clock_timestamp() - interval '1 hour'
     GROUP BY l.stream_id
 )
+
 SELECT
     (SELECT count(*) FROM cep.streams) AS streams,
     coalesce(sum(r.events), 0)::bigint AS events_last_hour,
@@ -80,8 +81,10 @@ SELECT
     round(sum(r.ingest_micros)::numeric / nullif(sum(r.batches), 0) / 1000.0, 3)
         AS avg_ingest_latency_ms,
     coalesce(sum(cep._sketch_estimate(r.sketch)), 0)::bigint AS active_keys,
-    (SELECT count(*) FROM cep.alerts AS al
-        WHERE al.created_at >= clock_timestamp() - interval '1 hour') AS alerts_last_hour
+    (
+        SELECT count(*) FROM cep.alerts AS al
+        WHERE al.created_at >= clock_timestamp() - interval '1 hour'
+    ) AS alerts_last_hour
 FROM recent AS r;
 
 COMMENT ON VIEW cep.dashboard IS

@@ -1,0 +1,92 @@
+-- The public API surface of pg_cep: names pinned, every object documented, internals private.
+BEGIN;
+SELECT plan(12);
+
+SELECT has_schema('cep');
+SELECT has_extension('pg_cep');
+
+SELECT functions_are(
+    'cep',
+    ARRAY[
+        'create_stream', 'drop_stream', 'advance_watermark', 'run_maintenance', 'timeline',
+        '_stream_id', '_watermark', '_setting', '_ring_doorbell', '_raise_alerts',
+        '_compile_ingest', '_feature_sections', '_regenerate_stream', '_sketch_estimate'
+    ],
+    'cep has exactly the functions of the API contract and its internals'
+);
+
+SELECT views_are('cep', ARRAY['stream_stats', 'dashboard']);
+
+SELECT tables_are(
+    'cep',
+    ARRAY['streams', 'stream_log', 'late_events', 'settings', 'alerts']
+);
+
+SELECT has_type('cep', 'alert_draft', 'alert_draft type exists');
+
+SELECT columns_are(
+    'cep', 'alerts',
+    ARRAY[
+        'alert_id', 'source_kind', 'source_name', 'stream', 'partition_key', 'event_id',
+        'severity', 'score', 'message', 'details', 'created_at', 'txid'
+    ]
+);
+
+SELECT columns_are(
+    'cep', 'stream_stats',
+    ARRAY[
+        'stream', 'events_total', 'events_last_minute', 'events_per_second', 'last_event_time',
+        'watermark', 'lag', 'late_events', 'batches_total', 'ingest_micros_per_event',
+        'ingest_micros_per_batch', 'last_ingest_at', 'allowed_lateness'
+    ]
+);
+
+SELECT columns_are(
+    'cep', 'dashboard',
+    ARRAY[
+        'streams', 'events_last_hour', 'events_per_second', 'avg_ingest_latency_ms',
+        'active_keys', 'alerts_last_hour'
+    ]
+);
+
+SELECT is_empty(
+    $$
+    SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc AS p
+    WHERE p.pronamespace = 'cep'::regnamespace
+        AND pg_catalog.obj_description(p.oid, 'pg_proc') IS NULL
+    UNION ALL
+    SELECT c.oid::regclass::text FROM pg_catalog.pg_class AS c
+    WHERE c.relnamespace = 'cep'::regnamespace AND c.relkind IN ('r', 'v', 'p', 'm')
+        AND pg_catalog.obj_description(c.oid, 'pg_class') IS NULL
+    UNION ALL
+    SELECT t.oid::regtype::text FROM pg_catalog.pg_type AS t
+    JOIN pg_catalog.pg_class AS c ON c.oid = t.typrelid AND c.relkind = 'c'
+    WHERE t.typnamespace = 'cep'::regnamespace
+        AND pg_catalog.obj_description(t.oid, 'pg_type') IS NULL
+    $$,
+    'every function, table, view and type in cep has a COMMENT'
+);
+
+SELECT is_empty(
+    $$
+    SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc AS p
+    WHERE p.pronamespace = 'cep'::regnamespace AND p.proname LIKE '\_%'
+        AND (p.proacl IS NULL OR EXISTS (
+            SELECT 1 FROM pg_catalog.aclexplode(p.proacl) AS a WHERE a.grantee = 0
+        ))
+    $$,
+    'no internal function is executable by PUBLIC'
+);
+
+SELECT is_empty(
+    $$
+    SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc AS p
+    WHERE p.pronamespace = 'cep'::regnamespace
+        AND (p.proconfig IS NULL
+            OR NOT 'search_path=pg_catalog, pg_temp' = ANY (p.proconfig))
+    $$,
+    'every function pins search_path = pg_catalog, pg_temp'
+);
+
+SELECT * FROM finish();
+ROLLBACK;
