@@ -19,10 +19,8 @@ DECLARE
     v_bad_case text;
     v_bad_any text;
     v_col name;
-    v_stream_lit text;
 BEGIN
     SELECT * INTO STRICT s FROM cep.streams AS st WHERE st.stream_id = _compile_ingest.stream_id;
-    v_stream_lit := format('%L', s.name);
 
     IF s.time_type = 'timestamp without time zone'::regtype THEN
         -- A column without time zone holds UTC wall-clock time, whatever the session TimeZone.

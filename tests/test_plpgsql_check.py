@@ -1,0 +1,50 @@
+"""plpgsql_check over every PL/pgSQL function of the extension, including the generated
+ingest functions of streams of every shape (checked with their trigger relation and transition
+table): zero findings, extra and security warnings included."""
+
+import pytest
+
+pytestmark = pytest.mark.lint
+
+SHAPES = """
+CREATE TABLE public.plain (id bigint PRIMARY KEY, k text, ts timestamptz, amt numeric, f float8,
+                           r real);
+CREATE TABLE public.nokey (id integer, ts timestamp);
+CREATE TABLE public.parted (id bigint NOT NULL, k integer, ts timestamptz NOT NULL)
+    PARTITION BY RANGE (ts);
+CREATE TABLE public.parted_1 PARTITION OF public.parted FOR VALUES FROM (MINVALUE) TO (MAXVALUE);
+SELECT cep.create_stream('plain', 'public.plain', 'ts', 'k', allowed_lateness => '1 minute');
+SELECT cep.create_stream('nokey', 'public.nokey', 'ts', NULL, 'id');
+SELECT cep.create_stream('parted', 'public.parted', 'ts', 'k', 'id');
+"""
+
+CHECK = """
+SELECT p.oid::regprocedure::text AS fn, c.line
+FROM pg_catalog.pg_proc AS p
+LEFT JOIN cep.streams AS s ON s.ingest_function = p.proname
+CROSS JOIN LATERAL public.plpgsql_check_function(
+    p.oid::regprocedure,
+    coalesce(s.source, 0),
+    newtable => CASE WHEN s.source IS NOT NULL THEN 'cep_new_rows' END,
+    fatal_errors => false,
+    extra_warnings => true,
+    performance_warnings => false,
+    security_warnings => true
+) AS c(line)
+WHERE p.pronamespace = 'cep'::regnamespace
+  AND p.prolang = (SELECT oid FROM pg_catalog.pg_language WHERE lanname = 'plpgsql')
+"""
+
+
+def test_plpgsql_check_finds_nothing(conn):
+    conn.execute("CREATE EXTENSION plpgsql_check")
+    conn.execute(SHAPES)
+    checked = conn.execute(
+        "SELECT count(*) FROM pg_proc WHERE pronamespace = 'cep'::regnamespace "
+        "AND prolang = (SELECT oid FROM pg_language WHERE lanname = 'plpgsql')").fetchone()[0]
+    generated = conn.execute(
+        "SELECT count(*) FROM pg_proc WHERE pronamespace = 'cep'::regnamespace "
+        "AND proname ~ '^_ingest_[0-9]+$'").fetchone()[0]
+    assert generated == 3 and checked > generated
+    findings = conn.execute(CHECK).fetchall()
+    assert findings == [], "\n".join(f"{fn}: {line}" for fn, line in findings)
