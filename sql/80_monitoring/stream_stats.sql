@@ -108,6 +108,7 @@ RETURNS TABLE (
 )
 LANGUAGE plpgsql
 STABLE
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
@@ -158,4 +159,5 @@ $fn$;
 
 COMMENT ON FUNCTION cep.timeline(text, interval, interval) IS
 'Per-bucket activity of STREAM over the last SPAN (buckets aligned to the Unix epoch): events, '
-'late events, statements, events per second, ingest time per event and alerts raised.';
+'late events, statements, events per second, ingest time per event and alerts raised. '
+'Runs as the extension owner so that readers need no access to the bookkeeping tables.';

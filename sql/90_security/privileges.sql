@@ -1,5 +1,6 @@
 -- Privileges and dump behaviour of the installed objects.
--- Invariant: internal functions (named _*) are not executable by PUBLIC; catalog and state
+-- Invariant: internal functions (named _*) and SECURITY DEFINER functions are not executable
+-- by PUBLIC; catalog and state
 -- tables are marked for pg_dump so their rows survive dump and restore. Roles are never
 -- created here: README.md gives the grant recipe for admin, writer and reader roles.
 
@@ -11,7 +12,7 @@ BEGIN
         SELECT p.oid::regprocedure
         FROM pg_catalog.pg_proc AS p
         WHERE p.pronamespace OPERATOR(pg_catalog.=) 'cep'::regnamespace
-            AND p.proname OPERATOR(pg_catalog.~~) '\_%'
+            AND (p.proname OPERATOR(pg_catalog.~~) '\_%' OR p.prosecdef)
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', v_fn);
     END LOOP;

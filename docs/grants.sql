@@ -1,0 +1,19 @@
+-- Grant recipe for three kinds of roles (pg_cep never creates roles itself). Create the roles
+-- first, e.g.: CREATE ROLE cep_admin; CREATE ROLE cep_writer; CREATE ROLE cep_reader;
+-- then run this file as the role that installed pg_cep. tests/test_security.py runs it as is.
+
+-- Admin: defines streams (and what is built on them). Must own the event tables it registers;
+-- the generated ingest functions are created by, owned by and run as this role.
+GRANT USAGE, CREATE ON SCHEMA cep TO cep_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA cep TO cep_admin;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA cep TO cep_admin;
+
+-- Writer: inserts events. It needs nothing in schema cep, only INSERT on the event tables,
+-- which their owner grants, e.g.: GRANT INSERT ON public.transactions TO cep_writer;
+-- (plus USAGE on the id sequence when the id is serial).
+
+-- Reader: monitoring views and alerts.
+GRANT USAGE ON SCHEMA cep TO cep_reader;
+GRANT SELECT ON cep.stream_stats, cep.dashboard, cep.alerts, cep.streams, cep.late_events
+TO cep_reader;
+GRANT EXECUTE ON FUNCTION cep.timeline(text, interval, interval) TO cep_reader;
