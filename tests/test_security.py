@@ -173,3 +173,28 @@ def test_generated_function_is_not_callable_by_public(conn):
                        "WHERE proname = '_ingest_1'").fetchone()
     assert acl[0] is not None and not re.search(r"(^|[{,])=X", acl[0])
     assert acl[1] is True and acl[2] == ["search_path=pg_catalog, pg_temp"]
+
+
+def test_everything_works_with_an_empty_search_path(server):
+    """Every name in pg_cep is qualified: install and use it with search_path = ''."""
+    db = server.new_database(template="template0")
+    try:
+        with server.connect(db) as c:
+            c.execute("SET search_path = ''")
+            c.execute("CREATE EXTENSION pg_cep")
+            c.execute("CREATE TABLE public.ev (id bigint PRIMARY KEY, k text, v float8, "
+                      "t timestamptz)")
+            c.execute("SELECT cep.create_stream('ev', 'public.ev', 't', 'k', "
+                      "allowed_lateness => '1 minute')")
+            c.execute("INSERT INTO public.ev SELECT g, (g OPERATOR(pg_catalog.%) 4)::text, g, "
+                      "pg_catalog.now() OPERATOR(pg_catalog.-) (g OPERATOR(pg_catalog.*) "
+                      "interval '1 second') FROM pg_catalog.generate_series(1, 500) AS g")
+            c.execute("SELECT cep.advance_watermark('ev')")
+            assert c.execute("SELECT events_total FROM cep.stream_stats").fetchone()[0] == 500
+            assert c.execute("SELECT events_last_hour FROM cep.dashboard").fetchone()[0] == 500
+            assert c.execute("SELECT sum(events) FROM cep.timeline('ev')").fetchone()[0] == 500
+            c.execute("SELECT * FROM cep.run_maintenance()").fetchall()
+            c.execute("SELECT cep.drop_stream('ev')")
+            c.execute("DROP EXTENSION pg_cep")
+    finally:
+        server.drop_database(db)
