@@ -304,3 +304,15 @@ def test_stats_and_dashboard_match_the_workload(conn):
                       "FROM cep.timeline('ev', '1 minute', '10 minutes')").fetchone()
     assert tl == (3000, len(model.late), 12)
     assert conn.execute("SELECT ingest_micros_per_event > 0 FROM cep.stream_stats").fetchone()[0]
+
+
+@pytest.mark.slow
+def test_one_million_row_insert_is_one_batch(conn):
+    setup_stream(conn, "0 seconds")
+    conn.execute(
+        "INSERT INTO public.ev SELECT g, g % 100000, 1, "
+        "'2024-01-01'::timestamptz + g * interval '1 millisecond' "
+        "FROM generate_series(1, 1000000) AS g")
+    (events, late_n, batches, wm, last), late = observed(conn)
+    assert (events, late_n, batches) == (1_000_000, 0, 1) and not late
+    assert wm == last == dt.datetime(2024, 1, 1, 0, 16, 40, tzinfo=UTC)
