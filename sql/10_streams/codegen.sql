@@ -163,13 +163,24 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     v_function name;
+    v_ddl text;
 BEGIN
     SELECT s.ingest_function INTO STRICT v_function
     FROM cep.streams AS s WHERE s.stream_id = _regenerate_stream.stream_id;
-    EXECUTE format(
+    v_ddl := format(
         'CREATE OR REPLACE FUNCTION cep.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
         'SET search_path = pg_catalog, pg_temp AS %L',
         v_function, cep._compile_ingest(stream_id));
+    BEGIN
+        EXECUTE v_ddl;
+    EXCEPTION WHEN object_not_in_prerequisite_state THEN
+        -- Inside ALTER EXTENSION UPDATE a script may only replace the extension's own
+        -- members; generated functions are deliberately not members (pg_dump must dump
+        -- them), so lend membership for the replacement and take it back.
+        EXECUTE format('ALTER EXTENSION pg_cep ADD FUNCTION cep.%I()', v_function);
+        EXECUTE v_ddl;
+        EXECUTE format('ALTER EXTENSION pg_cep DROP FUNCTION cep.%I()', v_function);
+    END;
     EXECUTE format('REVOKE ALL ON FUNCTION cep.%I() FROM PUBLIC', v_function);
     EXECUTE format('COMMENT ON FUNCTION cep.%I() IS %L', v_function,
         format('Generated ingest function of pg_cep stream %s.', stream_id));
