@@ -1,0 +1,402 @@
+#!/usr/bin/env python3
+"""`make demo`: pg_cep end to end on a throwaway cluster, in about a minute.
+
+Starts a private PostgreSQL 15 cluster (never the system one), installs pg_cep, registers two
+application tables as streams -- card `transactions` (the fraud use case) and a `clickstream`
+of a shop -- and streams a generated, seeded workload into them from two concurrent clients
+with COPY and multi-row INSERTs. Then it prints what pg_cep's monitoring shows: stream_stats,
+the dashboard, the timeline, late events and alerts, plus the ingest throughput observed.
+
+Each section is one function; later features (windows, patterns, rules, recommendations) add
+their definitions to `define_*` and their output to `show_*` sections.
+
+    .venv/bin/python demo/run_demo.py [--events N] [--seed S] [--rate R] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workload  # noqa: E402
+from pgcep_cli import (heading, human_rate, print_query, print_table,  # noqa: E402
+                       server_version, subheading, throwaway_cluster)
+
+DBNAME = "demo"
+ALLOWED_LATENESS = "30 seconds"
+LATENESS_US = 30 * workload.US
+
+CLUSTER_SETTINGS = {
+    # Durable like production (fsync on); commits do not wait for the WAL flush.
+    "fsync": "on",
+    "full_page_writes": "on",
+    "synchronous_commit": "off",
+    "shared_buffers": "256MB",
+    "max_wal_size": "2GB",
+    "timezone": "UTC",
+}
+
+TABLES_SQL = """
+CREATE TABLE transactions (
+    id bigserial PRIMARY KEY,
+    user_id int NOT NULL,
+    amount numeric(12,2) NOT NULL,
+    location text,
+    status text DEFAULT 'ok',
+    created_at timestamptz NOT NULL
+);
+CREATE INDEX ON transactions (user_id, created_at);
+
+CREATE TABLE clickstream (
+    id bigserial PRIMARY KEY,
+    user_id int NOT NULL,
+    item_id int NOT NULL,
+    action text NOT NULL CHECK (action IN ('view', 'like', 'share', 'purchase')),
+    created_at timestamptz NOT NULL
+);
+CREATE INDEX ON clickstream (user_id, created_at);
+"""
+
+STREAMS_SQL = f"""
+SELECT cep.create_stream('transactions', 'transactions', 'created_at',
+                         key_column => 'user_id', allowed_lateness => '{ALLOWED_LATENESS}');
+SELECT cep.create_stream('clickstream', 'clickstream', 'created_at',
+                         key_column => 'user_id', allowed_lateness => '{ALLOWED_LATENESS}');
+"""
+
+
+# -- ingest -----------------------------------------------------------------------------------
+
+@dataclass
+class Feed:
+    """One stream's pre-rendered statements and, after the run, what was observed."""
+    events: workload.EventBatch
+    plan: list[tuple[str, int, int]]
+    payloads: list = field(default_factory=list)
+    sent: int = 0
+    copies: int = 0
+    inserts: int = 0
+    started: float = 0.0
+    finished: float = 0.0
+    error: BaseException | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
+
+
+def plan_batches(n: int, copy_rows: int = 2000, insert_rows: int = 500):
+    """Three COPY batches, then two multi-row INSERTs, repeated: (kind, lo, hi) row ranges."""
+    cycle = [("copy", copy_rows)] * 3 + [("insert", insert_rows)] * 2
+    plan, lo, k = [], 0, 0
+    while lo < n:
+        kind, size = cycle[k % len(cycle)]
+        plan.append((kind, lo, min(n, lo + size)))
+        lo += size
+        k += 1
+    return plan
+
+
+def prepare_feed(ev: workload.EventBatch) -> Feed:
+    """Render every statement's data before anything is timed."""
+    feed = Feed(events=ev, plan=plan_batches(len(ev)))
+    cols = ", ".join(ev.columns)
+    lines = ev.copy_lines()
+    rows = ev.value_rows()
+    one = "(" + ", ".join(["%s"] * len(ev.columns)) + ")"
+    for kind, lo, hi in feed.plan:
+        if kind == "copy":
+            data = ("\n".join(lines[lo:hi]) + "\n").encode()
+            feed.payloads.append((f"COPY {ev.table} ({cols}) FROM STDIN", data))
+        else:
+            sql = f"INSERT INTO {ev.table} ({cols}) VALUES " + ", ".join([one] * (hi - lo))
+            feed.payloads.append((sql, [v for r in rows[lo:hi] for v in r]))
+    return feed
+
+
+def _produce(dsn: str, feed: Feed, start: threading.Barrier, rate: float) -> None:
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            cur = conn.cursor()
+            start.wait()
+            feed.started = time.perf_counter()
+            for (kind, lo, hi), (sql, payload) in zip(feed.plan, feed.payloads):
+                if kind == "copy":
+                    with cur.copy(sql) as copy:
+                        copy.write(payload)
+                    feed.copies += 1
+                else:
+                    cur.execute(sql, payload, prepare=False)
+                    feed.inserts += 1
+                feed.sent = hi
+                if rate:  # paced replay: sleep until this many events are due
+                    ahead = hi / rate - (time.perf_counter() - feed.started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            feed.finished = time.perf_counter()
+    except BaseException as exc:  # reported by the main thread
+        feed.error = exc
+        feed.finished = time.perf_counter()
+        start.abort()  # a client that fails before the start must not leave the others waiting
+
+
+def run_feeds(dsn: str, feeds: list[Feed], rate: float = 0.0) -> float:
+    """Stream all feeds concurrently, one client connection each; returns wall seconds."""
+    start = threading.Barrier(len(feeds) + 1)
+    total = sum(len(f.events) for f in feeds)
+    threads = [threading.Thread(target=_produce, name=f"feed-{f.events.table}", daemon=True,
+                                args=(dsn, f, start, rate * len(f.events) / total))
+               for f in feeds]
+    for t in threads:
+        t.start()
+    try:
+        start.wait()
+    except threading.BrokenBarrierError:
+        pass
+    t0 = time.perf_counter()
+    last = t0
+    while any(t.is_alive() for t in threads):
+        for t in threads:
+            t.join(timeout=0.2)
+        if time.perf_counter() - last >= 3 and any(t.is_alive() for t in threads):
+            last = time.perf_counter()
+            print("  ... " + "   ".join(
+                f"{f.events.table} {f.sent:,}/{len(f.events):,}" for f in feeds), flush=True)
+    failed = sorted((f for f in feeds if f.error is not None),
+                    key=lambda f: isinstance(f.error, threading.BrokenBarrierError))
+    if failed:
+        f = failed[0]
+        raise RuntimeError(f"ingest into {f.events.table} failed: {f.error}") from f.error
+    return max(f.finished for f in feeds) - t0
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+def section_workload(args, now_us: int) -> list[workload.EventBatch]:
+    heading("1. Workload (generated, seed %d)" % args.seed)
+    tx = workload.transactions(args.events, args.seed, now_us)
+    clicks = workload.clickstream(max(1, args.events // 2), args.seed, now_us)
+    print("Event times cover the last 24 hours and are replayed as fast as the database "
+          "takes them.\nEvents arrive in time order with a few seconds of jitter; a few are "
+          "delayed by 20 min to 3 h.")
+    for ev in (tx, clicks):
+        subheading(ev.table)
+        print_table(["fact", "value"], [(k, v) for k, v in ev.facts.items()])
+    return [tx, clicks]
+
+
+def section_setup(cluster) -> psycopg.Connection:
+    heading("2. Setup")
+    cluster.create_database(DBNAME)
+    conn = cluster.connect(DBNAME)
+    conn.execute("SET client_min_messages = warning")
+    conn.execute("CREATE EXTENSION pg_cep")
+    conn.execute(TABLES_SQL)
+    define_streams(conn)
+    print(f"PostgreSQL {server_version(conn)}, throwaway cluster at {cluster.base} "
+          f"(fsync on, synchronous_commit off)")
+    print_query(conn, "SELECT extversion AS pg_cep_version FROM pg_extension "
+                      "WHERE extname = 'pg_cep'")
+    print()
+    print_query(conn, """
+        SELECT name AS stream, source, time_column, key_column, id_column, allowed_lateness,
+               notify_channel
+        FROM cep.streams ORDER BY stream_id""")
+    return conn
+
+
+def define_streams(conn) -> None:
+    print("Registering the tables as streams:")
+    print("  " + STREAMS_SQL.strip().replace("\n", "\n  "))
+    conn.execute(STREAMS_SQL)
+
+
+def section_ingest(cluster, events: list[workload.EventBatch],
+                   rate: float) -> tuple[list[Feed], float]:
+    heading("3. Streaming the events")
+    t = time.perf_counter()
+    feeds = [prepare_feed(ev) for ev in events]
+    print(f"Pre-rendered {sum(len(f.plan) for f in feeds)} statements in "
+          f"{time.perf_counter() - t:.1f} s (not timed). Sending: one client per stream, "
+          f"3 COPYs of 2,000 rows then 2 INSERTs of 500 rows, repeated, autocommit,")
+    print(f"paced at {rate:,.0f} events/s in total." if rate else "as fast as possible.")
+    wall = run_feeds(cluster.dsn(DBNAME), feeds, rate)
+    total = sum(len(f.events) for f in feeds)
+    print(f"Done: {total:,} events in {wall:.1f} s "
+          f"= {human_rate(total / wall)} events/s over both streams.")
+    return feeds, wall
+
+
+def section_stream_stats(conn) -> None:
+    heading("4. cep.stream_stats")
+    print("SELECT * FROM cep.stream_stats;   -- shown expanded, like psql's \\x")
+    print_query(conn, "SELECT * FROM cep.stream_stats ORDER BY stream", expanded=True)
+
+
+def section_dashboard(conn) -> None:
+    heading("5. cep.dashboard")
+    print("SELECT * FROM cep.dashboard;")
+    print_query(conn, "SELECT * FROM cep.dashboard")
+
+
+def section_timeline(conn, ingest_started_wall: float, ingest_seconds: float) -> None:
+    heading("6. cep.timeline (ingest activity by wall-clock bucket)")
+    elapsed = time.time() - ingest_started_wall
+    # About ten buckets over the ingest, in whole seconds (or minutes for long runs).
+    bucket = max(1, math.ceil(ingest_seconds / 10))
+    if bucket > 60:
+        bucket = 60 * math.ceil(bucket / 60)
+    span = int(math.ceil((elapsed + bucket) / bucket) * bucket)
+    for stream in ("transactions", "clickstream"):
+        unit = "second" if bucket == 1 else "seconds"
+        sql = (f"SELECT * FROM cep.timeline('{stream}', bucket => '{bucket} {unit}', "
+               f"span => '{span} seconds')")
+        subheading(stream)
+        print(sql + ";")
+        print_query(conn, sql)
+
+
+def section_late_events(conn, feeds: list[Feed]) -> None:
+    heading("7. Late events")
+    print(f"An event is late when its time is older than the stream's watermark "
+          f"(newest event time - allowed lateness {ALLOWED_LATENESS}) on arrival.\n"
+          f"It stays in the table, is counted, and will not change closed results.")
+    expected = {f.events.table: workload.expected_late(f.events.created_at_us, f.plan,
+                                                       LATENESS_US) for f in feeds}
+    rows = conn.execute("""
+        SELECT s.name, count(l.event_id), min(l.watermark - l.event_time),
+               max(l.watermark - l.event_time)
+        FROM cep.streams AS s LEFT JOIN cep.late_events AS l USING (stream_id)
+        GROUP BY s.name ORDER BY s.name""").fetchall()
+    print()
+    print_table(["stream", "late_events", "expected (generator)", "least behind watermark",
+                 "most behind watermark"],
+                [(r[0], r[1], expected.get(r[0]), r[2], r[3]) for r in rows])
+    subheading("Sample from cep.late_events")
+    print_query(conn, """
+        SELECT s.name AS stream, l.event_id, l.partition_key, l.event_time, l.watermark,
+               l.watermark - l.event_time AS behind
+        FROM cep.late_events AS l JOIN cep.streams AS s USING (stream_id)
+        ORDER BY l.arrived_at, l.event_id LIMIT 5""")
+
+
+def section_alerts(conn) -> None:
+    heading("8. cep.alerts")
+    total = conn.execute("SELECT count(*) FROM cep.alerts").fetchone()[0]
+    print(f"{total} alert(s) in total; the newest:")
+    print_query(conn, """
+        SELECT alert_id, created_at, source_kind, source_name, stream, partition_key,
+               severity, round(score::numeric, 2) AS score, message
+        FROM cep.alerts ORDER BY created_at DESC, alert_id DESC LIMIT 10""",
+                empty="(no alert sources defined yet: windows, patterns and rules come in "
+                      "later versions)")
+
+
+def section_activity(conn) -> None:
+    heading("9. What the detectors of later versions will look for (plain SQL, not pg_cep)")
+    print("User-hours in transactions with the most distinct locations (the fraud bursts), "
+          "next to the\nbusiest ordinary user-hours -- rules and patterns will flag the former "
+          "as events arrive:")
+    print_query(conn, """
+        WITH h AS (
+            SELECT user_id, date_trunc('hour', created_at) AS hour, count(*) AS transactions,
+                   sum(amount) AS total_amount, count(DISTINCT location) AS locations,
+                   count(*) FILTER (WHERE amount > 10000) AS over_10000,
+                   count(*) FILTER (WHERE extract(hour FROM created_at) >= 22
+                                       OR extract(hour FROM created_at) < 6) AS at_night
+            FROM transactions GROUP BY 1, 2
+        )
+        (SELECT 'most locations' AS ranked_by, * FROM h
+         ORDER BY locations DESC, transactions DESC, user_id LIMIT 5)
+        UNION ALL
+        (SELECT 'most transactions', * FROM h
+         ORDER BY transactions DESC, locations DESC, user_id LIMIT 3)""")
+
+
+def section_maintenance(conn) -> None:
+    heading("10. cep.run_maintenance()  -- schedule it every minute")
+    print_query(conn, "SELECT * FROM cep.run_maintenance()")
+
+
+def section_throughput(conn, feeds: list[Feed], wall: float) -> None:
+    heading("11. Ingest throughput observed")
+    stats = {r[0]: r[1:] for r in conn.execute(
+        "SELECT stream, ingest_micros_per_event, ingest_micros_per_batch, batches_total "
+        "FROM cep.stream_stats").fetchall()}
+    rows = []
+    for f in feeds:
+        n = len(f.events)
+        per_event, per_batch, batches = stats.get(f.events.table, (None, None, None))
+        rows.append((f.events.table, n, f.copies, f.inserts, round(f.seconds, 2),
+                     round(n / f.seconds), per_event, per_batch))
+    total = sum(len(f.events) for f in feeds)
+    rows.append(("both (concurrently)", total, sum(f.copies for f in feeds),
+                 sum(f.inserts for f in feeds), round(wall, 2), round(total / wall), None, None))
+    print_table(["stream", "events", "COPY stmts", "INSERT stmts", "seconds", "events/s",
+                 "pg_cep µs/event", "pg_cep µs/stmt"], rows)
+    print("events/s is client-observed, end to end (parse, insert, indexes, pg_cep trigger, "
+          "commit);\npg_cep µs/event is the time spent inside pg_cep's statement trigger, from "
+          "cep.stream_stats.")
+
+
+# -- main -------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=200_000,
+                   help="number of transactions (the clickstream gets half as many); "
+                        "default 200000")
+    p.add_argument("--seed", type=int, default=42, help="RNG seed (default 42)")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="pace the replay at this many events/s over both streams "
+                        "(default 0: as fast as possible)")
+    p.add_argument("--keep", action="store_true",
+                   help="leave the cluster running and print how to connect")
+    args = p.parse_args(argv)
+    if args.events < 1000:
+        p.error("--events must be at least 1000")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    now_us = int(time.time() * workload.US)
+    events = section_workload(args, now_us)
+    with throwaway_cluster(CLUSTER_SETTINGS, keep=args.keep, label="Demo cluster",
+                           dbname=DBNAME) as cluster:
+        conn = section_setup(cluster)
+        try:
+            ingest_started = time.time()
+            feeds, wall = section_ingest(cluster, events, args.rate)
+            section_stream_stats(conn)
+            section_dashboard(conn)
+            section_timeline(conn, ingest_started, wall)
+            section_late_events(conn, feeds)
+            section_alerts(conn)
+            section_activity(conn)
+            section_maintenance(conn)
+            section_throughput(conn, feeds, wall)
+        finally:
+            conn.close()
+    print(f"\nDemo finished in {time.perf_counter() - t0:.0f} s"
+          f"{'' if args.keep else '; the cluster was removed'}.")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted; the demo cluster was removed", file=sys.stderr)
+        sys.exit(130)
