@@ -172,7 +172,7 @@ def test_generated_function_is_not_callable_by_public(conn):
     acl = conn.execute("SELECT proacl::text, prosecdef, proconfig FROM pg_proc "
                        "WHERE proname = '_ingest_1'").fetchone()
     assert acl[0] is not None and not re.search(r"(^|[{,])=X", acl[0])
-    assert acl[1] is True and acl[2] == ["search_path=pg_catalog, pg_temp"]
+    assert acl[1] is True and acl[2][0] == "search_path=pg_catalog, pg_temp"
 
 
 def test_everything_works_with_an_empty_search_path(server):

@@ -19,8 +19,10 @@ DECLARE
     v_bad_case text;
     v_bad_any text;
     v_col name;
+    v_sections text;
 BEGIN
     SELECT * INTO STRICT s FROM cep.streams AS st WHERE st.stream_id = _compile_ingest.stream_id;
+    v_sections := cep._feature_sections(s.stream_id);
 
     IF s.time_type = 'timestamp without time zone'::regtype THEN
         -- A column without time zone holds UTC wall-clock time, whatever the session TimeZone.
@@ -68,26 +70,32 @@ DECLARE
     v_bad bigint;
     v_min timestamptz;
     v_max timestamptz;
-    v_sketch bit(4096);
+    v_sketch smallint [];
     v_reason text;
     v_bad_id bigint;
     v_micros bigint;
 BEGIN
-    SELECT coalesce(max(l.watermark), '-infinity') INTO v_watermark
-    FROM cep.stream_log AS l
-    WHERE l.stream_id = %2$s;
-
-    SELECT count(*),
-        count(*) FILTER (WHERE e.t < v_watermark),
+    SELECT coalesce(w.watermark, '-infinity'),
+        count(*),
+        count(*) FILTER (WHERE e.t < coalesce(w.watermark, '-infinity')),
         count(*) FILTER (WHERE %4$s),
-        min(e.t) FILTER (WHERE e.t >= v_watermark),
+        min(e.t) FILTER (WHERE e.t >= coalesce(w.watermark, '-infinity')),
         max(e.t),
-        pg_catalog.bit_or(B'1'::bit(4096) >> (pg_catalog.hashtext(e.k) & 4095))
-            FILTER (WHERE e.t >= v_watermark)
-    INTO v_events, v_late, v_bad, v_min, v_max, v_sketch
-    FROM (SELECT %5$s AS t, %6$s AS k, n.%7$I::bigint AS id%8$s FROM cep_new_rows AS n) AS e;
+        array_agg(DISTINCT (pg_catalog.hashtext(e.k) & 4095)::smallint)
+            FILTER (WHERE e.t >= coalesce(w.watermark, '-infinity') AND e.k IS NOT NULL)
+    INTO v_watermark, v_events, v_late, v_bad, v_min, v_max, v_sketch
+    FROM (SELECT %5$s AS t, %6$s AS k, n.%7$I::bigint AS id%8$s FROM cep_new_rows AS n) AS e
+    LEFT JOIN (
+        -- ORDER BY + LIMIT on the (stream_id, watermark DESC) index, and enable_seqscan off
+        -- on this function: the cached plan stays an index probe however the table grew.
+        SELECT l.watermark FROM cep.stream_log AS l
+        WHERE l.stream_id = %2$s
+        ORDER BY l.watermark DESC
+        LIMIT 1
+    ) AS w ON true
+    GROUP BY w.watermark;
 
-    IF v_events = 0 THEN
+    IF v_events IS NULL THEN
         RETURN NULL;
     END IF;
 
@@ -110,17 +118,7 @@ BEGIN
         WHERE e.t < v_watermark;
     END IF;
 
-%10$s
-    v_micros := (extract(epoch FROM pg_catalog.clock_timestamp() - v_started) * 1000000)::bigint;
-    INSERT INTO cep.stream_log (
-        stream_id, events, late_events, min_event_time, max_event_time, watermark,
-        ingest_micros, max_batch_micros, key_sketch
-    ) VALUES (
-        %2$s, v_events, v_late, v_min, v_max,
-        greatest(v_watermark, v_max - %11$L::interval),
-        v_micros, v_micros, v_sketch
-    );
-    RETURN NULL;
+%10$s%12$s    RETURN NULL;
 END
 $body$,
         s.name,                      -- 1
@@ -132,8 +130,19 @@ $body$,
         s.id_column,                 -- 7
         v_cols,                      -- 8
         v_bad_case,                  -- 9
-        cep._feature_sections(s.stream_id), -- 10
-        s.allowed_lateness           -- 11
+        v_sections,                  -- 10
+        s.allowed_lateness,          -- 11
+        format($log$
+    v_micros := (extract(epoch FROM pg_catalog.clock_timestamp() - v_started) * 1000000)::bigint;
+    INSERT INTO cep.stream_log (
+        stream_id, events, late_events, min_event_time, max_event_time, watermark,
+        ingest_micros, max_batch_micros, key_sketch
+    ) VALUES (
+        %1$s, v_events, v_late, v_min, v_max,
+        greatest(v_watermark, v_max - %2$L::interval),
+        v_micros, v_micros, v_sketch
+    );
+$log$, s.stream_id, s.allowed_lateness)  -- 12
     );
 END
 $fn$;
@@ -169,7 +178,7 @@ BEGIN
     FROM cep.streams AS s WHERE s.stream_id = _regenerate_stream.stream_id;
     v_ddl := format(
         'CREATE OR REPLACE FUNCTION cep.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
-        'SET search_path = pg_catalog, pg_temp AS %L',
+        'SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS %L',
         v_function, cep._compile_ingest(stream_id));
     BEGIN
         EXECUTE v_ddl;

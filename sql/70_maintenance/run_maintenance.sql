@@ -26,17 +26,30 @@ BEGIN
         WHERE NOT l.compacted
             AND l.logged_at < date_trunc('minute', v_now) - interval '1 minute'
         RETURNING l.*
+    ), sketches AS (
+        SELECT m.stream_id, date_bin('1 minute', m.logged_at, '1970-01-01 00:00:00+00') AS minute,
+            array_agg(DISTINCT p.position ORDER BY p.position) AS key_sketch
+        FROM moved AS m
+        CROSS JOIN LATERAL unnest(m.key_sketch) AS p (position)
+        GROUP BY 1, 2
     ), ins AS (
         INSERT INTO cep.stream_log (
             stream_id, logged_at, batches, events, late_events, min_event_time,
             max_event_time, watermark, ingest_micros, max_batch_micros, key_sketch, compacted
         )
-        SELECT m.stream_id, date_bin('1 minute', m.logged_at, '1970-01-01 00:00:00+00'),
-            sum(m.batches), sum(m.events), sum(m.late_events), min(m.min_event_time),
-            max(m.max_event_time), max(m.watermark), sum(m.ingest_micros),
-            max(m.max_batch_micros), bit_or(m.key_sketch), true
-        FROM moved AS m
-        GROUP BY 1, 2
+        SELECT g.stream_id, g.minute, g.batches, g.events, g.late_events, g.min_event_time,
+            g.max_event_time, g.watermark, g.ingest_micros, g.max_batch_micros, k.key_sketch, true
+        FROM (
+            SELECT m.stream_id,
+                date_bin('1 minute', m.logged_at, '1970-01-01 00:00:00+00') AS minute,
+                sum(m.batches) AS batches, sum(m.events) AS events,
+                sum(m.late_events) AS late_events, min(m.min_event_time) AS min_event_time,
+                max(m.max_event_time) AS max_event_time, max(m.watermark) AS watermark,
+                sum(m.ingest_micros) AS ingest_micros, max(m.max_batch_micros) AS max_batch_micros
+            FROM moved AS m
+            GROUP BY 1, 2
+        ) AS g
+        LEFT JOIN sketches AS k ON k.stream_id = g.stream_id AND k.minute = g.minute
         RETURNING 1
     )
     SELECT count(*) INTO v_n FROM moved;

@@ -2,9 +2,10 @@
 -- Invariant: these read only pg_cep's own bookkeeping (cep.stream_log, cep.alerts), never the
 -- event tables, so they stay cheap however large the streams grow.
 
--- Linear-counting estimate of distinct keys from a 4096-bit sketch (exact enough below ~10k
--- keys; saturates near 30k, where it reports the saturation bound).
-CREATE FUNCTION cep._sketch_estimate(sketch bit)
+-- Linear-counting estimate of distinct keys from the number of distinct positions that
+-- hashtext(key) & 4095 took (within a few percent below ~10k keys; saturates near 30k, where it
+-- reports the saturation bound).
+CREATE FUNCTION cep._sketch_estimate(positions bigint)
 RETURNS bigint
 LANGUAGE sql
 IMMUTABLE
@@ -12,16 +13,15 @@ PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
     SELECT CASE
-        WHEN sketch IS NULL THEN 0
-        WHEN bit_count(sketch) >= length(sketch) THEN
-            round(length(sketch) * ln(length(sketch)::float8))::bigint
-        ELSE round(-length(sketch) * ln((length(sketch) - bit_count(sketch))::float8
-            / length(sketch)))::bigint
+        WHEN positions IS NULL OR positions <= 0 THEN 0
+        WHEN positions >= 4096 THEN round(4096 * ln(4096::float8))::bigint
+        ELSE round(-4096 * ln((4096 - positions)::float8 / 4096))::bigint
     END
 $fn$;
 
-COMMENT ON FUNCTION cep._sketch_estimate(bit) IS
-'Internal: estimated number of distinct keys behind a key sketch (linear counting).';
+COMMENT ON FUNCTION cep._sketch_estimate(bigint) IS
+'Internal: estimated number of distinct keys behind a key sketch with POSITIONS distinct '
+'positions out of 4096 (linear counting).';
 
 CREATE VIEW cep.stream_stats AS
 SELECT
@@ -67,9 +67,18 @@ WITH recent AS (
         sum(l.events) FILTER (WHERE l.logged_at >= clock_timestamp() - interval '1 minute')
             AS events_last_minute,
         sum(l.batches) AS batches,
-        sum(l.ingest_micros) AS ingest_micros,
-        bit_or(l.key_sketch) AS sketch
+        sum(l.ingest_micros) AS ingest_micros
     FROM cep.stream_log AS l
+    WHERE l.logged_at >= clock_timestamp() - interval '1 hour'
+    GROUP BY l.stream_id
+),
+
+keys AS (
+    SELECT
+        l.stream_id,
+        count(DISTINCT p.position) AS positions
+    FROM cep.stream_log AS l
+    CROSS JOIN LATERAL unnest(l.key_sketch) AS p (position)
     WHERE l.logged_at >= clock_timestamp() - interval '1 hour'
     GROUP BY l.stream_id
 )
@@ -80,12 +89,13 @@ SELECT
     round(coalesce(sum(r.events_last_minute), 0) / 60.0, 3) AS events_per_second,
     round(sum(r.ingest_micros)::numeric / nullif(sum(r.batches), 0) / 1000.0, 3)
         AS avg_ingest_latency_ms,
-    coalesce(sum(cep._sketch_estimate(r.sketch)), 0)::bigint AS active_keys,
+    coalesce(sum(cep._sketch_estimate(k.positions)), 0)::bigint AS active_keys,
     (
         SELECT count(*) FROM cep.alerts AS al
         WHERE al.created_at >= clock_timestamp() - interval '1 hour'
     ) AS alerts_last_hour
-FROM recent AS r;
+FROM recent AS r
+LEFT JOIN keys AS k ON r.stream_id = k.stream_id;
 
 COMMENT ON VIEW cep.dashboard IS
 'One row for a psql dashboard: streams, events_last_hour, events_per_second (last minute), '
