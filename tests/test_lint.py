@@ -38,6 +38,12 @@ def test_pgspot_built_script_is_clean():
     assert "Errors: 0 Warnings: 0 Unknown: 0" in summary, res.stdout
 
 
+def test_pgspot_upgrade_scripts_are_clean():
+    for f in sorted((ROOT / "extension").glob("pg_cep--*--*.sql")):
+        res = subprocess.run([str(BIN / "pgspot"), str(f)], capture_output=True, text=True)
+        assert "Errors: 0 Warnings: 0 Unknown: 0" in res.stdout, f"{f.name}: {res.stdout}"
+
+
 def test_manifest_names_every_source_once():
     listed = [line.strip() for line in (ROOT / "sql" / "manifest.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")]

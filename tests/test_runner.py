@@ -26,6 +26,8 @@ from pgtap_run import pgtap_files, run_pg_prove
 
 VERSION = Scripts.discover(ROOT).default_version
 BUILT = ROOT / "build" / f"pg_cep--{VERSION}.sql"
+# Versions of synthetic script trees, above any real version.
+NEXT, NEXT2 = "90.2.0", "90.3.0"
 _names = itertools.count(1)
 
 
@@ -286,12 +288,12 @@ def test_killed_runner_leaves_previous_state(server, fresh_db, installer, tmp_pa
     role = installer(db)
     dsn = server.dsn(db, user=role)
     # The install script pauses after creating every object, the upgrade after its changes.
-    root = synthetic_tree(tmp_path, "0.2.0", {
+    root = synthetic_tree(tmp_path, NEXT, {
         f"pg_cep--{VERSION}.sql":
             BUILT.read_text() + "\nSELECT pg_catalog.pg_advisory_xact_lock(4241);\n",
-        f"pg_cep--{VERSION}--0.2.0.sql":
+        f"pg_cep--{VERSION}--{NEXT}.sql":
             "CREATE TABLE cep.upgrade_marker (id integer);\n"
-            "COMMENT ON TABLE cep.settings IS 'changed by 0.2.0';\n"
+            f"COMMENT ON TABLE cep.settings IS 'changed by {NEXT}';\n"
             "SELECT pg_catalog.pg_advisory_xact_lock(4242);\n",
     })
     with server.connect(db) as su:
@@ -307,11 +309,11 @@ def test_killed_runner_leaves_previous_state(server, fresh_db, installer, tmp_pa
         assert migrations(su) == [VERSION]
         assert diff_snapshots(before, catalog_snapshot(su), ("before", "after kill")) == []
 
-        assert "upgraded to 0.2.0" in ok(pgcep("upgrade", dsn=dsn, root=root))
-        assert migrations(su) == [VERSION, "0.2.0"]
+        assert f"upgraded to {NEXT}" in ok(pgcep("upgrade", dsn=dsn, root=root))
+        assert migrations(su) == [VERSION, NEXT]
         assert su.execute("SELECT pg_catalog.to_regclass('cep.upgrade_marker')").fetchone()[0]
         st = status(dsn, root)
-        assert (st["installed"], st["pending"]) == ("0.2.0", "none")
+        assert (st["installed"], st["pending"]) == (NEXT, "none")
 
 
 # -- 5. refusals -------------------------------------------------------------------------------
@@ -434,29 +436,29 @@ def test_runner_follows_the_shortest_chain(server, fresh_db, installer, tmp_path
     role = installer(db)
     dsn = server.dsn(db, user=role)
     marker = "CREATE TABLE cep.step_{} (id integer);\n"
-    root = synthetic_tree(tmp_path, "0.3.0", {
-        f"pg_cep--{VERSION}--0.2.0.sql": marker.format("a"),
-        "pg_cep--0.2.0--0.3.0.sql": marker.format("b"),
-        f"pg_cep--{VERSION}--0.3.0.sql": marker.format("direct"),
-        "pg_cep--0.9.0.sql": "SELECT 1;\n",
+    root = synthetic_tree(tmp_path, NEXT2, {
+        f"pg_cep--{VERSION}--{NEXT}.sql": marker.format("a"),
+        f"pg_cep--{NEXT}--{NEXT2}.sql": marker.format("b"),
+        f"pg_cep--{VERSION}--{NEXT2}.sql": marker.format("direct"),
+        "pg_cep--99.9.0.sql": "SELECT 1;\n",
     })
     ok(pgcep("install", "--mode", "script", "--version", VERSION, dsn=dsn, root=root))
-    assert status(dsn, root)["pending"] == f"{VERSION} -> 0.3.0"
-    refused(pgcep("upgrade", "--version", "0.9.0", dsn=dsn, root=root),
-            f"no upgrade path from {VERSION} to 0.9.0")
+    assert status(dsn, root)["pending"] == f"{VERSION} -> {NEXT2}"
+    refused(pgcep("upgrade", "--version", "99.9.0", dsn=dsn, root=root),
+            f"no upgrade path from {VERSION} to 99.9.0")
     refused(pgcep("upgrade", "--version", "7.7.7", dsn=dsn, root=root), "unknown version 7.7.7")
-    assert "upgraded to 0.3.0" in ok(pgcep("upgrade", dsn=dsn, root=root))
+    assert f"upgraded to {NEXT2}" in ok(pgcep("upgrade", dsn=dsn, root=root))
     with server.connect(db) as su:
-        assert migrations(su) == [VERSION, "0.3.0"]
+        assert migrations(su) == [VERSION, NEXT2]
         tables = {r[0] for r in su.execute(
             "SELECT relname FROM pg_catalog.pg_class WHERE relname LIKE 'step%%'"
             " AND relnamespace = 'cep'::regnamespace").fetchall()}
         assert tables == {"step_direct"}
-    # A fresh install of 0.2.0, which has no full script, goes through 0.1.0 like
+    # A fresh install of NEXT, which has no full script, goes through VERSION like
     # CREATE EXTENSION would.
     db2 = fresh_db()
     role2 = installer(db2)
-    ok(pgcep("install", "--mode", "script", "--version", "0.2.0",
+    ok(pgcep("install", "--mode", "script", "--version", NEXT,
              dsn=server.dsn(db2, user=role2), root=root))
     with server.connect(db2) as su:
-        assert migrations(su) == [VERSION, "0.2.0"]
+        assert migrations(su) == [VERSION, NEXT]

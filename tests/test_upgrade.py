@@ -114,3 +114,35 @@ def test_update_from_frozen_version_equals_fresh_install(server, fresh, version)
         assert res.returncode == 0, res.stdout + res.stderr
     finally:
         server.drop_database(db)
+
+
+@pytest.mark.parametrize("version", frozen_versions())
+def test_script_path_upgrade_equals_fresh_install(server, fresh, version):
+    """The pgcep runner's script path (no extension files used) upgrades the same way."""
+    import subprocess
+    import sys
+
+    db = server.new_database(template="template0")
+    try:
+        def pgcep(*args):
+            res = subprocess.run([sys.executable, "-m", "pgcep", *args, "--dsn", server.dsn(db)],
+                                 capture_output=True, text=True, cwd=ROOT)
+            assert res.returncode == 0, res.stdout + res.stderr
+            return res.stdout
+
+        pgcep("install", "--mode", "script", "--version", version)
+        with server.connect(db) as c:
+            c.execute("CREATE TABLE public.ev (id bigint PRIMARY KEY, k int, t timestamptz)")
+            c.execute("SELECT cep.create_stream('ev', 'public.ev', 't', 'k')")
+            c.execute("INSERT INTO public.ev VALUES (1, 1, now())")
+        assert f"upgraded to {current_version()}" in pgcep("upgrade")
+        with server.connect(db) as c:
+            c.execute("INSERT INTO public.ev VALUES (2, 1, now())")
+            assert c.execute("SELECT events_total FROM cep.stream_stats").fetchone()[0] == 2
+            c.execute("SELECT cep.drop_stream('ev')")
+            c.execute("DROP TABLE public.ev")
+            got = catalog_snapshot(c)
+        diff = diff_snapshots(fresh["catalog"], got)
+        assert not diff, "\n".join(diff)
+    finally:
+        server.drop_database(db)
