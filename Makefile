@@ -6,11 +6,15 @@ PG_CONFIG ?= pg_config
 EXTVERSION := $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" control/pg_cep.control)
 SOURCES := $(addprefix sql/,$(shell grep -v '^\s*\(\#\|$$\)' sql/manifest.txt))
 BUILT := build/pg_cep--$(EXTVERSION).sql
-FROZEN := $(filter-out extension/pg_cep--$(EXTVERSION).sql,$(wildcard extension/pg_cep--*.sql))
+# Upgrade scripts into the current version are built from sql/upgrade/FROM--VERSION.txt.
+UPGRADE_MANIFESTS := $(wildcard sql/upgrade/*--$(EXTVERSION).txt)
+UPGRADES := $(patsubst sql/upgrade/%.txt,build/pg_cep--%.sql,$(UPGRADE_MANIFESTS))
+FROZEN := $(filter-out extension/pg_cep--$(EXTVERSION).sql $(patsubst build/%,extension/%,$(UPGRADES)),\
+	$(wildcard extension/pg_cep--*.sql))
 
 MODULEDIR = extension
 DATA = control/pg_cep.control $(FROZEN)
-DATA_built = $(BUILT)
+DATA_built = $(BUILT) $(UPGRADES)
 EXTRA_CLEAN = build
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
@@ -23,6 +27,11 @@ PY := $(VENV)/bin/python
 $(BUILT): sql/manifest.txt $(SOURCES) control/pg_cep.control scripts/build-script
 	@mkdir -p build
 	scripts/build-script $(EXTVERSION) $@
+
+build/pg_cep--%--$(EXTVERSION).sql: sql/upgrade/%--$(EXTVERSION).txt $(shell find sql -name '*.sql') \
+		control/pg_cep.control scripts/build-script
+	@mkdir -p build
+	scripts/build-script $(EXTVERSION) $@ $< $*
 
 .PHONY: deps venv test lint demo bench freeze
 deps:
@@ -52,7 +61,8 @@ bench: deps venv all
 	$(MAKE) install
 	$(PY) bench/run_bench.py $(BENCH_ARGS)
 
-# Copy the built script of the current version into extension/ (done once per release).
+# Copy the built scripts of the current version (full and upgrades into it) into extension/,
+# once per release; afterwards bump default_version and start sql/upgrade/<this>--<next>.txt.
 freeze: all
 	@test ! -e extension/pg_cep--$(EXTVERSION).sql || { echo "$(EXTVERSION) is already frozen"; exit 1; }
-	cp $(BUILT) extension/pg_cep--$(EXTVERSION).sql
+	cp $(BUILT) $(UPGRADES) extension/

@@ -8,7 +8,11 @@ Compares, in one run, on the same table definition, indexes and pre-generated da
                   AFTER INSERT ... FOR EACH STATEMENT trigger);
   (c) naive    -- the per-row design that design.md principle 1 forbids: a FOR EACH ROW
                   PL/pgSQL trigger that counts and sums the user's last hour of events from the
-                  table and inserts an alert row when count > 10 or sum > 10000.
+                  table and inserts an alert row when count > 10 or sum > 10000;
+  (d) floor    -- the cheapest design with pg_cep's architecture (design principle 1): an
+                  AFTER INSERT ... REFERENCING NEW TABLE ... FOR EACH STATEMENT trigger whose
+                  SECURITY DEFINER PL/pgSQL function only inserts one bookkeeping row (count,
+                  max event time, clock time) per statement into a logged table with one index.
 
 Workloads, each from 2 concurrent client connections:
   batch  -- 1000-row INSERT ... SELECT FROM unnest(arrays) statements, autocommit;
@@ -107,6 +111,31 @@ END
 $$;
 """
 
+# Variant (d): the floor of a statement trigger with a transition table. The function is
+# created once per database; bench_log and the trigger are created afresh for every run.
+FLOOR_FUNCTION_SQL = """
+CREATE FUNCTION floor_log() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO public.bench_log (events, max_time, logged_at)
+    SELECT count(*), max(created_at), clock_timestamp() FROM new_rows;
+    RETURN NULL;
+END
+$$;
+"""
+
+FLOOR_SETUP_SQL = """
+DROP TABLE IF EXISTS bench_log;
+CREATE TABLE bench_log (
+    events bigint NOT NULL,
+    max_time timestamptz,
+    logged_at timestamptz NOT NULL
+);
+CREATE INDEX bench_log_logged_at_idx ON bench_log (logged_at);
+CREATE TRIGGER floor_log AFTER INSERT ON transactions REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION floor_log();
+"""
+
 BATCH_SQL = (f"INSERT INTO transactions ({COLS}) SELECT * FROM unnest("
              "%s::int[], %s::numeric[], %s::text[], %s::text[], %s::timestamptz[])")
 SINGLE_SQL = f"INSERT INTO transactions ({COLS}) VALUES (%s, %s, %s, %s, %s)"
@@ -127,6 +156,8 @@ class Variant:
         if self.key == "c":
             return ("TRUNCATE naive_alerts; CREATE TRIGGER naive_check AFTER INSERT ON "
                     "transactions FOR EACH ROW EXECUTE FUNCTION naive_check()")
+        if self.key == "d":
+            return FLOOR_SETUP_SQL
         return ""
 
     def teardown_sql(self) -> str:
@@ -140,7 +171,16 @@ VARIANTS = [
     Variant("a", "(a) plain table", "bench_plain", False),
     Variant("b", "(b) pg_cep stream", "bench_stream", True),
     Variant("c", "(c) naive per-row trigger", "bench_naive", False),
+    Variant("d", "(d) floor: statement trigger + one bookkeeping row", "bench_floor", False),
 ]
+NAME_WIDTH = max(26, max(len(v.name) for v in VARIANTS))
+RATIO_KEYS = [v.key for v in VARIANTS if v.key != "a"]     # b, c, d: reported as x/a
+FLOOR_NOTE = ("(d) is the floor of pg_cep's architecture (design principle 1): the cheapest "
+              "design that still records\ntransactional per-statement bookkeeping from a "
+              "transition table -- an AFTER INSERT ... REFERENCING\nNEW TABLE FOR EACH STATEMENT "
+              "trigger whose SECURITY DEFINER PL/pgSQL function only inserts one row\n(count, "
+              "max(created_at), clock_timestamp()) per statement into a logged table with one "
+              "btree index.")
 
 
 @dataclass
@@ -219,6 +259,8 @@ def setup_databases(cluster) -> None:
             if v.key == "c":
                 conn.execute(TABLE_SQL)     # naive_check() refers to the table
                 conn.execute(NAIVE_SQL)
+            if v.key == "d":
+                conn.execute(FLOOR_FUNCTION_SQL)
 
 
 def _client(dsn: str, wl: Workload, shared: dict, warmed: threading.Barrier,
@@ -303,6 +345,13 @@ def measure(cluster, v: Variant, wl: Workload) -> Measurement:
         if v.key == "c":
             m.extra["naive_alerts"] = admin.execute(
                 "SELECT count(*) FROM naive_alerts").fetchone()[0]
+        if v.key == "d":
+            log_rows, logged = admin.execute(
+                "SELECT count(*), coalesce(sum(events), 0) FROM bench_log").fetchone()
+            if logged != stored:
+                raise RuntimeError(f"{v.name}: bench_log counts {logged} events, "
+                                   f"{stored} rows stored")
+            m.extra["bench_log_rows"] = log_rows
     return m
 
 
@@ -324,7 +373,7 @@ def run_all(cluster, workloads: list[Workload], repeat: int) -> dict:
                 note = ""
                 if "ingest_micros_per_event" in m.extra:
                     note = f"  pg_cep {m.extra['ingest_micros_per_event']:.2f} µs/event"
-                print(f"  run {r + 1}/{repeat}  {wl.title:<23} {v.name:<26} "
+                print(f"  run {r + 1}/{repeat}  {wl.title:<23} {v.name:<{NAME_WIDTH}} "
                       f"{m.eps:>10,.0f} events/s  ({m.seconds:5.2f} s){note}", flush=True)
     return results
 
@@ -346,7 +395,8 @@ def summarize(results: dict, workloads: list[Workload]) -> dict:
                 "median_events_per_second": round(statistics.median(m.eps for m in runs), 1),
                 "median_seconds": round(statistics.median(m.seconds for m in runs), 3),
             }
-            for k in ("ingest_micros_per_event", "late_events", "naive_alerts"):
+            for k in ("ingest_micros_per_event", "late_events", "naive_alerts",
+                      "bench_log_rows"):
                 vals = [m.extra[k] for m in runs if k in m.extra]
                 if vals:
                     entry[k] = round(statistics.median(vals), 3)
@@ -355,15 +405,14 @@ def summarize(results: dict, workloads: list[Workload]) -> dict:
         runs = results[wl.key]
         # Paired: runs of one repeat are seconds apart, so their ratio cancels load drift.
         paired = {k: round(statistics.median(x.eps / y.eps for x, y in zip(runs[k], runs["a"])),
-                           3) for k in ("b", "c")}
+                           3) for k in RATIO_KEYS}
         summary[wl.key] = {
             "title": wl.title,
             "rows": wl.rows,
             "variants": per,
-            "ratio_b_a": round(per["b"]["median_events_per_second"] / a, 3),
-            "ratio_c_a": round(per["c"]["median_events_per_second"] / a, 3),
-            "paired_ratio_b_a": paired["b"],
-            "paired_ratio_c_a": paired["c"],
+            **{f"ratio_{k}_a": round(per[k]["median_events_per_second"] / a, 3)
+               for k in RATIO_KEYS},
+            **{f"paired_ratio_{k}_a": paired[k] for k in RATIO_KEYS},
             "target_b_a": TARGETS[wl.key],
         }
     return summary
@@ -381,7 +430,8 @@ def print_report(summary: dict) -> None:
                 target = f"b/a >= {s['target_b_a']:.2f}"
                 verdict = "met" if ratio >= s["target_b_a"] else "NOT met"
             else:
-                ratio, paired, target, verdict = s["ratio_c_a"], s["paired_ratio_c_a"], "", ""
+                ratio, paired = s[f"ratio_{vk}_a"], s[f"paired_ratio_{vk}_a"]
+                target, verdict = "", ""
             runs = " ".join(f"{x:,.0f}" for x in e["runs_events_per_second"])
             rows.append((s["title"] if vk == "a" else "", e["variant"],
                          round(e["median_events_per_second"]), ratio, paired, target, verdict,
@@ -391,6 +441,7 @@ def print_report(summary: dict) -> None:
     print("ratio to (a): median events/s of the variant / median of (a); the target verdict uses "
           "it.\npaired: median over the repeats of the ratio between runs of the same repeat "
           "(robust to\nload changes on the machine during the bench).")
+    print(FLOOR_NOTE)
 
     subheading("pg_cep's own view of variant (b): cep.stream_stats.ingest_micros_per_event")
     rows = []

@@ -2,7 +2,8 @@
 
 Full scripts are `extension/pg_cep--X.Y.Z.sql` (frozen releases) plus the development
 version's script built by `make` into `build/pg_cep--<default_version>.sql`; upgrade scripts
-are `extension/pg_cep--A--B.sql`. Version names follow CREATE EXTENSION's rules: any string
+are `extension/pg_cep--A--B.sql`, and `build/pg_cep--A--<default_version>.sql` for upgrades into
+the development version. Version names follow CREATE EXTENSION's rules: any string
 without `--`, compared as opaque names.
 """
 
@@ -117,6 +118,13 @@ class Scripts:
         built = root / "build" / f"{EXTENSION}--{found.default_version}.sql"
         if built.is_file():
             found.full[found.default_version] = built
+        # Upgrade scripts into the development version are built by `make` too.
+        built_dir = root / "build"
+        if built_dir.is_dir():
+            _, built_steps = parse_script_names(p.name for p in built_dir.glob(f"{EXTENSION}--*.sql"))
+            for a, b in built_steps:
+                if b == found.default_version:
+                    found.steps[(a, b)] = built_dir / f"{EXTENSION}--{a}--{b}.sql"
         return found
 
     def versions(self) -> list[str]:

@@ -39,15 +39,22 @@ def test_pgspot_built_script_is_clean():
 
 
 def test_pgspot_upgrade_scripts_are_clean():
-    for f in sorted((ROOT / "extension").glob("pg_cep--*--*.sql")):
-        res = subprocess.run([str(BIN / "pgspot"), str(f)], capture_output=True, text=True)
+    """Upgrade scripts replace the extension's own members with CREATE OR REPLACE, which is
+    how members are changed (PostgreSQL refuses to replace a non-member from a script), so
+    PS002/PS007 are the only findings allowed there."""
+    scripts = [*(ROOT / "extension").glob("pg_cep--*--*.sql"), *(ROOT / "build").glob("pg_cep--*--*.sql")]
+    assert scripts, "no upgrade script"
+    for f in sorted(scripts):
+        res = subprocess.run([str(BIN / "pgspot"), "--ignore", "PS002", "--ignore", "PS007", str(f)],
+                             capture_output=True, text=True)
         assert "Errors: 0 Warnings: 0 Unknown: 0" in res.stdout, f"{f.name}: {res.stdout}"
 
 
 def test_manifest_names_every_source_once():
     listed = [line.strip() for line in (ROOT / "sql" / "manifest.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")]
-    on_disk = sorted(str(p.relative_to(ROOT / "sql")) for p in (ROOT / "sql").rglob("*.sql"))
+    on_disk = sorted(str(p.relative_to(ROOT / "sql")) for p in (ROOT / "sql").rglob("*.sql")
+                     if p.parent.name != "upgrade")
     assert sorted(listed) == on_disk
     assert len(set(listed)) == len(listed)
 
@@ -74,7 +81,8 @@ def test_frozen_versions_are_not_edited():
 
 
 def test_base_scripts_have_no_or_replace_or_if_not_exists():
-    for f in [built_script(), *(ROOT / "extension").glob("pg_cep--*.sql")]:
+    full = [f for f in (ROOT / "extension").glob("pg_cep--*.sql") if f.name.count("--") == 1]
+    for f in [built_script(), *full]:
         text = f.read_text()
         # Generated code inside format() strings is runtime DDL, not part of the base script.
         outside = re.sub(r"\$(body|fn)\$.*?\$\1\$", "", text, flags=re.S)
