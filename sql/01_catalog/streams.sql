@@ -90,17 +90,9 @@ CREATE TABLE cep.settings (
     name text NOT NULL,
     value text NOT NULL,
     CONSTRAINT settings_pkey PRIMARY KEY (name),
-    CONSTRAINT settings_value_check CHECK (
-        CASE name
-            WHEN 'notify' THEN value IN ('on', 'off')
-            WHEN 'notify_max_queue_usage' THEN value ~ '^(0(\.[0-9]+)?|1(\.0+)?)$'
-            WHEN 'stats_retention' THEN value ~ '^[0-9]+ (seconds|minutes|hours|days)$'
-            WHEN 'late_event_retention' THEN value ~ '^[0-9]+ (seconds|minutes|hours|days)$'
-            ELSE FALSE
-        END
-    )
+    CONSTRAINT settings_value_check CHECK (cep._valid_setting(name, value))
 );
 
 COMMENT ON TABLE cep.settings IS
-'Global pg_cep settings as name/value rows (notify on|off, notify_max_queue_usage 0..1, '
-'stats_retention, late_event_retention); a missing row means the default.';
+'Global pg_cep settings as name/value rows; a missing row means the default. See '
+'cep._valid_setting for the names and their values.';

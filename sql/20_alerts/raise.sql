@@ -1,5 +1,6 @@
 -- Raising alerts and ringing the NOTIFY doorbell.
--- Invariant: the alert rows are written in the caller's transaction; the doorbell is rung at
+-- Invariant: the alert rows, and their pending deliveries to every consumer, are written in
+-- the caller's transaction; the doorbell is rung at
 -- most once per channel per transaction, carries only an alert id, and can never make the
 -- caller's statement fail (disabled, queue nearly full, or any NOTIFY error: it stays silent).
 
@@ -16,6 +17,7 @@ AS $fn$
             WHEN 'notify_max_queue_usage' THEN '0.5'
             WHEN 'stats_retention' THEN '7 days'
             WHEN 'late_event_retention' THEN '7 days'
+            WHEN 'alert_retention' THEN '30 days'
         END
     )
 $fn$;
@@ -67,6 +69,7 @@ DECLARE
     v_notify boolean;
     v_channel text;
 BEGIN
+    -- The alerts, and one pending delivery per consumer, in the producer's transaction.
     WITH ins AS (
         INSERT INTO cep.alerts (
             source_kind, source_name, stream, partition_key, event_id,
@@ -76,6 +79,10 @@ BEGIN
             coalesce(d.severity, 'high'), d.score, d.message, coalesce(d.details, '{}')
         FROM unnest(drafts) AS d
         RETURNING alert_id
+    ), queued AS (
+        INSERT INTO cep.consumer_pending (consumer_id, alert_id)
+        SELECT c.consumer_id, ins.alert_id
+        FROM ins CROSS JOIN cep.consumers AS c
     )
     SELECT min(ins.alert_id), count(*) INTO v_first, v_count FROM ins;
 
@@ -91,4 +98,5 @@ END
 $fn$;
 
 COMMENT ON FUNCTION cep._raise_alerts(integer, cep.alert_draft[]) IS
-'Internal: insert a set of alerts for a stream in one statement and ring its doorbell.';
+'Internal: insert a set of alerts for a stream in one statement, queue each for every '
+'consumer, and ring the stream''s doorbell.';

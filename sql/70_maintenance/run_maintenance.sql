@@ -92,11 +92,47 @@ BEGIN
     task := 'purge_late_events';
     items := v_n;
     RETURN NEXT;
+
+    -- Alerts past alert_retention that no consumer still has pending; at most 50000 per call
+    -- so that one call stays short.
+    DELETE FROM cep.alerts AS a
+    WHERE a.alert_id IN (
+        SELECT o.alert_id
+        FROM cep.alerts AS o
+        WHERE o.created_at < v_now - cep._setting('alert_retention')::interval
+            AND NOT EXISTS (SELECT 1 FROM cep.consumer_pending AS p WHERE p.alert_id = o.alert_id)
+        ORDER BY o.created_at
+        LIMIT 50000
+    );
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    task := 'purge_alerts';
+    items := v_n;
+    RETURN NEXT;
+
+    -- One row per consumer for delivery counters older than a minute.
+    WITH moved AS (
+        DELETE FROM cep.consumer_log AS l
+        WHERE l.logged_at < v_now - interval '1 minute'
+        RETURNING l.*
+    ), ins AS (
+        INSERT INTO cep.consumer_log (consumer_id, logged_at, delivered, redelivered, acked)
+        SELECT m.consumer_id, max(m.logged_at), sum(m.delivered), sum(m.redelivered),
+            sum(m.acked)
+        FROM moved AS m
+        GROUP BY m.consumer_id
+        RETURNING 1
+    )
+    SELECT count(*) INTO v_n FROM moved;
+    task := 'compact_consumer_log';
+    items := v_n;
+    RETURN NEXT;
 END
 $fn$;
 
 COMMENT ON FUNCTION cep.run_maintenance() IS
 'Run every periodic duty once and report what was done, one row per task: compaction of the '
-'ingest log, archiving past stats_retention, purging late events past late_event_retention. '
+'ingest log, archiving past stats_retention, purging late events past late_event_retention, '
+'purging alerts past alert_retention that every consumer acknowledged, compaction of the '
+'consumer log. '
 'Idempotent; a concurrent second call skips. Schedule it every minute (pg_cron or any '
 'scheduler).';

@@ -93,14 +93,17 @@ SELECT
     (
         SELECT count(*) FROM cep.alerts AS al
         WHERE al.created_at >= clock_timestamp() - interval '1 hour'
-    ) AS alerts_last_hour
+    ) AS alerts_last_hour,
+    pg_notification_queue_usage() AS notify_queue_usage
 FROM recent AS r
 LEFT JOIN keys AS k ON r.stream_id = k.stream_id;
 
 COMMENT ON VIEW cep.dashboard IS
 'One row for a psql dashboard: streams, events_last_hour, events_per_second (last minute), '
 'avg_ingest_latency_ms (ingest function time per statement, last hour), active_keys '
-'(estimated distinct keys seen in the last hour) and alerts_last_hour.';
+'(estimated distinct keys seen in the last hour), alerts_last_hour and notify_queue_usage '
+'(the fraction of the NOTIFY queue in use; the doorbell stays silent above '
+'notify_max_queue_usage).';
 
 CREATE FUNCTION cep.timeline(
     stream text,

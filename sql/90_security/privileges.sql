@@ -31,6 +31,10 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump('cep.settings', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.alerts', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.alerts_alert_id_seq', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.consumers', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.consumers_consumer_id_seq', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.consumer_pending', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.consumer_log', '');
     END IF;
 END
 $dump$;

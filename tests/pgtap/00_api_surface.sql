@@ -17,17 +17,22 @@ SELECT functions_are(
     'cep',
     ARRAY[
         'create_stream', 'drop_stream', 'advance_watermark', 'run_maintenance', 'timeline',
-        '_stream_id', '_watermark', '_setting', '_ring_doorbell', '_raise_alerts',
+        'create_consumer', 'drop_consumer', 'poll_alerts', 'ack_alerts',
+        '_stream_id', '_watermark', '_setting', '_valid_setting', '_ring_doorbell',
+        '_raise_alerts', '_consumer_id',
         '_compile_ingest', '_feature_sections', '_regenerate_stream', '_sketch_estimate'
     ],
     'cep has exactly the functions of the API contract and its internals'
 );
 
-SELECT views_are('cep', ARRAY['stream_stats', 'dashboard']);
+SELECT views_are('cep', ARRAY['stream_stats', 'dashboard', 'consumer_stats']);
 
 SELECT tables_are(
     'cep',
-    ARRAY['streams', 'stream_log', 'late_events', 'settings', 'alerts']
+    ARRAY[
+        'streams', 'stream_log', 'late_events', 'settings', 'alerts', 'consumers',
+        'consumer_pending', 'consumer_log'
+    ]
 );
 
 SELECT has_type('cep', 'alert_draft', 'alert_draft type exists');
@@ -53,7 +58,7 @@ SELECT columns_are(
     'cep', 'dashboard',
     ARRAY[
         'streams', 'events_last_hour', 'events_per_second', 'avg_ingest_latency_ms',
-        'active_keys', 'alerts_last_hour'
+        'active_keys', 'alerts_last_hour', 'notify_queue_usage'
     ]
 );
 
