@@ -60,6 +60,8 @@ def test_grant_recipe_admin_writer_reader(server, dbname, roles):
             "SELECT cep._ingest_1()",
             "SELECT cep.advance_watermark('tx')",
             "SELECT * FROM cep.stream_stats",
+            "SELECT cep.create_consumer('w')",
+            "SELECT * FROM cep.poll_alerts('app')",
         ]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 w.execute(stmt)
@@ -69,7 +71,14 @@ def test_grant_recipe_admin_writer_reader(server, dbname, roles):
         assert r.execute("SELECT events_last_hour FROM cep.dashboard").fetchone()[0] == 100
         assert r.execute("SELECT sum(events) FROM cep.timeline('tx')").fetchone()[0] == 100
         assert r.execute("SELECT count(*) FROM cep.alerts").fetchone()[0] == 0
+        # A reader runs durable consumers.
+        r.execute("SELECT cep.create_consumer('app')")
+        assert r.execute("SELECT count(*) FROM cep.poll_alerts('app')").fetchone()[0] == 0
+        assert r.execute("SELECT cep.ack_alerts('app', '{}')").fetchone()[0] == 0
+        assert r.execute("SELECT pending FROM cep.consumer_stats").fetchone()[0] == 0
         for stmt in [
+            "DELETE FROM cep.consumer_pending",
+            "UPDATE cep.consumers SET redelivery_timeout = '1 day'",
             "UPDATE cep.streams SET allowed_lateness = '1 day'",
             "INSERT INTO cep.settings VALUES ('notify', 'off')",
             "SELECT * FROM cep.stream_log",
