@@ -16,6 +16,11 @@ CREATE TABLE public.parted_1 PARTITION OF public.parted FOR VALUES FROM (MINVALU
 SELECT cep.create_stream('plain', 'public.plain', 'ts', 'k', allowed_lateness => '1 minute');
 SELECT cep.create_stream('nokey', 'public.nokey', 'ts', NULL, 'id');
 SELECT cep.create_stream('parted', 'public.parted', 'ts', 'k', 'id');
+SELECT cep.create_window('w_tumble', 'plain', 'tumbling', '1 minute', group_by => '{k}',
+    aggregates => '{count(*), count(f), sum(amt), avg(r), min(f), max(amt), count(distinct amt)}');
+SELECT cep.create_window('w_hop', 'nokey', 'hopping', '10 minutes', '3 minutes');
+SELECT cep.create_window('w_session', 'parted', 'session', '5 minutes',
+    aggregates => '{count(*), sum(id), avg(id), min(ts), max(ts)}');
 """
 
 CHECK = """

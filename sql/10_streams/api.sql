@@ -213,6 +213,9 @@ BEGIN
         EXECUTE format('DROP TRIGGER IF EXISTS cep_stream_ingest ON %s', s.source);
     END IF;
     EXECUTE format('DROP FUNCTION IF EXISTS cep.%I()', s.ingest_function);
+    PERFORM cep._drop_window_objects(w.window_id)
+    FROM cep.windows AS w WHERE w.stream_id = s.stream_id;
+    DELETE FROM cep.windows AS w WHERE w.stream_id = s.stream_id;
     DELETE FROM cep.late_events AS l WHERE l.stream_id = s.stream_id;
     DELETE FROM cep.stream_log AS l WHERE l.stream_id = s.stream_id;
     DELETE FROM cep.streams AS st WHERE st.stream_id = s.stream_id;

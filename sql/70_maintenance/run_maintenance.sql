@@ -10,6 +10,9 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     v_n bigint;
+    v_rows bigint;
+    v_window record;
+    v_table name;
     v_now timestamptz := clock_timestamp();
     v_stats_retention interval := cep._setting('stats_retention')::interval;
 BEGIN
@@ -109,6 +112,45 @@ BEGIN
     items := v_n;
     RETURN NEXT;
 
+    -- Windows that ended more than their retention before the watermark.
+    v_n := 0;
+    FOR v_window IN
+        SELECT w.*, cep._watermark(w.stream_id) AS watermark
+        FROM cep.windows AS w
+        ORDER BY w.window_id
+    LOOP
+        CONTINUE WHEN NOT isfinite(v_window.watermark - v_window.retention);
+        IF v_window.kind = 'session' THEN
+            EXECUTE format(
+                'DELETE FROM cep.%I AS t WHERE t.last_event + %L::interval < $1',
+                v_window.state_table, v_window.size)
+            USING v_window.watermark - v_window.retention;
+        ELSE
+            EXECUTE format('DELETE FROM cep.%I AS t WHERE t.window_end < $1', v_window.state_table)
+            USING v_window.watermark - v_window.retention;
+        END IF;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        v_n := v_n + v_rows;
+        FOR v_table IN
+            SELECT c.relname FROM pg_catalog.pg_class AS c
+            WHERE c.relnamespace = 'cep'::regnamespace AND c.relkind = 'r'
+                AND c.relname LIKE v_window.state_table || '\_a\_%'
+        LOOP
+            EXECUTE format('DELETE FROM cep.%I AS t WHERE t.window_start + %L::interval < $1',
+                v_table, v_window.size)
+            USING v_window.watermark - v_window.retention;
+        END LOOP;
+        IF v_window.kind = 'session' THEN
+            EXECUTE format(
+                'DELETE FROM cep.%1$I AS k WHERE NOT EXISTS '
+                '(SELECT 1 FROM cep.%2$I AS t WHERE t.sk = k.sk)',
+                v_window.state_table || '_keys', v_window.state_table);
+        END IF;
+    END LOOP;
+    task := 'purge_windows';
+    items := v_n;
+    RETURN NEXT;
+
     -- One row per consumer for delivery counters older than a minute.
     WITH moved AS (
         DELETE FROM cep.consumer_log AS l
@@ -132,7 +174,7 @@ $fn$;
 COMMENT ON FUNCTION cep.run_maintenance() IS
 'Run every periodic duty once and report what was done, one row per task: compaction of the '
 'ingest log, archiving past stats_retention, purging late events past late_event_retention, '
-'purging alerts past alert_retention that every consumer acknowledged, compaction of the '
-'consumer log. '
+'purging alerts past alert_retention that every consumer acknowledged, purging windows past '
+'their retention, compaction of the consumer log. '
 'Idempotent; a concurrent second call skips. Schedule it every minute (pg_cron or any '
 'scheduler).';

@@ -35,6 +35,8 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump('cep.consumers_consumer_id_seq', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.consumer_pending', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.consumer_log', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.windows', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.windows_window_id_seq', '');
     END IF;
 END
 $dump$;

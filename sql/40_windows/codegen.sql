@@ -1,0 +1,363 @@
+-- Code generation for windows: the state table, the view, and the section of the stream's
+-- ingest function that folds a batch into the state.
+-- Invariant: a batch touches only the windows its on-time events fall into; tumbling and
+-- hopping state is upserted pre-aggregated in (window_start, group) order, so concurrent
+-- batches lock rows in one order and no row is affected twice; session state is merged per
+-- session key after locking that key's anchor row, so concurrent merges serialize per key.
+
+-- The expression for a stream's event time in UTC, over transition-table alias n.
+CREATE FUNCTION cep._time_expr(stream_id integer)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT CASE
+        WHEN s.time_type = 'timestamp without time zone'::regtype
+            THEN format('pg_catalog.timezone(''UTC'', n.%I)', s.time_column)
+        ELSE format('n.%I', s.time_column)
+    END
+    FROM cep.streams AS s
+    WHERE s.stream_id = _time_expr.stream_id
+$fn$;
+
+COMMENT ON FUNCTION cep._time_expr(integer) IS
+'Internal: SQL text of a stream''s event time as timestamptz over the row alias n.';
+
+CREATE FUNCTION cep._window_ddl(window_id integer, view_name text)
+RETURNS text[]
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    w cep.windows;
+    s cep.streams;
+    v_agg jsonb;
+    v_cols text := '';
+    v_gcols text := '';
+    v_gkey text := '';
+    v_view_g text := '';
+    v_view_a text := '';
+    v_col name;
+    v_i integer := 0;
+    v_type text;
+    v_ddl text [] := '{}'::text [];
+    v_key_type text;
+    v_wm text;
+BEGIN
+    SELECT * INTO STRICT w FROM cep.windows AS x WHERE x.window_id = _window_ddl.window_id;
+    SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = w.stream_id;
+
+    FOREACH v_col IN ARRAY w.group_by LOOP
+        v_i := v_i + 1;
+        SELECT format_type(a.atttypid, a.atttypmod) INTO STRICT v_type
+        FROM pg_catalog.pg_attribute AS a
+        WHERE a.attrelid = s.source AND a.attname = v_col AND NOT a.attisdropped;
+        v_gcols := v_gcols || format(', g_%s %s', v_i, v_type);
+        v_gkey := v_gkey || format(', g_%s', v_i);
+        v_view_g := v_view_g || format(', s.g_%s AS %I', v_i, v_col);
+    END LOOP;
+
+    FOR v_agg IN SELECT value FROM jsonb_array_elements(w.aggregates) LOOP
+        v_cols := v_cols || format(', %I %s%s', v_agg->>'state', v_agg->>'state_type',
+            CASE WHEN v_agg->>'fn' IN ('count', 'count_distinct') THEN ' NOT NULL DEFAULT 0' ELSE '' END);
+        IF v_agg->>'fn' = 'avg' THEN
+            v_cols := v_cols || format(', %I bigint NOT NULL DEFAULT 0', (v_agg->>'state') || '_n');
+            v_view_a := v_view_a || format(', (s.%I / NULLIF(s.%I, 0))::%s AS %I',
+                v_agg->>'state', (v_agg->>'state') || '_n', v_agg->>'state_type', v_agg->>'alias');
+        ELSE
+            v_view_a := v_view_a || format(', s.%I AS %I', v_agg->>'state', v_agg->>'alias');
+        END IF;
+    END LOOP;
+
+    v_wm := format(
+        'CROSS JOIN LATERAL (SELECT coalesce(max(l.watermark), ''-infinity'') AS watermark '
+        'FROM cep.stream_log AS l WHERE l.stream_id = %s) AS wm', s.stream_id);
+
+    IF w.kind = 'session' THEN
+        SELECT format_type(a.atttypid, a.atttypmod) INTO STRICT v_key_type
+        FROM pg_catalog.pg_attribute AS a
+        WHERE a.attrelid = s.source AND a.attname = s.key_column AND NOT a.attisdropped;
+        v_ddl := v_ddl || format(
+            'CREATE TABLE cep.%1$I (session_id bigint GENERATED ALWAYS AS IDENTITY, '
+            'sk text NOT NULL, k %2$s%3$s, window_start timestamptz NOT NULL, '
+            'last_event timestamptz NOT NULL%4$s, CONSTRAINT %5$I PRIMARY KEY (session_id))',
+            w.state_table, v_key_type, v_gcols, v_cols, w.state_table || '_pkey');
+        v_ddl := v_ddl || format('CREATE INDEX %I ON cep.%I (sk, last_event)',
+            w.state_table || '_sk_idx', w.state_table);
+        v_ddl := v_ddl || format('CREATE INDEX %I ON cep.%I (last_event)',
+            w.state_table || '_end_idx', w.state_table);
+        -- One anchor row per session key: locking it serializes merges of that key.
+        v_ddl := v_ddl || format(
+            'CREATE TABLE cep.%1$I (sk text NOT NULL, CONSTRAINT %2$I PRIMARY KEY (sk))',
+            w.state_table || '_keys', w.state_table || '_keys_pkey');
+        v_ddl := v_ddl || format(
+            'CREATE VIEW %1$s AS SELECT s.window_start, s.last_event + %2$L::interval AS window_end%3$s%4$s%5$s, '
+            '(s.last_event + %2$L::interval) < wm.watermark AS is_final FROM cep.%6$I AS s %7$s',
+            view_name, w.size,
+            CASE WHEN s.key_column = ANY (w.group_by) THEN '' ELSE format(', s.k AS %I', s.key_column) END,
+            v_view_g, v_view_a, w.state_table, v_wm);
+    ELSE
+        v_ddl := v_ddl || format(
+            'CREATE TABLE cep.%1$I (window_start timestamptz NOT NULL, window_end timestamptz NOT NULL'
+            '%2$s%3$s, CONSTRAINT %4$I UNIQUE NULLS NOT DISTINCT (window_start%5$s))',
+            w.state_table, v_gcols, v_cols, w.state_table || '_key', v_gkey);
+        v_ddl := v_ddl || format('CREATE INDEX %I ON cep.%I (window_end)',
+            w.state_table || '_end_idx', w.state_table);
+        FOR v_agg IN SELECT value FROM jsonb_array_elements(w.aggregates)
+            WHERE value->>'fn' = 'count_distinct' LOOP
+            v_ddl := v_ddl || format(
+                'CREATE TABLE cep.%1$I (window_start timestamptz NOT NULL%2$s, v %3$s NOT NULL, '
+                'CONSTRAINT %4$I UNIQUE NULLS NOT DISTINCT (window_start%5$s, v))',
+                w.state_table || '_' || (v_agg->>'state'), v_gcols, v_agg->>'type',
+                w.state_table || '_' || (v_agg->>'state') || '_key', v_gkey);
+        END LOOP;
+        v_ddl := v_ddl || format(
+            'CREATE VIEW %1$s AS SELECT s.window_start, s.window_end%2$s%3$s, '
+            's.window_end <= wm.watermark AS is_final FROM cep.%4$I AS s %5$s',
+            view_name, v_view_g, v_view_a, w.state_table, v_wm);
+    END IF;
+    RETURN v_ddl;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._window_ddl(integer, text) IS
+'Internal: the DDL of a window''s state table(s) and of its view VIEW_NAME (already quoted), '
+'built from the catalog.';
+
+CREATE FUNCTION cep._window_section(window_id integer)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    w cep.windows;
+    s cep.streams;
+    v_t text;
+    v_agg jsonb;
+    v_col name;
+    v_i integer := 0;
+    v_g_sel text := '';
+    v_g_list text := '';
+    v_b_g text := '';
+    v_v_sel text := '';
+    v_ins_cols text := '';
+    v_batch_aggs text := '';
+    v_merge text := '';
+    v_item_event text := '';
+    v_island_aggs text := '';
+    v_st text;
+    v_v text;
+    v_expand text;
+    v_n integer;
+    v_sql text;
+    v_distinct text := '';
+BEGIN
+    SELECT * INTO STRICT w FROM cep.windows AS x WHERE x.window_id = _window_section.window_id;
+    SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = w.stream_id;
+    v_t := cep._time_expr(s.stream_id);
+
+    FOREACH v_col IN ARRAY w.group_by LOOP
+        v_i := v_i + 1;
+        v_g_sel := v_g_sel || format(', n.%I AS g_%s', v_col, v_i);
+        v_g_list := v_g_list || format(', g_%s', v_i);
+        v_b_g := v_b_g || format(', b.g_%s', v_i);
+    END LOOP;
+
+    FOR v_agg IN SELECT value FROM jsonb_array_elements(w.aggregates) LOOP
+        v_st := v_agg->>'state';
+        v_v := 'v_' || v_st;
+        IF v_agg->>'col' IS NOT NULL THEN
+            v_v_sel := v_v_sel || format(', n.%I AS %I', v_agg->>'col', v_v);
+        END IF;
+        v_ins_cols := v_ins_cols || format(', %I', v_st);
+        CASE v_agg->>'fn'
+            WHEN 'count' THEN
+                v_batch_aggs := v_batch_aggs || CASE WHEN v_agg->>'col' IS NULL THEN ', count(*)'
+                    ELSE format(', count(b.%I)', v_v) END;
+                v_merge := v_merge || format(', %1$I = s.%1$I + EXCLUDED.%1$I', v_st);
+                v_item_event := v_item_event || CASE WHEN v_agg->>'col' IS NULL THEN ', 1::bigint'
+                    ELSE format(', CASE WHEN b.%I IS NULL THEN 0 ELSE 1 END::bigint', v_v) END;
+                v_island_aggs := v_island_aggs || format(', sum(i.%1$I)::bigint AS %1$I', v_st);
+            WHEN 'count_distinct' THEN
+                v_batch_aggs := v_batch_aggs || ', 0';
+                v_merge := v_merge || format(', %1$I = s.%1$I', v_st);
+                v_distinct := v_distinct || format($d$
+    WITH nv AS (
+        INSERT INTO cep.%1$I AS d (window_start%2$s, v)
+        SELECT DISTINCT b.ws%3$s, b.%4$I
+        FROM (%5$s) AS b
+        WHERE b.%4$I IS NOT NULL
+        ORDER BY 1%6$s, %7$s
+        ON CONFLICT DO NOTHING
+        RETURNING d.window_start%8$s
+    )
+    UPDATE cep.%9$I AS s SET %10$I = s.%10$I + c.n
+    FROM (SELECT nv.window_start%11$s, count(*) AS n FROM nv GROUP BY nv.window_start%11$s) AS c
+    WHERE s.window_start = c.window_start%12$s;
+$d$,
+                    w.state_table || '_' || v_st, v_g_list, v_b_g, v_v, '%EXPAND%',
+                    (SELECT coalesce(string_agg(format(', %s', g + 1), ''), '')
+                        FROM generate_series(1, cardinality(w.group_by)) AS g),
+                    cardinality(w.group_by) + 2,
+                    (SELECT coalesce(string_agg(format(', d.g_%s', g), ''), '')
+                        FROM generate_series(1, cardinality(w.group_by)) AS g),
+                    w.state_table, v_st,
+                    (SELECT coalesce(string_agg(format(', nv.g_%s', g), ''), '')
+                        FROM generate_series(1, cardinality(w.group_by)) AS g),
+                    (SELECT coalesce(string_agg(format(' AND s.g_%1$s IS NOT DISTINCT FROM c.g_%1$s', g), ''), '')
+                        FROM generate_series(1, cardinality(w.group_by)) AS g));
+            WHEN 'sum' THEN
+                v_batch_aggs := v_batch_aggs || format(', sum(b.%I)::%s', v_v, v_agg->>'state_type');
+                v_merge := v_merge || format(', %1$I = coalesce(s.%1$I + EXCLUDED.%1$I, s.%1$I, EXCLUDED.%1$I)', v_st);
+                v_item_event := v_item_event || format(', b.%I::%s', v_v, v_agg->>'state_type');
+                v_island_aggs := v_island_aggs || format(', sum(i.%1$I)::%2$s AS %1$I', v_st, v_agg->>'state_type');
+            WHEN 'avg' THEN
+                v_ins_cols := v_ins_cols || format(', %I', v_st || '_n');
+                v_batch_aggs := v_batch_aggs || format(', sum(b.%1$I::%2$s), count(b.%1$I)', v_v, v_agg->>'state_type');
+                v_merge := v_merge || format(', %1$I = coalesce(s.%1$I + EXCLUDED.%1$I, s.%1$I, EXCLUDED.%1$I)'
+                    ', %2$I = s.%2$I + EXCLUDED.%2$I', v_st, v_st || '_n');
+                v_item_event := v_item_event || format(
+                    ', b.%1$I::%2$s, CASE WHEN b.%1$I IS NULL THEN 0 ELSE 1 END::bigint',
+                    v_v, v_agg->>'state_type');
+                v_island_aggs := v_island_aggs || format(
+                    ', sum(i.%1$I)::%2$s AS %1$I, sum(i.%3$I)::bigint AS %3$I',
+                    v_st, v_agg->>'state_type', v_st || '_n');
+            WHEN 'min' THEN
+                v_batch_aggs := v_batch_aggs || format(', min(b.%I)', v_v);
+                v_merge := v_merge || format(', %1$I = least(s.%1$I, EXCLUDED.%1$I)', v_st);
+                v_item_event := v_item_event || format(', b.%I', v_v);
+                v_island_aggs := v_island_aggs || format(', min(i.%1$I) AS %1$I', v_st);
+            WHEN 'max' THEN
+                v_batch_aggs := v_batch_aggs || format(', max(b.%I)', v_v);
+                v_merge := v_merge || format(', %1$I = greatest(s.%1$I, EXCLUDED.%1$I)', v_st);
+                v_item_event := v_item_event || format(', b.%I', v_v);
+                v_island_aggs := v_island_aggs || format(', max(i.%1$I) AS %1$I', v_st);
+        END CASE;
+    END LOOP;
+
+    IF w.kind <> 'session' THEN
+        v_n := CASE WHEN w.kind = 'tumbling' THEN 1
+            ELSE ceil(extract(epoch FROM w.size) / extract(epoch FROM w.slide))::integer END;
+        -- Every window [ws, ws + size) with ws on the slide grid and ws <= t < ws + size.
+        v_expand := format(
+            'SELECT x.ws%1$s%2$s FROM (SELECT %3$s AS t%4$s%5$s FROM cep_new_rows AS n) AS e0 '
+            'CROSS JOIN LATERAL (SELECT pg_catalog.date_bin(%6$L::interval, e0.t, '
+            '''1970-01-01 00:00:00+00'') - k.k * %6$L::interval AS ws '
+            'FROM pg_catalog.generate_series(0, %7$s) AS k (k)) AS x '
+            'WHERE e0.t >= v_watermark AND x.ws + %8$L::interval > e0.t',
+            (SELECT coalesce(string_agg(format(', e0.g_%s', g), ''), '')
+                FROM generate_series(1, cardinality(w.group_by)) AS g),
+            (SELECT coalesce(string_agg(format(', e0.%I', 'v_' || (a->>'state')), ''), '')
+                FROM jsonb_array_elements(w.aggregates) AS a WHERE a->>'col' IS NOT NULL),
+            v_t, v_g_sel, v_v_sel, coalesce(w.slide, w.size), v_n - 1, w.size);
+        v_sql := format($s$
+    -- window %1$s (%2$s %3$s): fold the batch into its windows
+    INSERT INTO cep.%4$I AS s (window_start, window_end%5$s%6$s)
+    SELECT b.ws, b.ws + %7$L::interval%8$s%9$s
+    FROM (%10$s) AS b
+    GROUP BY b.ws%8$s
+    ORDER BY b.ws%8$s
+    ON CONFLICT (window_start%5$s) DO UPDATE SET window_end = EXCLUDED.window_end%11$s;
+$s$,
+            w.window_id, w.kind, w.size, w.state_table, v_g_list, v_ins_cols, w.size, v_b_g,
+            v_batch_aggs, v_expand, v_merge);
+        RETURN v_sql || replace(v_distinct, '%EXPAND%', v_expand);
+    END IF;
+
+    -- Session windows: lock the batch's session keys, then merge the batch's events with the
+    -- sessions they touch (gap and islands per key) in one statement.
+    v_sql := format($s$
+    -- window %1$s (session, gap %2$s): lock the session keys of the batch in key order
+    INSERT INTO cep.%3$I AS kk (sk)
+    SELECT DISTINCT jsonb_build_array(%4$s%5$s)::text
+    FROM cep_new_rows AS n
+    WHERE %6$s >= v_watermark
+    ORDER BY 1
+    ON CONFLICT (sk) DO UPDATE SET sk = EXCLUDED.sk WHERE false;
+    -- window %1$s: merge the batch with the sessions it extends or bridges
+    WITH b AS (
+        SELECT jsonb_build_array(%4$s%5$s)::text AS sk, n.%7$I AS k%8$s, %6$s AS t%9$s
+        FROM cep_new_rows AS n
+        WHERE %6$s >= v_watermark
+    ), cand AS (
+        SELECT s.*
+        FROM cep.%10$I AS s
+        WHERE s.sk IN (SELECT b.sk FROM b)
+            AND EXISTS (
+                SELECT 1 FROM b
+                WHERE b.sk = s.sk AND b.t >= s.window_start - %2$L::interval
+                    AND b.t <= s.last_event + %2$L::interval
+            )
+    ), items AS (
+        SELECT c.sk, c.k%11$s, c.window_start AS lo, c.last_event AS hi, c.session_id%12$s
+        FROM cand AS c
+        UNION ALL
+        SELECT b.sk, b.k%13$s, b.t, b.t, NULL::bigint%14$s
+        FROM b
+    ), flagged AS (
+        SELECT i.*, CASE WHEN i.lo > max(i.hi) OVER (
+                PARTITION BY i.sk ORDER BY i.lo, i.hi
+                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) + %2$L::interval
+            THEN 1 ELSE 0 END AS brk
+        FROM items AS i
+    ), numbered AS (
+        SELECT f.*, sum(f.brk) OVER (PARTITION BY f.sk ORDER BY f.lo, f.hi
+            ROWS UNBOUNDED PRECEDING) AS island
+        FROM flagged AS f
+    ), islands AS (
+        SELECT i.sk, (array_agg(i.k))[1] AS k%15$s, min(i.lo) AS window_start,
+            max(i.hi) AS last_event, min(i.session_id) AS survivor%16$s
+        FROM numbered AS i
+        GROUP BY i.sk, i.island
+    ), upd AS (
+        UPDATE cep.%10$I AS s
+        SET window_start = m.window_start, last_event = m.last_event%17$s
+        FROM islands AS m
+        WHERE s.session_id = m.survivor
+    ), del AS (
+        DELETE FROM cep.%10$I AS s
+        USING cand AS c
+        WHERE s.session_id = c.session_id
+            AND NOT EXISTS (SELECT 1 FROM islands AS m WHERE m.survivor = c.session_id)
+    )
+    INSERT INTO cep.%10$I (sk, k%18$s, window_start, last_event%19$s)
+    SELECT m.sk, m.k%20$s, m.window_start, m.last_event%21$s
+    FROM islands AS m
+    WHERE m.survivor IS NULL
+    ORDER BY m.sk, m.window_start;
+$s$,
+        w.window_id, w.size, w.state_table || '_keys',
+        format('n.%I', s.key_column),
+        (SELECT coalesce(string_agg(format(', n.%I', g), ''), '') FROM unnest(w.group_by) AS g),
+        v_t, s.key_column, v_g_sel, v_v_sel, w.state_table,
+        replace(v_g_list, ', g_', ', c.g_'),
+        (SELECT coalesce(string_agg(format(', c.%I', col), '' ORDER BY o), '') FROM (
+            SELECT a->>'state' AS col, o FROM jsonb_array_elements(w.aggregates) WITH ORDINALITY AS x (a, o)
+            UNION ALL
+            SELECT (a->>'state') || '_n', o + 0.5 FROM jsonb_array_elements(w.aggregates) WITH ORDINALITY AS x (a, o)
+            WHERE a->>'fn' = 'avg'
+        ) AS q (col, o)),
+        v_b_g, v_item_event,
+        (SELECT coalesce(string_agg(format(', (array_agg(i.g_%1$s))[1] AS g_%1$s', g), ''), '')
+            FROM generate_series(1, cardinality(w.group_by)) AS g),
+        v_island_aggs,
+        (SELECT coalesce(string_agg(format(', %1$I = m.%1$I', col), ''), '') FROM (
+            SELECT a->>'state' AS col FROM jsonb_array_elements(w.aggregates) AS a
+            UNION ALL
+            SELECT (a->>'state') || '_n' FROM jsonb_array_elements(w.aggregates) AS a
+            WHERE a->>'fn' = 'avg'
+        ) AS q (col)) || (SELECT coalesce(string_agg(format(', g_%1$s = m.g_%1$s', g), ''), '')
+            FROM generate_series(1, cardinality(w.group_by)) AS g),
+        v_g_list, v_ins_cols,
+        replace(v_g_list, ', g_', ', m.g_'),
+        replace(v_ins_cols, ', ', ', m.'));
+    RETURN v_sql;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._window_section(integer) IS
+'Internal: the section of the stream''s generated ingest function that folds a batch''s '
+'on-time events into one window''s state.';
