@@ -71,7 +71,7 @@ BEGIN
                     quote_literal(v_item), v_col, source USING ERRCODE = '42703';
             END IF;
             IF v_fn IN ('sum', 'avg') AND NOT v_base = ANY (v_numeric) THEN
-                RAISE EXCEPTION 'aggregate %: column "%" has type %, which %s cannot take',
+                RAISE EXCEPTION 'aggregate %: column "%" has type %, which % cannot take',
                     quote_literal(v_item), v_col, v_type, v_fn USING ERRCODE = '42804';
             END IF;
             IF v_fn IN ('min', 'max') AND NOT EXISTS (
