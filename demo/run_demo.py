@@ -73,6 +73,21 @@ SELECT cep.create_stream('clickstream', 'clickstream', 'created_at',
                          key_column => 'user_id', allowed_lateness => '{ALLOWED_LATENESS}');
 """
 
+# The seed's windowed statistics as continuous aggregates, maintained on ingest.
+WINDOWS_SQL = """
+SELECT cep.create_window('tx_per_minute', 'transactions', 'tumbling', '1 minute',
+    aggregates => '{count(*) AS transactions, sum(amount) AS total_amount,
+                    avg(amount) AS avg_amount, count(distinct user_id) AS unique_users}');
+SELECT cep.create_window('tx_user_5min', 'transactions', 'hopping', '5 minutes', '1 minute',
+    group_by => '{user_id}',
+    aggregates => '{count(*) AS transactions, sum(amount) AS total, max(amount) AS largest}');
+SELECT cep.create_window('tx_global_5min', 'transactions', 'hopping', '5 minutes', '1 minute',
+    aggregates => '{count(*) AS transactions, sum(amount) AS total,
+                    count(distinct user_id) AS users}');
+SELECT cep.create_window('click_sessions', 'clickstream', 'session', '30 minutes',
+    aggregates => '{count(*) AS actions, min(item_id) AS first_item, max(created_at) AS last_at}');
+"""
+
 
 # -- ingest -----------------------------------------------------------------------------------
 
@@ -218,6 +233,58 @@ def define_streams(conn) -> None:
     print("Registering the tables as streams:")
     print("  " + STREAMS_SQL.strip().replace("\n", "\n  "))
     conn.execute(STREAMS_SQL)
+    print("Continuous aggregates (the seed's windowed statistics), maintained on ingest:")
+    print("  " + WINDOWS_SQL.strip().replace("\n", "\n  "))
+    conn.execute(WINDOWS_SQL)
+
+
+def section_windows(conn) -> None:
+    heading("Windows: the seed's statistics as continuous aggregates")
+    subheading("Per minute, with growth against the previous minute (LAG over the window view)")
+    print_query(conn, """
+        SELECT window_start, transactions, total_amount, round(avg_amount, 2) AS avg_amount,
+               unique_users,
+               round(100.0 * (transactions - lag(transactions) OVER w)
+                     / nullif(lag(transactions) OVER w, 0), 1) AS growth_pct,
+               is_final
+        FROM tx_per_minute
+        WINDOW w AS (ORDER BY window_start)
+        ORDER BY window_start DESC LIMIT 8""")
+    subheading("Real-time: the last 5 minutes of event time, busiest users and the global total")
+    print_query(conn, """
+        SELECT user_id, transactions, total, largest, window_start, window_end
+        FROM tx_user_5min
+        WHERE window_end = (SELECT max(window_end) FROM tx_global_5min WHERE is_final)
+        ORDER BY transactions DESC, total DESC, user_id LIMIT 5""")
+    print_query(conn, """
+        SELECT 'all users' AS scope, transactions, total, users, window_start, window_end
+        FROM tx_global_5min
+        WHERE window_end = (SELECT max(window_end) FROM tx_global_5min WHERE is_final)""")
+    subheading("Clickstream sessions (30-minute inactivity gap)")
+    print_query(conn, """
+        SELECT count(*) AS sessions, round(avg(actions), 1) AS avg_actions,
+               max(actions) AS longest, count(*) FILTER (WHERE is_final) AS closed
+        FROM click_sessions""")
+    subheading("Check: tx_per_minute against a plain GROUP BY over the non-late events")
+    print_query(conn, """
+        WITH truth AS (
+            SELECT date_bin('1 minute', t.created_at, '1970-01-01 00:00+00') AS window_start,
+                   count(*) AS transactions, sum(t.amount) AS total_amount,
+                   count(DISTINCT t.user_id) AS unique_users
+            FROM transactions AS t
+            WHERE NOT EXISTS (SELECT 1 FROM cep.late_events AS l JOIN cep.streams AS s
+                              USING (stream_id)
+                              WHERE s.name = 'transactions' AND l.event_id = t.id)
+            GROUP BY 1
+        )
+        SELECT count(*) AS minutes,
+               count(*) FILTER (WHERE v.window_start IS NULL OR truth.window_start IS NULL
+                   OR (v.transactions, v.total_amount, v.unique_users)
+                      IS DISTINCT FROM (truth.transactions, truth.total_amount,
+                                        truth.unique_users)) AS mismatches
+        FROM tx_per_minute AS v FULL JOIN truth USING (window_start)""")
+    subheading("cep.window_stats")
+    print_query(conn, "SELECT * FROM cep.window_stats")
 
 
 def section_ingest(cluster, events: list[workload.EventBatch],
@@ -297,8 +364,8 @@ def section_alerts(conn) -> None:
         SELECT alert_id, created_at, source_kind, source_name, stream, partition_key,
                severity, round(score::numeric, 2) AS score, message
         FROM cep.alerts ORDER BY created_at DESC, alert_id DESC LIMIT 10""",
-                empty="(no alert sources defined yet: windows, patterns and rules come in "
-                      "later versions)")
+                empty="(no alert sources defined yet: patterns and rules come in later "
+                      "versions)")
 
 
 def section_activity(conn) -> None:
@@ -382,6 +449,7 @@ def main(argv=None) -> int:
             section_stream_stats(conn)
             section_dashboard(conn)
             section_timeline(conn, ingest_started, wall)
+            section_windows(conn)
             section_late_events(conn, feeds)
             section_alerts(conn)
             section_activity(conn)
