@@ -19,9 +19,19 @@ Workloads, each from 2 concurrent client connections:
   single -- single-row INSERTs, autocommit.
 
 Every measurement uses a fresh table, is warmed up first, and is repeated (median reported).
-Results are printed and written to bench/results/latest.json. Timings never fail the run.
+
+A second part, "Alert delivery" (bench/alert_delivery.py), runs in the same cluster afterwards:
+  poll + ack   -- N alerts (--alerts) raised with cep._raise_alerts, drained by one consumer in
+                  batches of --alert-batch (poll_alerts + ack_alerts, one transaction per
+                  batch), then by 2 worker threads sharing a consumer: alerts/s, verified;
+  ingest cost  -- the batch workload into (b) and (e), the same stream with an emulated rule
+                  trigger raising an alert for 1% of the events: e/b and the alerts raised.
+
+Results are printed and written to bench/results/latest.json. Timings never fail the run (a
+failed correctness check of the alert part does, after the results are written).
 
     .venv/bin/python bench/run_bench.py [--rows N] [--single-rows N] [--repeat R]
+                                        [--alerts N] [--alert-batch B]
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "demo"))
 
+import alert_delivery  # noqa: E402
 import workload  # noqa: E402
 from pgcep_cli import (cpu_count, heading, print_table, server_version,  # noqa: E402
                        subheading, throwaway_cluster)
@@ -158,12 +169,16 @@ class Variant:
                     "transactions FOR EACH ROW EXECUTE FUNCTION naive_check()")
         if self.key == "d":
             return FLOOR_SETUP_SQL
+        if self.key == "e":
+            return alert_delivery.alerting_setup_sql(ALLOWED_LATENESS)
         return ""
 
     def teardown_sql(self) -> str:
         if self.key == "b":
             return ("SELECT cep.drop_stream(name) FROM cep.streams "
                     "WHERE name = 'transactions'")
+        if self.key == "e":
+            return alert_delivery.ALERTING_TEARDOWN_SQL
         return ""
 
 
@@ -173,6 +188,9 @@ VARIANTS = [
     Variant("c", "(c) naive per-row trigger", "bench_naive", False),
     Variant("d", "(d) floor: statement trigger + one bookkeeping row", "bench_floor", False),
 ]
+# Alert delivery part only: (b) with an emulated rule raising an alert for 1% of the events.
+ALERTING_VARIANT = Variant("e", "(e) pg_cep stream + alerts for 1% of events", "bench_alerting",
+                           True)
 NAME_WIDTH = max(26, max(len(v.name) for v in VARIANTS))
 RATIO_KEYS = [v.key for v in VARIANTS if v.key != "a"]     # b, c, d: reported as x/a
 FLOOR_NOTE = ("(d) is the floor of pg_cep's architecture (design principle 1): the cheapest "
@@ -250,7 +268,7 @@ def prepare_workloads(args) -> list[Workload]:
 # -- measurement ------------------------------------------------------------------------------
 
 def setup_databases(cluster) -> None:
-    for v in VARIANTS:
+    for v in VARIANTS + [ALERTING_VARIANT]:
         cluster.create_database(v.database)
         with cluster.connect(v.database) as conn:
             conn.execute("SET client_min_messages = warning")
@@ -321,6 +339,8 @@ def measure(cluster, v: Variant, wl: Workload) -> Measurement:
             warmed.wait()       # both clients connected and warmed up
             if v.key == "b":
                 before = stream_counters(admin)
+            if v.key == "e":
+                alerts_before = admin.execute("SELECT count(*) FROM cep.alerts").fetchone()[0]
             go.wait()
         except threading.BrokenBarrierError:
             pass
@@ -352,6 +372,16 @@ def measure(cluster, v: Variant, wl: Workload) -> Measurement:
                 raise RuntimeError(f"{v.name}: bench_log counts {logged} events, "
                                    f"{stored} rows stored")
             m.extra["bench_log_rows"] = log_rows
+        if v.key == "e":
+            total, queued, expected = admin.execute(
+                "SELECT (SELECT count(*) FROM cep.alerts), "
+                "(SELECT count(*) FROM cep.consumer_pending), "
+                "(SELECT count(*) FROM transactions WHERE id % 100 = 0)").fetchone()
+            m.extra["alerts_raised"] = total - alerts_before
+            m.extra["alerts_total"] = total
+            m.extra["alerts_queued"] = queued
+            m.extra["rows_id_mod_100"] = expected
+            m.extra["alerts_check"] = total == expected == queued
     return m
 
 
@@ -461,7 +491,7 @@ def print_report(summary: dict) -> None:
                 [(s["title"], s["variants"]["c"].get("naive_alerts")) for s in summary.values()])
 
 
-def write_json(summary: dict, args, meta: dict) -> Path:
+def write_json(summary: dict, args, meta: dict, alerts: dict) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     gi = RESULTS_DIR / ".gitignore"
     if not gi.exists():
@@ -471,11 +501,13 @@ def write_json(summary: dict, args, meta: dict) -> Path:
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "parameters": {"rows": args.rows, "single_rows": args.single_rows,
                        "repeat": args.repeat, "seed": args.seed, "clients": CLIENTS,
-                       "batch_rows": BATCH_ROWS, "allowed_lateness": ALLOWED_LATENESS},
+                       "batch_rows": BATCH_ROWS, "allowed_lateness": ALLOWED_LATENESS,
+                       "alerts": args.alerts, "alert_batch": args.alert_batch},
         "environment": meta,
         "cluster_settings": CLUSTER_SETTINGS,
         "targets_b_over_a": TARGETS,
         "workloads": summary,
+        "alert_delivery": alerts,
     }
     out.write_text(json.dumps(doc, indent=2) + "\n")
     return out
@@ -492,9 +524,16 @@ def parse_args(argv=None):
                    help="measurements per variant and workload; the median is reported "
                         "(default 5)")
     p.add_argument("--seed", type=int, default=42, help="RNG seed (default 42)")
+    p.add_argument("--alerts", type=int, default=100_000,
+                   help="alerts raised and drained by the poll + ack measurement "
+                        "(default 100000)")
+    p.add_argument("--alert-batch", type=int, default=500,
+                   help="alerts per poll_alerts call / transaction (default 500)")
     args = p.parse_args(argv)
     if args.rows < BATCH_ROWS * CLIENTS or args.single_rows < 100 or args.repeat < 1:
         p.error(f"need --rows >= {BATCH_ROWS * CLIENTS}, --single-rows >= 100, --repeat >= 1")
+    if args.alerts < 1000 or not 1 <= args.alert_batch <= 100_000:
+        p.error("need --alerts >= 1000 and 1 <= --alert-batch <= 100000")
     return args
 
 
@@ -522,12 +561,24 @@ def main(argv=None) -> int:
         print(f"PostgreSQL {version} on {meta['cpus']} CPU(s).")
         subheading("Runs")
         results = run_all(cluster, workloads, args.repeat)
+        subheading("Runs: alert delivery")
+        stream_id = alert_delivery.setup_databases(cluster, ALERTING_VARIANT.database)
+        drain = alert_delivery.run_drain(cluster, stream_id, args.alerts, args.alert_batch,
+                                         args.repeat)
+        ingest_variants = [VARIANTS[1], ALERTING_VARIANT]       # (b) and (e)
+        ingest = alert_delivery.run_ingest_cost(cluster, measure, ingest_variants,
+                                                workloads[0], args.repeat)
     summary = summarize(results, workloads)
     print_report(summary)
-    out = write_json(summary, args, meta)
+    alerts = alert_delivery.summarize(drain, ingest, ingest_variants, workloads[0], args)
+    alert_delivery.print_report(alerts, heading, subheading, print_table)
+    out = write_json(summary, args, meta, alerts)
     print(f"\nWrote {out.relative_to(HERE.parent)}. "
           f"Total bench time {time.perf_counter() - t_start:.0f} s.")
     print("Targets are reported, not enforced: timings never change the exit code.")
+    if not alerts["verified"]:
+        print("Alert delivery verification failed: exit code 1.", file=sys.stderr)
+        return 1
     return 0
 
 
