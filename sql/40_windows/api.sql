@@ -141,10 +141,6 @@ BEGIN
         ARRAY['window_start', 'window_end', 'is_final']::name [] || v_group
         || CASE WHEN kind = 'session' AND NOT s.key_column = ANY (v_group)
             THEN ARRAY[s.key_column] ELSE '{}'::name [] END);
-    IF kind = 'session' AND jsonb_path_exists(v_aggs, '$[*] ? (@.fn == "count_distinct")') THEN
-        RAISE EXCEPTION 'count(distinct ...) is not supported for session windows yet'
-            USING ERRCODE = '0A000';
-    END IF;
 
     INSERT INTO cep.windows (
         name, stream_id, kind, size, slide, group_by, aggregates, retention, view, state_table

@@ -92,6 +92,19 @@ BEGIN
         v_ddl := v_ddl || format(
             'CREATE TABLE cep.%1$I (sk text NOT NULL, CONSTRAINT %2$I PRIMARY KEY (sk))',
             w.state_table || '_keys', w.state_table || '_keys_pkey');
+        FOR v_agg IN SELECT value FROM jsonb_array_elements(w.aggregates)
+            WHERE value->>'fn' = 'count_distinct' LOOP
+            -- A session's distinct values, with the first time each was seen (to re-home them
+            -- into the surviving session when sessions merge).
+            v_ddl := v_ddl || format(
+                'CREATE TABLE cep.%1$I (session_id bigint NOT NULL, sk text NOT NULL, '
+                'v %2$s NOT NULL, t timestamptz NOT NULL, CONSTRAINT %3$I PRIMARY KEY (session_id, v))',
+                w.state_table || '_' || (v_agg->>'state'), v_agg->>'type',
+                w.state_table || '_' || (v_agg->>'state') || '_pkey');
+            v_ddl := v_ddl || format('CREATE INDEX %I ON cep.%I (sk)',
+                w.state_table || '_' || (v_agg->>'state') || '_sk_idx',
+                w.state_table || '_' || (v_agg->>'state'));
+        END LOOP;
         v_ddl := v_ddl || format(
             'CREATE VIEW %1$s AS SELECT s.window_start, s.last_event + %2$L::interval AS window_end%3$s%4$s%5$s, '
             '(s.last_event + %2$L::interval) < wm.watermark AS is_final FROM cep.%6$I AS s %7$s',
@@ -154,6 +167,7 @@ DECLARE
     v_n integer;
     v_sql text;
     v_distinct text := '';
+    v_session_distinct text := '';
 BEGIN
     SELECT * INTO STRICT w FROM cep.windows AS x WHERE x.window_id = _window_section.window_id;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = w.stream_id;
@@ -184,6 +198,56 @@ BEGIN
             WHEN 'count_distinct' THEN
                 v_batch_aggs := v_batch_aggs || ', 0';
                 v_merge := v_merge || format(', %1$I = s.%1$I', v_st);
+                v_item_event := v_item_event || ', 0::bigint';
+                v_island_aggs := v_island_aggs || format(', 0::bigint AS %I', v_st);
+                v_session_distinct := v_session_distinct || format($d$
+    -- window %1$s: distinct %2$I per session; values of merged sessions move to the survivor
+    WITH ev AS (
+        SELECT s.session_id, b.sk, b.v, min(b.t) AS t
+        FROM (
+            SELECT jsonb_build_array(%3$s)::text AS sk, %4$s AS t, n.%2$I AS v
+            FROM cep_new_rows AS n
+            WHERE %4$s >= v_watermark AND n.%2$I IS NOT NULL
+        ) AS b
+        JOIN cep.%5$I AS s
+            ON s.sk = b.sk AND b.t BETWEEN s.window_start AND s.last_event
+        GROUP BY s.session_id, b.sk, b.v
+    ), orphans AS (
+        DELETE FROM cep.%6$I AS d
+        WHERE d.sk IN (
+            SELECT jsonb_build_array(%3$s)::text FROM cep_new_rows AS n
+            WHERE %4$s >= v_watermark
+        )
+            AND NOT EXISTS (SELECT 1 FROM cep.%5$I AS s WHERE s.session_id = d.session_id)
+        RETURNING d.sk, d.v, d.t
+    )
+    INSERT INTO cep.%6$I AS d (session_id, sk, v, t)
+    SELECT x.session_id, x.sk, x.v, min(x.t)
+    FROM (
+        SELECT ev.session_id, ev.sk, ev.v, ev.t FROM ev
+        UNION ALL
+        SELECT s.session_id, o.sk, o.v, o.t
+        FROM orphans AS o
+        JOIN cep.%5$I AS s ON s.sk = o.sk AND o.t BETWEEN s.window_start AND s.last_event
+    ) AS x
+    GROUP BY x.session_id, x.sk, x.v
+    ORDER BY x.session_id, x.v
+    ON CONFLICT (session_id, v) DO UPDATE SET t = least(d.t, EXCLUDED.t);
+    UPDATE cep.%5$I AS s
+    SET %7$I = (SELECT count(*) FROM cep.%6$I AS d WHERE d.session_id = s.session_id)
+    WHERE s.sk IN (
+        SELECT jsonb_build_array(%3$s)::text FROM cep_new_rows AS n WHERE %4$s >= v_watermark
+    )
+        AND EXISTS (
+            SELECT 1 FROM cep_new_rows AS n
+            WHERE %4$s >= v_watermark AND jsonb_build_array(%3$s)::text = s.sk
+                AND %4$s BETWEEN s.window_start AND s.last_event
+        );
+$d$,
+                    w.window_id, v_agg->>'col',
+                    format('n.%I', s.key_column)
+                        || (SELECT coalesce(string_agg(format(', n.%I', g), ''), '') FROM unnest(w.group_by) AS g),
+                    v_t, w.state_table, w.state_table || '_' || v_st, v_st);
                 v_distinct := v_distinct || format($d$
     WITH nv AS (
         INSERT INTO cep.%1$I AS d (window_start%2$s, v)
@@ -328,6 +392,7 @@ $s$,
     FROM islands AS m
     WHERE m.survivor IS NULL
     ORDER BY m.sk, m.window_start;
+    %22$s
 $s$,
         w.window_id, w.size, w.state_table || '_keys',
         format('n.%I', s.key_column),
@@ -353,7 +418,8 @@ $s$,
             FROM generate_series(1, cardinality(w.group_by)) AS g),
         v_g_list, v_ins_cols,
         replace(v_g_list, ', g_', ', m.g_'),
-        replace(v_ins_cols, ', ', ', m.'));
+        replace(v_ins_cols, ', ', ', m.'),
+        v_session_distinct);
     RETURN v_sql;
 END
 $fn$;

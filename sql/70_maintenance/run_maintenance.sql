@@ -136,9 +136,16 @@ BEGIN
             WHERE c.relnamespace = 'cep'::regnamespace AND c.relkind = 'r'
                 AND c.relname LIKE v_window.state_table || '\_a\_%'
         LOOP
-            EXECUTE format('DELETE FROM cep.%I AS t WHERE t.window_start + %L::interval < $1',
-                v_table, v_window.size)
-            USING v_window.watermark - v_window.retention;
+            IF v_window.kind = 'session' THEN
+                EXECUTE format(
+                    'DELETE FROM cep.%1$I AS d WHERE NOT EXISTS '
+                    '(SELECT 1 FROM cep.%2$I AS t WHERE t.session_id = d.session_id)',
+                    v_table, v_window.state_table);
+            ELSE
+                EXECUTE format('DELETE FROM cep.%I AS t WHERE t.window_start + %L::interval < $1',
+                    v_table, v_window.size)
+                USING v_window.watermark - v_window.retention;
+            END IF;
         END LOOP;
         IF v_window.kind = 'session' THEN
             EXECUTE format(
