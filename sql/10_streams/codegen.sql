@@ -184,7 +184,8 @@ BEGIN
     FROM cep.streams AS s WHERE s.stream_id = _regenerate_stream.stream_id;
     v_ddl := format(
         'CREATE OR REPLACE FUNCTION cep.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
-        'SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS %L',
+        'SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET TimeZone = ''UTC'' '
+        'AS %L',
         v_function, cep._compile_ingest(stream_id));
     BEGIN
         EXECUTE v_ddl;

@@ -16,6 +16,7 @@ CREATE FUNCTION cep.create_window(
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
 AS $fn$
 DECLARE
     v_stream_id integer := cep._stream_id(stream);
@@ -28,6 +29,7 @@ DECLARE
     v_aggs jsonb;
     v_id integer;
     v_ddl text;
+    v_backfill text;
 BEGIN
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = v_stream_id;
     IF NOT pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = s.source),
@@ -142,11 +144,19 @@ BEGIN
         || CASE WHEN kind = 'session' AND NOT s.key_column = ANY (v_group)
             THEN ARRAY[s.key_column] ELSE '{}'::name [] END);
 
+    -- Days are not always 24 hours in a time zone: keep fixed-length intervals in seconds.
+    size := make_interval(secs => extract(epoch FROM size));
+    slide := make_interval(secs => extract(epoch FROM slide));
+    retention := make_interval(secs => extract(epoch FROM coalesce(retention, size * 10)));
+
+    -- No insert may commit between the backfill below and the new ingest function.
+    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', s.source);
+
     INSERT INTO cep.windows (
         name, stream_id, kind, size, slide, group_by, aggregates, retention, view, state_table
     ) VALUES (
         name, v_stream_id, kind, size, slide, v_group, v_aggs,
-        coalesce(retention, size * 10), 'pg_catalog.pg_class'::regclass, 'pending'
+        retention, 'pg_catalog.pg_class'::regclass, 'pending'
     ) RETURNING window_id INTO v_id;
     UPDATE cep.windows AS x SET state_table = format('window_%s', v_id)
     WHERE x.window_id = v_id;
@@ -162,6 +172,16 @@ BEGIN
             kind, name, stream, size, CASE WHEN slide IS NULL THEN '' ELSE ', slide ' || slide END));
 
     PERFORM cep._regenerate_stream(v_stream_id);
+
+    -- Backfill: the events already in the table (all but the late ones) go through the same
+    -- section of code as a batch would.
+    v_backfill := replace(
+        replace(cep._window_section(v_id), 'cep_new_rows', format(
+            '(SELECT src.* FROM %s AS src WHERE NOT EXISTS (SELECT 1 FROM cep.late_events AS le '
+            'WHERE le.stream_id = %s AND le.event_id = src.%I::bigint))',
+            s.source, s.stream_id, s.id_column)),
+        'v_watermark', '''-infinity''::timestamptz');
+    EXECUTE format('DO %L', 'BEGIN ' || v_backfill || ' END');
     RETURN v_id;
 END
 $fn$;
@@ -172,8 +192,9 @@ COMMENT ON FUNCTION cep.create_window(text, text, text, interval, interval, text
 'count(*), count(col), count(distinct col), sum, avg, min, max (optionally AS alias). It '
 'creates view NAME (in the source table''s schema unless qualified) with window_start, '
 'window_end, the group columns (and the key column for sessions), the aggregates and '
-'is_final, maintained on ingest; windows older than the watermark minus RETENTION (default '
-'10 x size) are purged by cep.run_maintenance(). Returns the window id.';
+'is_final, maintained on ingest and backfilled from the events already in the table; '
+'windows older than the watermark minus RETENTION (default 10 x size) are purged by '
+'cep.run_maintenance(). Returns the window id.';
 
 CREATE FUNCTION cep.drop_window(name text)
 RETURNS void

@@ -334,13 +334,14 @@ $s$,
     -- Session windows: lock the batch's session keys, then merge the batch's events with the
     -- sessions they touch (gap and islands per key) in one statement.
     v_sql := format($s$
-    -- window %1$s (session, gap %2$s): lock the session keys of the batch in key order
+    -- window %1$s (session, gap %2$s): lock the session keys of the batch in key order (an
+    -- update, not a bare lock, so that REPEATABLE READ writers of one key conflict with 40001)
     INSERT INTO cep.%3$I AS kk (sk)
     SELECT DISTINCT jsonb_build_array(%4$s%5$s)::text
     FROM cep_new_rows AS n
     WHERE %6$s >= v_watermark
     ORDER BY 1
-    ON CONFLICT (sk) DO UPDATE SET sk = EXCLUDED.sk WHERE false;
+    ON CONFLICT (sk) DO UPDATE SET sk = EXCLUDED.sk;
     -- window %1$s: merge the batch with the sessions it extends or bridges
     WITH b AS (
         SELECT jsonb_build_array(%4$s%5$s)::text AS sk, n.%7$I AS k%8$s, %6$s AS t%9$s
