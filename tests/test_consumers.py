@@ -346,3 +346,28 @@ def test_immediate_shutdown_loses_and_duplicates_nothing(cluster_factory):
         processed = {r[0] for r in w.execute("SELECT alert_id FROM public.processed")}
         # Duplicates would have violated processed's primary key and stopped the consumer.
         assert committed == processed and len(committed) > 0
+
+
+def test_killed_consumer_connection_releases_its_batch(server, dbname, db):
+    """A consumer whose connection dies mid-batch (poll done, no commit) loses nothing: its
+    alerts are delivered again at once to the next poll."""
+    db.execute("SELECT cep.create_consumer('c')")
+    with db.transaction():
+        ids = raise_alerts(db, 5)
+    victim = server.connect(dbname, autocommit=False)
+    got = poll(victim, "c", 3)
+    assert got == ids[:3]
+    pid = victim.info.backend_pid
+    assert db.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+    with pytest.raises(psycopg.OperationalError):
+        victim.execute("SELECT 1")
+    victim.close()
+    deadline = time.time() + 5
+    while db.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    with db.transaction():
+        again = poll(db, "c", 10)
+        ack(db, "c", again)
+    assert again == ids
+    assert stats(db, "c")[:2] == (0, 0)
