@@ -82,12 +82,12 @@ BEGIN
         v_ddl := v_ddl || format(
             'CREATE TABLE cep.%1$I (session_id bigint GENERATED ALWAYS AS IDENTITY, '
             'sk text NOT NULL, k %2$s%3$s, window_start timestamptz NOT NULL, '
-            'last_event timestamptz NOT NULL%4$s, CONSTRAINT %5$I PRIMARY KEY (session_id))',
+            'last_event timestamptz NOT NULL%4$s, CONSTRAINT %5$I PRIMARY KEY (session_id)) '
+            'WITH (fillfactor = 80)',
             w.state_table, v_key_type, v_gcols, v_cols, w.state_table || '_pkey');
-        v_ddl := v_ddl || format('CREATE INDEX %I ON cep.%I (sk, last_event)',
+        -- Only sk is indexed, so extending a session (new last_event) is a HOT update.
+        v_ddl := v_ddl || format('CREATE INDEX %I ON cep.%I (sk)',
             w.state_table || '_sk_idx', w.state_table);
-        v_ddl := v_ddl || format('CREATE INDEX %I ON cep.%I (last_event)',
-            w.state_table || '_end_idx', w.state_table);
         -- One anchor row per session key: locking it serializes merges of that key.
         v_ddl := v_ddl || format(
             'CREATE TABLE cep.%1$I (sk text NOT NULL, CONSTRAINT %2$I PRIMARY KEY (sk))',
@@ -114,10 +114,9 @@ BEGIN
     ELSE
         v_ddl := v_ddl || format(
             'CREATE TABLE cep.%1$I (window_start timestamptz NOT NULL, window_end timestamptz NOT NULL'
-            '%2$s%3$s, CONSTRAINT %4$I UNIQUE NULLS NOT DISTINCT (window_start%5$s))',
+            '%2$s%3$s, CONSTRAINT %4$I UNIQUE NULLS NOT DISTINCT (window_start%5$s)) '
+            'WITH (fillfactor = 80)',
             w.state_table, v_gcols, v_cols, w.state_table || '_key', v_gkey);
-        v_ddl := v_ddl || format('CREATE INDEX %I ON cep.%I (window_end)',
-            w.state_table || '_end_idx', w.state_table);
         FOR v_agg IN SELECT value FROM jsonb_array_elements(w.aggregates)
             WHERE value->>'fn' = 'count_distinct' LOOP
             v_ddl := v_ddl || format(

@@ -126,7 +126,9 @@ BEGIN
                 v_window.state_table, v_window.size)
             USING v_window.watermark - v_window.retention;
         ELSE
-            EXECUTE format('DELETE FROM cep.%I AS t WHERE t.window_end < $1', v_window.state_table)
+            -- window_end = window_start + size: the unique index on window_start serves this.
+            EXECUTE format('DELETE FROM cep.%I AS t WHERE t.window_start < $1 - %L::interval',
+                v_window.state_table, v_window.size)
             USING v_window.watermark - v_window.retention;
         END IF;
         GET DIAGNOSTICS v_rows = ROW_COUNT;
