@@ -160,6 +160,18 @@ BEGIN
     items := v_n;
     RETURN NEXT;
 
+    -- Time partitions: make them ahead, retire the ones past retention.
+    SELECT coalesce(sum(cep._premake_partitions(ps.stream_id)), 0) INTO v_n
+    FROM cep.partitioned_streams AS ps;
+    task := 'premake_partitions';
+    items := v_n;
+    RETURN NEXT;
+    SELECT coalesce(sum(cep._retire_partitions(ps.stream_id)), 0) INTO v_n
+    FROM cep.partitioned_streams AS ps;
+    task := 'retire_partitions';
+    items := v_n;
+    RETURN NEXT;
+
     -- One row per consumer for delivery counters older than a minute.
     WITH moved AS (
         DELETE FROM cep.consumer_log AS l
@@ -184,6 +196,7 @@ COMMENT ON FUNCTION cep.run_maintenance() IS
 'Run every periodic duty once and report what was done, one row per task: compaction of the '
 'ingest log, archiving past stats_retention, purging late events past late_event_retention, '
 'purging alerts past alert_retention that every consumer acknowledged, purging windows past '
-'their retention, compaction of the consumer log. '
+'their retention, making partitions ahead and retiring old ones (cep.partition_stream), '
+'compaction of the consumer log. '
 'Idempotent; a concurrent second call skips. Schedule it every minute (pg_cron or any '
 'scheduler).';

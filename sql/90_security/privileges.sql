@@ -37,6 +37,7 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump('cep.consumer_log', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.windows', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.windows_window_id_seq', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.partitioned_streams', '');
     END IF;
 END
 $dump$;

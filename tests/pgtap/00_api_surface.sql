@@ -18,10 +18,11 @@ SELECT functions_are(
     ARRAY[
         'create_stream', 'drop_stream', 'advance_watermark', 'run_maintenance', 'timeline',
         'create_consumer', 'drop_consumer', 'poll_alerts', 'ack_alerts',
-        'create_window', 'drop_window',
+        'create_window', 'drop_window', 'partition_stream',
         '_stream_id', '_watermark', '_setting', '_valid_setting', '_ring_doorbell',
         '_raise_alerts', '_consumer_id', '_time_expr', '_parse_aggregates', '_window_ddl',
-        '_window_section', '_drop_window_objects', '_window_stats',
+        '_window_section', '_drop_window_objects', '_window_stats', '_stream_horizon',
+        '_refuse_default_partition', '_premake_partitions', '_retire_partitions',
         '_compile_ingest', '_feature_sections', '_regenerate_stream', '_sketch_estimate'
     ],
     'cep has exactly the functions of the API contract and its internals'
@@ -33,7 +34,7 @@ SELECT tables_are(
     'cep',
     ARRAY[
         'streams', 'stream_log', 'late_events', 'settings', 'alerts', 'consumers',
-        'consumer_pending', 'consumer_log', 'windows'
+        'consumer_pending', 'consumer_log', 'windows', 'partitioned_streams'
     ]
 );
 
