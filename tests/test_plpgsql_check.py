@@ -19,6 +19,7 @@ SELECT cep.create_stream('parted', 'public.parted', 'ts', 'k', 'id');
 SELECT cep.create_window('w_tumble', 'plain', 'tumbling', '1 minute', group_by => '{k}',
     aggregates => '{count(*), count(f), sum(amt), avg(r), min(f), max(amt), count(distinct amt)}');
 SELECT cep.create_window('w_hop', 'nokey', 'hopping', '10 minutes', '3 minutes');
+SELECT cep.partition_stream('parted', '1 day');
 SELECT cep.create_window('w_session', 'parted', 'session', '5 minutes',
     aggregates => '{count(*), sum(id), avg(id), min(ts), max(ts)}');
 """
@@ -29,7 +30,8 @@ FROM pg_catalog.pg_proc AS p
 LEFT JOIN cep.streams AS s ON s.ingest_function = p.proname
 CROSS JOIN LATERAL public.plpgsql_check_function(
     p.oid::regprocedure,
-    coalesce(s.source, 0),
+    coalesce(s.source, CASE WHEN p.proname = '_refuse_default_partition'
+        THEN 'public.parted_cep_default'::regclass END, 0),
     newtable => CASE WHEN s.source IS NOT NULL THEN 'cep_new_rows' END,
     fatal_errors => false,
     extra_warnings => true,

@@ -53,7 +53,6 @@ DECLARE
     v_hi timestamptz;
     v_name text;
     v_made integer := 0;
-    v_i integer;
     v_bounds text;
 BEGIN
     SELECT * INTO STRICT p FROM cep.partitioned_streams AS x
