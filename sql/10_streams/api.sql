@@ -208,14 +208,21 @@ AS $fn$
 DECLARE
     s cep.streams;
     v_default regclass;
+    v_empty boolean;
 BEGIN
     SELECT * INTO s FROM cep.streams AS st WHERE st.stream_id = cep._stream_id(drop_stream.name);
-    -- The refusing default partition pg_cep added (always empty) goes; partitions stay.
+    -- The refusing default partition pg_cep added goes if empty (rows can reach it when
+    -- triggers are off, e.g. session_replication_role = replica): partitions and rows stay.
     DELETE FROM cep.partitioned_streams AS ps WHERE ps.stream_id = s.stream_id
     RETURNING ps.default_partition INTO v_default;
     IF v_default IS NOT NULL
         AND EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = v_default) THEN
-        EXECUTE format('DROP TABLE %s', v_default);
+        EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM %s)', v_default) INTO v_empty;
+        IF v_empty THEN
+            EXECUTE format('DROP TABLE %s', v_default);
+        ELSE
+            EXECUTE format('DROP TRIGGER IF EXISTS cep_refuse_rows ON %s', v_default);
+        END IF;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.source) THEN
         EXECUTE format('DROP TRIGGER IF EXISTS cep_stream_ingest ON %s', s.source);

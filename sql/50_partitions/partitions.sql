@@ -43,6 +43,9 @@ RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET TimeZone = 'UTC'
+-- Creating a partition needs an exclusive lock on the table: never queue inserts behind a
+-- long transaction for long (the bucket is skipped and made at the next maintenance).
+SET lock_timeout = '2s'
 AS $fn$
 DECLARE
     p cep.partitioned_streams;
@@ -55,6 +58,8 @@ DECLARE
     v_made integer := 0;
     v_bounds text;
 BEGIN
+    -- One maker of a stream's partitions at a time (partition_stream and run_maintenance).
+    PERFORM pg_advisory_xact_lock(hashtext('pg_cep partitions'), _premake_partitions.stream_id);
     SELECT * INTO STRICT p FROM cep.partitioned_streams AS x
     WHERE x.stream_id = _premake_partitions.stream_id;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _premake_partitions.stream_id;
@@ -79,9 +84,17 @@ BEGIN
             EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES %s',
                 v_schema, v_name, s.source, v_bounds);
             v_made := v_made + 1;
-        EXCEPTION WHEN invalid_object_definition THEN
-            -- An existing partition (made by hand) already covers part of this bucket.
-            NULL;
+        EXCEPTION
+            WHEN invalid_object_definition OR duplicate_table THEN
+                -- An existing partition (made by hand, or by a concurrent call) covers it.
+                NULL;
+            WHEN check_violation THEN
+                -- The table's own default partition holds rows of this bucket: leave it.
+                RAISE WARNING 'pg_cep: partition % of % not created: its own default partition '
+                    'holds rows of that range', v_name, s.source;
+            WHEN lock_not_available THEN
+                -- A long transaction holds the table; try again at the next maintenance.
+                RAISE WARNING 'pg_cep: partition % of % not created: table busy', v_name, s.source;
         END;
     END LOOP;
     RETURN v_made;
@@ -175,9 +188,10 @@ BEGIN
             s.time_column USING ERRCODE = '42P16',
             HINT = format('Create it with PARTITION BY RANGE (%I).', s.time_column);
     END IF;
-    IF part_interval IS NULL OR part_interval <= '0 seconds'
-        OR extract(month FROM part_interval) <> 0 OR extract(year FROM part_interval) <> 0 THEN
-        RAISE EXCEPTION 'part_interval must be a positive interval without months or years'
+    IF part_interval IS NULL OR part_interval < '1 second'
+        OR extract(month FROM part_interval) <> 0 OR extract(year FROM part_interval) <> 0
+        OR extract(epoch FROM part_interval) <> trunc(extract(epoch FROM part_interval)) THEN
+        RAISE EXCEPTION 'part_interval must be whole seconds (at least 1), without months or years'
             USING ERRCODE = '22023';
     END IF;
     part_interval := make_interval(secs => extract(epoch FROM part_interval));

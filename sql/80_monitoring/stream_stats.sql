@@ -37,7 +37,11 @@ SELECT
     round(a.ingest_micros::numeric / nullif(a.events, 0), 2) AS ingest_micros_per_event,
     round(a.ingest_micros::numeric / nullif(a.batches, 0), 2) AS ingest_micros_per_batch,
     a.last_ingest_at,
-    s.allowed_lateness
+    s.allowed_lateness,
+    q.ingest_micros_p50,
+    q.ingest_micros_p99,
+    q.ingest_micros_per_event_p50,
+    q.ingest_micros_per_event_p99
 FROM cep.streams AS s
 LEFT JOIN LATERAL (
     SELECT
@@ -52,12 +56,27 @@ LEFT JOIN LATERAL (
         max(l.logged_at) FILTER (WHERE l.events > 0) AS last_ingest_at
     FROM cep.stream_log AS l
     WHERE l.stream_id = s.stream_id
-) AS a ON TRUE;
+) AS a ON TRUE
+LEFT JOIN LATERAL (
+    -- Percentiles over the statements of the last five minutes (not yet compacted).
+    SELECT
+        percentile_cont(0.5) WITHIN GROUP (ORDER BY l.ingest_micros) AS ingest_micros_p50,
+        percentile_cont(0.99) WITHIN GROUP (ORDER BY l.ingest_micros) AS ingest_micros_p99,
+        percentile_cont(0.5) WITHIN GROUP (ORDER BY l.ingest_micros::float8 / l.events)
+            AS ingest_micros_per_event_p50,
+        percentile_cont(0.99) WITHIN GROUP (ORDER BY l.ingest_micros::float8 / l.events)
+            AS ingest_micros_per_event_p99
+    FROM cep.stream_log AS l
+    WHERE
+        l.stream_id = s.stream_id AND NOT l.compacted AND l.events > 0
+        AND l.logged_at >= clock_timestamp() - interval '5 minutes'
+) AS q ON TRUE;
 
 COMMENT ON VIEW cep.stream_stats IS
 'One row per stream: events_total, events_last_minute, events_per_second (last minute), '
 'last_event_time, watermark, lag (wall clock minus the newest event time), late_events, '
-'batches_total and the ingest time per event and per batch in microseconds.';
+'batches_total, the ingest time per event and per batch in microseconds, and the p50/p99 of '
+'the ingest time per statement and per event over the statements of the last five minutes.';
 
 CREATE VIEW cep.dashboard AS
 WITH recent AS (

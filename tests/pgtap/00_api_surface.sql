@@ -18,11 +18,11 @@ SELECT functions_are(
     ARRAY[
         'create_stream', 'drop_stream', 'advance_watermark', 'run_maintenance', 'timeline',
         'create_consumer', 'drop_consumer', 'poll_alerts', 'ack_alerts',
-        'create_window', 'drop_window', 'partition_stream',
+        'create_window', 'drop_window', 'partition_stream', 'metrics',
         '_stream_id', '_watermark', '_setting', '_valid_setting', '_ring_doorbell',
         '_raise_alerts', '_consumer_id', '_time_expr', '_parse_aggregates', '_window_ddl',
         '_window_section', '_drop_window_objects', '_window_stats', '_stream_horizon',
-        '_refuse_default_partition', '_premake_partitions', '_retire_partitions',
+        '_refuse_default_partition', '_premake_partitions', '_retire_partitions', '_prom_label',
         '_compile_ingest', '_feature_sections', '_regenerate_stream', '_sketch_estimate'
     ],
     'cep has exactly the functions of the API contract and its internals'
@@ -53,7 +53,8 @@ SELECT columns_are(
     ARRAY[
         'stream', 'events_total', 'events_last_minute', 'events_per_second', 'last_event_time',
         'watermark', 'lag', 'late_events', 'batches_total', 'ingest_micros_per_event',
-        'ingest_micros_per_batch', 'last_ingest_at', 'allowed_lateness'
+        'ingest_micros_per_batch', 'last_ingest_at', 'allowed_lateness', 'ingest_micros_p50',
+        'ingest_micros_p99', 'ingest_micros_per_event_p50', 'ingest_micros_per_event_p99'
     ]
 );
 
