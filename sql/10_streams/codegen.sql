@@ -5,6 +5,25 @@
 -- off late events, runs each feature section set-based, and appends one cep.stream_log row.
 -- Identifiers and literals reach the generated text only through format('%I') and format('%L').
 
+-- The expression for a stream's event time in UTC, over transition-table alias n.
+CREATE FUNCTION cep._time_expr(stream_id integer)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT CASE
+        WHEN s.time_type = 'timestamp without time zone'::regtype
+            THEN format('pg_catalog.timezone(''UTC'', n.%I)', s.time_column)
+        ELSE format('n.%I', s.time_column)
+    END
+    FROM cep.streams AS s
+    WHERE s.stream_id = _time_expr.stream_id
+$fn$;
+
+COMMENT ON FUNCTION cep._time_expr(integer) IS
+'Internal: SQL text of a stream''s event time as timestamptz over the row alias n.';
+
 CREATE FUNCTION cep._compile_ingest(stream_id integer)
 RETURNS text
 LANGUAGE plpgsql
@@ -24,12 +43,8 @@ BEGIN
     SELECT * INTO STRICT s FROM cep.streams AS st WHERE st.stream_id = _compile_ingest.stream_id;
     v_sections := cep._feature_sections(s.stream_id);
 
-    IF s.time_type = 'timestamp without time zone'::regtype THEN
-        -- A column without time zone holds UTC wall-clock time, whatever the session TimeZone.
-        v_time_expr := format('pg_catalog.timezone(''UTC'', n.%I)', s.time_column);
-    ELSE
-        v_time_expr := format('n.%I', s.time_column);
-    END IF;
+    -- A column without time zone holds UTC wall-clock time, whatever the session TimeZone.
+    v_time_expr := cep._time_expr(s.stream_id);
     v_key_expr := CASE WHEN s.key_column IS NULL THEN 'NULL::text'
         ELSE format('n.%I::text', s.key_column) END;
 

@@ -5,25 +5,6 @@
 -- batches lock rows in one order and no row is affected twice; session state is merged per
 -- session key after locking that key's anchor row, so concurrent merges serialize per key.
 
--- The expression for a stream's event time in UTC, over transition-table alias n.
-CREATE FUNCTION cep._time_expr(stream_id integer)
-RETURNS text
-LANGUAGE sql
-STABLE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-    SELECT CASE
-        WHEN s.time_type = 'timestamp without time zone'::regtype
-            THEN format('pg_catalog.timezone(''UTC'', n.%I)', s.time_column)
-        ELSE format('n.%I', s.time_column)
-    END
-    FROM cep.streams AS s
-    WHERE s.stream_id = _time_expr.stream_id
-$fn$;
-
-COMMENT ON FUNCTION cep._time_expr(integer) IS
-'Internal: SQL text of a stream''s event time as timestamptz over the row alias n.';
-
 CREATE FUNCTION cep._window_ddl(window_id integer, view_name text)
 RETURNS text[]
 LANGUAGE plpgsql
