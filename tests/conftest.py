@@ -9,13 +9,12 @@ import os
 import sys
 from pathlib import Path
 
-import psycopg
 import pytest
 from pytest_postgresql import factories
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pgharness import PG_CTL, ROOT, Cluster  # noqa: E402
+from pgharness import PG_CTL, ROOT, Cluster, Endpoint  # noqa: E402
 
 TEMPLATE = "cep_template"
 
@@ -32,7 +31,7 @@ cep_proc = factories.postgresql_proc(
 )
 
 
-class Server:
+class Server(Endpoint):
     """The session cluster as seen by tests: DSNs, connections, databases."""
 
     def __init__(self, proc):
@@ -41,19 +40,6 @@ class Server:
         self.port = proc.port
         self.user = proc.user
         self._names = itertools.count(1)
-
-    def dsn(self, dbname: str = "postgres", user: str | None = None) -> str:
-        return f"host={self.host} port={self.port} dbname={dbname} user={user or self.user}"
-
-    def connect(self, dbname: str = "postgres", autocommit: bool = True,
-                user: str | None = None, **kw) -> psycopg.Connection:
-        return psycopg.connect(self.dsn(dbname, user), autocommit=autocommit, **kw)
-
-    def env(self, dbname: str = "postgres") -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(PGHOST=self.host, PGPORT=str(self.port), PGUSER=self.user,
-                   PGDATABASE=dbname)
-        return env
 
     def new_database(self, template: str = TEMPLATE, prefix: str = "t") -> str:
         name = f"{prefix}_{os.getpid()}_{next(self._names)}"

@@ -31,7 +31,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Cluster:
+class Endpoint:
+    """libpq access to a running server at host (a socket directory or address) and port."""
+
+    host: str
+    port: int
+    user: str
+
+    def dsn(self, dbname: str = "postgres", user: str | None = None) -> str:
+        return f"host={self.host} port={self.port} dbname={dbname} user={user or self.user}"
+
+    def connect(self, dbname: str = "postgres", autocommit: bool = True,
+                user: str | None = None, **kw) -> psycopg.Connection:
+        return psycopg.connect(self.dsn(dbname, user), autocommit=autocommit, **kw)
+
+    def env(self, dbname: str = "postgres") -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(PGHOST=self.host, PGPORT=str(self.port), PGUSER=self.user,
+                   PGDATABASE=dbname)
+        return env
+
+
+class Cluster(Endpoint):
     """One throwaway cluster: initdb, start, stop (fast or immediate), connect."""
 
     def __init__(self, base: str | None = None, port: int | None = None,
@@ -39,6 +60,7 @@ class Cluster:
         self.base = Path(base or tempfile.mkdtemp(prefix="pgcep-"))
         self.datadir = self.base / "data"
         self.sockdir = str(self.base)
+        self.host = self.sockdir
         self.port = port or free_port()
         self.user = "postgres"
         self.tcp = tcp
@@ -89,20 +111,6 @@ class Cluster:
         self.destroy()
 
     # -- access ----------------------------------------------------------------------------
-    def dsn(self, dbname: str = "postgres", user: str | None = None) -> str:
-        return (f"host={self.sockdir} port={self.port} dbname={dbname} "
-                f"user={user or self.user}")
-
-    def connect(self, dbname: str = "postgres", autocommit: bool = True,
-                user: str | None = None, **kw) -> psycopg.Connection:
-        return psycopg.connect(self.dsn(dbname, user), autocommit=autocommit, **kw)
-
-    def env(self, dbname: str = "postgres") -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(PGHOST=self.sockdir, PGPORT=str(self.port), PGUSER=self.user,
-                   PGDATABASE=dbname)
-        return env
-
     def psql(self, sql: str, dbname: str = "postgres", check: bool = True) -> str:
         res = subprocess.run(
             ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
