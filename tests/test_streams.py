@@ -316,3 +316,18 @@ def test_one_million_row_insert_is_one_batch(conn):
     (events, late_n, batches, wm, last), late = observed(conn)
     assert (events, late_n, batches) == (1_000_000, 0, 1) and not late
     assert wm == last == dt.datetime(2024, 1, 1, 0, 16, 40, tzinfo=UTC)
+
+
+def test_large_and_deeply_nested_payloads_go_through(conn):
+    """A 10 MB text value and a deeply nested jsonb document in an event row: ingest neither
+    copies nor inspects them (only the time, key, id and numeric columns), windows still count."""
+    conn.execute("CREATE TABLE public.fat (id bigint PRIMARY KEY, k int NOT NULL, "
+                 "t timestamptz NOT NULL, body text, doc jsonb)")
+    conn.execute("SELECT cep.create_stream('fat', 'public.fat', 't', 'k')")
+    conn.execute("SELECT cep.create_window('fat_min', 'fat', 'tumbling', '1 minute')")
+    nested = "[" * 5000 + "]" * 5000
+    conn.execute("INSERT INTO public.fat VALUES (1, 1, now(), repeat('x', 10 * 1024 * 1024), %s), "
+                 "(2, 1, now(), 'small', '{}')", (nested,))
+    assert conn.execute("SELECT events_total FROM cep.stream_stats").fetchone()[0] == 2
+    assert conn.execute("SELECT sum(count) FROM public.fat_min").fetchone()[0] == 2
+    assert conn.execute("SELECT length(body) FROM public.fat WHERE id = 1").fetchone()[0] == 10 * 1024 * 1024
