@@ -99,7 +99,7 @@ BEGIN
         array_agg(DISTINCT (pg_catalog.hashtext(e.k) & 4095)::smallint)
             FILTER (WHERE e.t >= coalesce(w.watermark, '-infinity') AND e.k IS NOT NULL)
     INTO v_watermark, v_events, v_late, v_bad, v_min, v_max, v_sketch
-    FROM (SELECT %5$s AS t, %6$s AS k, n.%7$I::bigint AS id%8$s FROM cep_new_rows AS n) AS e
+    FROM %13$s AS e
     LEFT JOIN (
         -- ORDER BY + LIMIT on the (stream_id, watermark DESC) index, and enable_seqscan off
         -- on this function: the cached plan stays an index probe however the table grew.
@@ -116,7 +116,7 @@ BEGIN
 
     IF v_bad > 0 THEN
         SELECT CASE %9$s END, e.id INTO v_reason, v_bad_id
-        FROM (SELECT %5$s AS t, %6$s AS k, n.%7$I::bigint AS id%8$s FROM cep_new_rows AS n) AS e
+        FROM %13$s AS e
         WHERE %4$s
         LIMIT 1;
         RAISE EXCEPTION 'pg_cep: stream %%: %%', %1$L, pg_catalog.substr(v_reason, 7)
@@ -129,7 +129,7 @@ BEGIN
     IF v_late > 0 THEN
         INSERT INTO cep.late_events (stream_id, event_id, event_time, partition_key, watermark)
         SELECT %2$s, e.id, e.t, e.k, v_watermark
-        FROM (SELECT %5$s AS t, %6$s AS k, n.%7$I::bigint AS id FROM cep_new_rows AS n) AS e
+        FROM %13$s AS e
         WHERE e.t < v_watermark;
     END IF;
 
@@ -157,7 +157,10 @@ $body$,
         greatest(v_watermark, v_max - %2$L::interval),
         v_micros, v_micros, v_sketch
     );
-$log$, s.stream_id, s.allowed_lateness)  -- 12
+$log$, s.stream_id, s.allowed_lateness),  -- 12
+        -- 13: the batch as (t, k, id, checked columns), read by every statement above
+        format('(SELECT %s AS t, %s AS k, n.%I::bigint AS id%s FROM cep_new_rows AS n)',
+            v_time_expr, v_key_expr, s.id_column, v_cols)
     );
 END
 $fn$;
