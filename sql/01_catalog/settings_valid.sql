@@ -13,10 +13,12 @@ AS $fn$
         WHEN 'stats_retention' THEN value ~ '^[1-9][0-9]* (seconds|minutes|hours|days)$'
         WHEN 'late_event_retention' THEN value ~ '^[1-9][0-9]* (seconds|minutes|hours|days)$'
         WHEN 'alert_retention' THEN value ~ '^[1-9][0-9]* (seconds|minutes|hours|days)$'
+        WHEN 'assessment_retention' THEN value ~ '^[1-9][0-9]* (seconds|minutes|hours|days)$'
         ELSE false
     END
 $fn$;
 
 COMMENT ON FUNCTION cep._valid_setting(text, text) IS
 'Internal: whether VALUE is valid for SETTING: notify on|off; notify_max_queue_usage 0..1; '
-'stats_retention, late_event_retention, alert_retention as ''N seconds|minutes|hours|days''.';
+'stats_retention, late_event_retention, alert_retention, assessment_retention as '
+'''N seconds|minutes|hours|days''.';

@@ -211,6 +211,15 @@ DECLARE
     v_empty boolean;
 BEGIN
     SELECT * INTO s FROM cep.streams AS st WHERE st.stream_id = cep._stream_id(drop_stream.name);
+    -- Rules go first (without a rule set left, deleting them recompiles nothing); assessments
+    -- and rule versions stay, like alerts.
+    DELETE FROM cep.rule_sets AS r WHERE r.stream_id = s.stream_id;
+    DELETE FROM cep.rules AS r WHERE r.stream = s.name;
+    DELETE FROM cep.risk_policies AS p WHERE p.stream_id = s.stream_id;
+    DELETE FROM cep.rule_keys AS r WHERE r.stream_id = s.stream_id;
+    DELETE FROM cep.rule_history AS r WHERE r.stream_id = s.stream_id;
+    DELETE FROM cep.rule_history_fields AS r WHERE r.stream_id = s.stream_id;
+    DELETE FROM cep.rule_log AS r WHERE r.stream_id = s.stream_id;
     -- The refusing default partition pg_cep added goes if empty (rows can reach it when
     -- triggers are off, e.g. session_replication_role = replica): partitions and rows stay.
     DELETE FROM cep.partitioned_streams AS ps WHERE ps.stream_id = s.stream_id

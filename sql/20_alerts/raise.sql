@@ -18,6 +18,7 @@ AS $fn$
             WHEN 'stats_retention' THEN '7 days'
             WHEN 'late_event_retention' THEN '7 days'
             WHEN 'alert_retention' THEN '30 days'
+            WHEN 'assessment_retention' THEN '30 days'
         END
     )
 $fn$;

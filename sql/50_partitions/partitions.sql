@@ -5,14 +5,14 @@
 -- retention is never shorter than what the stream's features still need (cep._stream_horizon).
 
 -- How far back the stream's features read raw events from the table after ingest. Windows
--- keep their own state, so nothing yet; patterns, rules and recommenders will extend this.
+-- keep their own state; rules read their trailing windows from the table.
 CREATE FUNCTION cep._stream_horizon(stream_id integer)
 RETURNS interval
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    SELECT interval '0 seconds' WHERE stream_id IS NOT NULL
+    SELECT cep._rule_horizon(stream_id)
 $fn$;
 
 COMMENT ON FUNCTION cep._stream_horizon(integer) IS

@@ -172,6 +172,36 @@ BEGIN
     items := v_n;
     RETURN NEXT;
 
+    -- Rules: counters folded per minute (and past stats_retention into one archive row per
+    -- rule set), idle key locks and assessments past assessment_retention purged.
+    v_n := cep._fold_rule_log(date_trunc('minute', v_now) - interval '1 minute', false)
+        + cep._fold_rule_log(v_now - v_stats_retention, true);
+    task := 'compact_rule_log';
+    items := v_n;
+    RETURN NEXT;
+    DELETE FROM cep.rule_keys AS k
+    WHERE (k.stream_id, k.k) IN (
+        SELECT o.stream_id, o.k
+        FROM cep.rule_keys AS o
+        WHERE o.last_seen < cep._watermark(o.stream_id) - cep._rule_horizon(o.stream_id)
+        LIMIT 50000
+    );
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    task := 'purge_rule_keys';
+    items := v_n;
+    RETURN NEXT;
+    DELETE FROM cep.risk_assessments AS a
+    WHERE a.assessment_id IN (
+        SELECT o.assessment_id
+        FROM cep.risk_assessments AS o
+        WHERE o.assessed_at < v_now - cep._setting('assessment_retention')::interval
+        LIMIT 50000
+    );
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    task := 'purge_risk_assessments';
+    items := v_n;
+    RETURN NEXT;
+
     -- One row per consumer for delivery counters older than a minute.
     WITH moved AS (
         DELETE FROM cep.consumer_log AS l
@@ -197,6 +227,7 @@ COMMENT ON FUNCTION cep.run_maintenance() IS
 'ingest log, archiving past stats_retention, purging late events past late_event_retention, '
 'purging alerts past alert_retention that every consumer acknowledged, purging windows past '
 'their retention, making partitions ahead and retiring old ones (cep.partition_stream), '
-'compaction of the consumer log. '
+'compaction of the rule and consumer logs, purging idle rule key locks and risk assessments '
+'past assessment_retention. '
 'Idempotent; a concurrent second call skips. Schedule it every minute (pg_cron or any '
 'scheduler).';

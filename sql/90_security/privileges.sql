@@ -38,6 +38,18 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump('cep.windows', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.windows_window_id_seq', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.partitioned_streams', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.rules', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.rules_rule_id_seq', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.rule_versions', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.rule_sets', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.rule_sets_rule_set_id_seq', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.risk_policies', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.risk_assessments', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.risk_assessments_assessment_id_seq', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.rule_keys', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.rule_history', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.rule_history_fields', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.rule_log', '');
     END IF;
 END
 $dump$;

@@ -1,0 +1,441 @@
+-- Code generation for risk rules: the set-based assessment of a statement's events.
+-- Invariant: the rules compiled into a stream's ingest code are exactly one row of
+-- cep.rule_sets (rule ids and versions, conditions read from cep.rule_versions), so every
+-- statement is assessed under one version of every rule, recorded with each assessment.
+-- Trailing metrics of an event e of key k over window w count the key's events with time in
+-- (e.t - w, e.t] that were stored before the statement, plus the statement's own events of k
+-- up to e in (time, id) order; z-score histories count every earlier event of the key.
+
+-- The latest rule set of a stream (NULL when no rule is active).
+CREATE FUNCTION cep._rule_set(stream_id integer)
+RETURNS cep.rule_sets
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT r.*
+    FROM cep.rule_sets AS r
+    WHERE r.stream_id = _rule_set.stream_id
+    ORDER BY r.rule_set_id DESC
+    LIMIT 1
+$fn$;
+
+COMMENT ON FUNCTION cep._rule_set(integer) IS
+'Internal: the rule set currently compiled into a stream''s ingest code.';
+
+-- The assessment query of a rule set, up to and including the CTE "fired" (id, k, t, pos):
+-- pos lists the positions (1-based, in rule set order) of the rules whose condition holds.
+-- batch is the FROM item of the statement's rows as alias n (the transition table, or one
+-- event from JSON for cep.evaluate_rules).
+CREATE FUNCTION cep._rule_assess_sql(rule_set_id integer, batch text)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    rs cep.rule_sets;
+    s cep.streams;
+    v_cols name [];
+    v_col name;
+    v_ev text;
+    v_conds text := '';
+    v_need record;
+    v_wmax numeric;
+    v_win_cols text := '';
+    v_self_cols text := '';
+    v_mx text := '';
+    v_hist_cols text := '';
+    v_hist_from text := '';
+    v_key_pred text;
+    v_sql text;
+    v_i integer := 0;
+    v_rule record;
+    v_traw_w text;
+BEGIN
+    SELECT * INTO STRICT rs FROM cep.rule_sets AS r WHERE r.rule_set_id = _rule_assess_sql.rule_set_id;
+    SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = rs.stream_id;
+
+    -- The conditions in rule set order, and every column they read.
+    FOR v_rule IN
+        SELECT v.condition, v.name, u.ord
+        FROM unnest(rs.rule_ids, rs.versions) WITH ORDINALITY AS u (rule_id, version, ord)
+        JOIN cep.rule_versions AS v ON v.rule_id = u.rule_id AND v.version = u.version
+        ORDER BY u.ord
+    LOOP
+        v_conds := v_conds || CASE WHEN v_i > 0 THEN ',' ELSE '' END || format(E'\n            CASE WHEN %s THEN %s END',
+            cep._rule_compile(s.stream_id, v_rule.condition, v_rule.name), v_rule.ord);
+        v_i := v_i + 1;
+    END LOOP;
+    SELECT coalesce(array_agg(DISTINCT f ORDER BY f), '{}') INTO v_cols
+    FROM (
+        SELECT (jsonb_path_query(v.condition, 'strict $.**.field') #>> '{}')::name AS f
+        FROM unnest(rs.rule_ids, rs.versions) AS u (rule_id, version)
+        JOIN cep.rule_versions AS v ON v.rule_id = u.rule_id AND v.version = u.version
+        UNION
+        SELECT (jsonb_path_query(v.condition, 'strict $.**.changed') #>> '{}')::name
+        FROM unnest(rs.rule_ids, rs.versions) AS u (rule_id, version)
+        JOIN cep.rule_versions AS v ON v.rule_id = u.rule_id AND v.version = u.version
+    ) AS c
+    WHERE f IS NOT NULL;
+
+    v_ev := format('SELECT %s AS t, %s AS k, n.%I::bigint AS id, %s AS kraw, n.%I AS traw',
+        cep._time_expr(s.stream_id),
+        CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('n.%I::text', s.key_column) END,
+        s.id_column,
+        CASE WHEN s.key_column IS NULL THEN 'NULL::text' ELSE format('n.%I', s.key_column) END,
+        s.time_column);
+    FOREACH v_col IN ARRAY v_cols LOOP
+        v_ev := v_ev || format(', n.%I AS %I', v_col, 'c:' || v_col);
+        v_win_cols := v_win_cols || format(', s.%I AS %I', v_col, 'c:' || v_col);
+        v_self_cols := v_self_cols || format(', b.%I', 'c:' || v_col);
+    END LOOP;
+    v_ev := v_ev || ' FROM ' || batch;
+    v_key_pred := CASE WHEN s.key_column IS NULL THEN 'true'
+        ELSE format('s.%I = e.kraw', s.key_column) END;
+
+    -- Trailing metrics and changes: the events of each assessed event's widest window.
+    FOR v_need IN
+        SELECT DISTINCT n.*
+        FROM unnest(rs.rule_ids, rs.versions) AS u (rule_id, version)
+        JOIN cep.rule_versions AS v ON v.rule_id = u.rule_id AND v.version = u.version
+        CROSS JOIN LATERAL cep._rule_needs(v.condition) AS n
+        ORDER BY n.col
+    LOOP
+        v_traw_w := format('w.traw > e.traw - make_interval(secs => %s)', v_need.secs);
+        CASE v_need.kind
+            WHEN 'zscore' THEN
+                v_hist_cols := v_hist_cols || format($h$,
+            coalesce(h%1$s.n, 0) + count(e.%2$I) OVER w_prior AS %3$I,
+            coalesce(h%1$s.s, 0) + coalesce(sum(e.%2$I::pg_catalog.numeric) OVER w_prior, 0) AS %4$I,
+            coalesce(h%1$s.ss, 0) + coalesce(sum(e.%2$I::pg_catalog.numeric * e.%2$I::pg_catalog.numeric) OVER w_prior, 0) AS %5$I$h$,
+                    v_need.col, 'c:' || v_need.field, v_need.col || '_n', v_need.col || '_s',
+                    v_need.col || '_ss');
+                v_hist_from := v_hist_from || format(
+                    ' LEFT JOIN cep.rule_history AS h%1$s ON h%1$s.stream_id = %2$s '
+                    'AND h%1$s.field = %3$L AND h%1$s.k = e.k',
+                    v_need.col, s.stream_id, v_need.field);
+            WHEN 'changed' THEN
+                v_mx := v_mx || format(E',\n            bool_or(w.%1$I <> e.%1$I) FILTER (WHERE %2$s) AS %3$I',
+                    'c:' || v_need.field, v_traw_w, v_need.col);
+            ELSE
+                v_mx := v_mx || CASE v_need.fn
+                    WHEN 'count' THEN CASE WHEN v_need.field IS NULL
+                        THEN format(E',\n            count(*) FILTER (WHERE %s) AS %I', v_traw_w, v_need.col)
+                        ELSE format(E',\n            count(w.%I) FILTER (WHERE %s) AS %I',
+                            'c:' || v_need.field, v_traw_w, v_need.col) END
+                    WHEN 'count_distinct' THEN format(
+                        E',\n            count(DISTINCT w.%I) FILTER (WHERE %s) AS %I',
+                        'c:' || v_need.field, v_traw_w, v_need.col)
+                    WHEN 'avg' THEN format(
+                        E',\n            sum(w.%1$I::pg_catalog.numeric) FILTER (WHERE %2$s) AS %3$I,'
+                        || E'\n            count(w.%1$I) FILTER (WHERE %2$s) AS %4$I',
+                        'c:' || v_need.field, v_traw_w, v_need.col || '_s', v_need.col || '_n')
+                    ELSE format(E',\n            %s(w.%I::pg_catalog.numeric) FILTER (WHERE %s) AS %I',
+                        v_need.fn, 'c:' || v_need.field, v_traw_w, v_need.col)
+                END;
+        END CASE;
+        IF v_need.kind <> 'zscore' THEN
+            v_wmax := greatest(v_wmax, v_need.secs);
+        END IF;
+    END LOOP;
+
+    v_sql := format(E'WITH ev AS (\n        %s\n    )', v_ev);
+    IF v_wmax IS NOT NULL THEN
+        v_sql := v_sql || format($w$, win AS (
+        -- stored events of the key in the widest window (read through the (key, time) index),
+        -- minus the statement's own rows ...
+        SELECT e.id AS eid, w.*
+        FROM ev AS e
+        CROSS JOIN LATERAL (
+            SELECT s.%1$I::bigint AS wid, s.%2$I AS traw%3$s
+            FROM %4$s AS s
+            WHERE %5$s AND s.%2$I > e.traw - make_interval(secs => %6$s) AND s.%2$I <= e.traw
+        ) AS w
+        WHERE NOT EXISTS (SELECT 1 FROM ev AS x WHERE x.id = w.wid)
+        UNION ALL
+        -- ... plus the statement's events of the key up to this one in (time, id) order
+        SELECT e.id, b.id, b.traw%7$s
+        FROM ev AS e
+        JOIN ev AS b
+            ON b.k = e.k AND b.traw > e.traw - make_interval(secs => %6$s)
+            AND (b.traw, b.id) <= (e.traw, e.id)
+    ), mx AS (
+        SELECT e.id AS mid%8$s
+        FROM win AS w
+        JOIN ev AS e ON e.id = w.eid
+        GROUP BY e.id
+    )$w$,
+            s.id_column, s.time_column, v_win_cols, s.source, v_key_pred, v_wmax, v_self_cols,
+            v_mx);
+    END IF;
+    v_sql := v_sql || format($x$, x AS (
+        SELECT e.*%1$s%2$s
+        FROM ev AS e%3$s%4$s%5$s
+    ), fired AS (
+        SELECT x.id, x.k, x.t, x.traw,
+            pg_catalog.array_remove(ARRAY[%6$s
+            ]::integer [], NULL) AS pos
+        FROM x
+    )$x$,
+        CASE WHEN v_wmax IS NOT NULL THEN ', mx.*' ELSE '' END,
+        v_hist_cols,
+        CASE WHEN v_wmax IS NOT NULL THEN ' LEFT JOIN mx ON mx.mid = e.id' ELSE '' END,
+        v_hist_from,
+        CASE WHEN v_hist_cols <> ''
+            THEN ' WINDOW w_prior AS (PARTITION BY e.k ORDER BY e.traw, e.id '
+                'ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)'
+            ELSE '' END,
+        v_conds);
+    RETURN v_sql;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._rule_assess_sql(integer, text) IS
+'Internal: the SQL that evaluates a rule set over a set of events (CTEs ev, win, mx, x, '
+'fired); shared by the ingest code and cep.evaluate_rules.';
+
+-- The rules section of a stream's ingest function.
+CREATE FUNCTION cep._rule_section(stream_id integer)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    rs cep.rule_sets;
+    s cep.streams;
+    p cep.risk_policies;
+    v_lock text := '';
+    v_hist text := '';
+    v_field name;
+    v_meta record;
+    v_enf text;
+    v_combine text;
+    v_combine_all text;
+    v_level text;
+    v_block text := '';
+    v_alert_cond text;
+    v_stateful boolean;
+BEGIN
+    rs := cep._rule_set(stream_id);
+    IF rs.rule_set_id IS NULL OR cardinality(rs.rule_ids) = 0 THEN
+        RETURN '';
+    END IF;
+    SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _rule_section.stream_id;
+    SELECT * INTO p FROM cep.risk_policies AS x WHERE x.stream_id = _rule_section.stream_id;
+    IF p.stream_id IS NULL THEN
+        p := ROW(stream_id, 'sum', 0.4, 0.7, 0.9, NULL, 'high', false, now())::cep.risk_policies;
+    END IF;
+
+    -- Per-rule constants, in rule set order.
+    SELECT array_agg(v.name ORDER BY u.ord) AS names,
+        array_agg(v.risk_score::numeric ORDER BY u.ord) AS scores,
+        array_agg(v.mode = 'enforce' ORDER BY u.ord) AS enforce,
+        array_agg(v.kind ORDER BY u.ord) AS kinds,
+        bool_or(n.kind IS NOT NULL) AS stateful
+    INTO v_meta
+    FROM unnest(rs.rule_ids, rs.versions) WITH ORDINALITY AS u (rule_id, version, ord)
+    JOIN cep.rule_versions AS v ON v.rule_id = u.rule_id AND v.version = u.version
+    LEFT JOIN LATERAL (SELECT n.kind FROM cep._rule_needs(v.condition) AS n LIMIT 1) AS n ON true;
+    v_stateful := coalesce(v_meta.stateful, false);
+
+    v_combine := CASE p.combine
+        WHEN 'sum' THEN 'sum(%1$s[q.p])'
+        WHEN 'max' THEN 'max(%1$s[q.p])'
+        ELSE '1 - cep._product(1 - %1$s[q.p])'
+    END;
+    v_combine_all := format(v_combine, 'r_scores');
+    v_enf := 'r_enforce';
+    v_level := format(
+        'CASE WHEN a.total >= %1$L::numeric THEN ''high'' WHEN a.total >= %2$L::numeric '
+        'THEN ''medium'' ELSE ''low'' END',
+        p.high::numeric, p.medium::numeric);
+    v_alert_cond := CASE p.alert_level
+        WHEN 'none' THEN 'false'
+        WHEN 'low' THEN 'cardinality(i.triggered_rules) > 0'
+        WHEN 'medium' THEN 'i.level IN (''medium'', ''high'')'
+        ELSE 'i.level = ''high''' END || ' AND cardinality(i.triggered_rules) > 0';
+
+    IF v_stateful THEN
+        v_lock := format($l$
+    -- rules: lock the statement's keys in key order before reading their history (an update,
+    -- so that a REPEATABLE READ writer of the same key fails with 40001 instead of reading stale)
+    INSERT INTO cep.rule_keys AS kk (stream_id, k, last_seen)
+    SELECT %1$s, e.k, max(e.t)
+    FROM (SELECT %2$s AS k, %3$s AS t FROM cep_new_rows AS n) AS e
+    GROUP BY e.k
+    ORDER BY e.k
+    ON CONFLICT (stream_id, k) DO UPDATE SET last_seen = greatest(kk.last_seen, EXCLUDED.last_seen);
+$l$,
+            s.stream_id,
+            CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('n.%I::text', s.key_column) END,
+            cep._time_expr(s.stream_id));
+    END IF;
+
+    -- z-score histories grow by the statement's events, in the same statement (its CTEs all
+    -- read the snapshot taken before it, so the assessment sees the histories before).
+    FOR v_field IN
+        SELECT DISTINCT n.field
+        FROM unnest(rs.rule_ids, rs.versions) AS u (rule_id, version)
+        JOIN cep.rule_versions AS v ON v.rule_id = u.rule_id AND v.version = u.version
+        CROSS JOIN LATERAL cep._rule_needs(v.condition) AS n
+        WHERE n.kind = 'zscore'
+        ORDER BY n.field
+    LOOP
+        v_hist := v_hist || format($h$, %1$I AS (
+        INSERT INTO cep.rule_history AS h (stream_id, field, k, n, s, ss)
+        SELECT %2$s, %3$L, e.k, count(e.%4$I), coalesce(sum(e.%4$I::numeric), 0),
+            coalesce(sum(e.%4$I::numeric * e.%4$I::numeric), 0)
+        FROM ev AS e
+        GROUP BY e.k
+        ORDER BY e.k
+        ON CONFLICT (stream_id, field, k) DO UPDATE
+        SET n = h.n + EXCLUDED.n, s = h.s + EXCLUDED.s, ss = h.ss + EXCLUDED.ss
+    )$h$,
+            'hist_' || v_field, s.stream_id, v_field, 'c:' || v_field);
+    END LOOP;
+
+    IF p.block_action IS NOT NULL THEN
+        SELECT string_agg(format('%I = %s', a.key,
+            CASE WHEN jsonb_typeof(a.value) = 'null' THEN 'NULL'
+                ELSE format('%L::%s', a.value #>> '{}', format_type(t.atttypid, t.atttypmod)) END),
+            ', ' ORDER BY a.key)
+        INTO v_block
+        FROM jsonb_each(p.block_action -> 'set') AS a
+        JOIN pg_catalog.pg_attribute AS t ON t.attrelid = s.source AND t.attname = a.key;
+        v_block := format($b$
+    IF v_rule_blocked IS NOT NULL THEN
+        UPDATE %1$s AS n SET %2$s WHERE n.%3$I = ANY (v_rule_blocked);
+    END IF;$b$,
+            s.source, v_block, s.id_column);
+    END IF;
+
+    RETURN format($r$
+    -- rules: rule set %1$s (rules %2$s, versions %3$s)
+    DECLARE
+        r_ids constant bigint [] := %8$L;
+        r_versions constant integer [] := %9$L;
+        r_scores constant numeric [] := %17$L;
+        r_enforce constant boolean [] := %16$L;
+        r_names constant text [] := %15$L;
+        r_kinds constant text [] := %21$L;
+        v_rule_alerts cep.alert_draft [];
+        v_rule_blocked bigint [];
+        v_rule_hits bigint [];
+        v_rule_counts bigint [];
+    BEGIN%22$s
+    -- rules: assess the statement's events
+    %4$s, scored AS (
+        SELECT f.id, f.k, f.t, f.pos, a.*, %5$s AS level
+        FROM fired AS f
+        CROSS JOIN LATERAL (
+            SELECT coalesce(%6$s FILTER (WHERE %7$s[q.p]), 0) AS total,
+                coalesce(%6$s, 0) AS total_all,
+                coalesce(array_agg(r_ids[q.p] ORDER BY q.p) FILTER (WHERE %7$s[q.p]), '{}') AS rules,
+                coalesce(array_agg(r_versions[q.p] ORDER BY q.p) FILTER (WHERE %7$s[q.p]), '{}') AS versions,
+                coalesce(array_agg(r_ids[q.p] ORDER BY q.p) FILTER (WHERE NOT %7$s[q.p]), '{}') AS srules,
+                coalesce(array_agg(r_versions[q.p] ORDER BY q.p) FILTER (WHERE NOT %7$s[q.p]), '{}') AS sversions
+            FROM unnest(f.pos) AS q (p)
+        ) AS a
+        WHERE %10$s
+    ), ins AS (
+        INSERT INTO cep.risk_assessments (
+            event_id, stream, partition_key, event_time, total_score, level, triggered_rules,
+            rule_versions, shadow_rules, shadow_versions, shadow_score, blocked, rule_set_id
+        )
+        SELECT c.id, %11$L, c.k, c.t, c.total::float8, c.level, c.rules, c.versions, c.srules,
+            c.sversions, c.total_all::float8, %12$s, %1$s
+        FROM scored AS c
+        ORDER BY c.t, c.id
+        RETURNING *
+    ), hits AS (
+        SELECT array_agg(r_ids[h.p] ORDER BY h.p) AS rules, array_agg(h.n ORDER BY h.p) AS counts
+        FROM (SELECT q.p, count(*) AS n FROM fired AS f, unnest(f.pos) AS q (p) GROUP BY q.p) AS h
+    )%13$s
+    SELECT (
+            SELECT array_agg(ROW(
+                'rule', %14$L, %11$L, i.partition_key, i.event_id,
+                CASE WHEN i.blocked THEN 'critical' ELSE i.level END, i.total_score,
+                pg_catalog.format('%%s risk %%s for key %%s, event %%s: %%s', i.level,
+                    round(i.total_score::numeric, 4), i.partition_key, i.event_id, d.names),
+                pg_catalog.jsonb_build_object(
+                    'rules', d.rules, 'total_score', i.total_score, 'level', i.level,
+                    'blocked', i.blocked, 'rule_set_id', i.rule_set_id, 'event_time', i.event_time,
+                    'shadow_rules', i.shadow_rules)
+            )::cep.alert_draft ORDER BY i.event_time, i.event_id)
+            FROM ins AS i
+            CROSS JOIN LATERAL (
+                SELECT string_agg(r_names[q.p], ', ' ORDER BY q.p) AS names,
+                    jsonb_agg(jsonb_build_object('rule_id', r_ids[q.p],
+                        'name', r_names[q.p], 'kind', r_kinds[q.p],
+                        'score', r_scores[q.p]::float8, 'version', r_versions[q.p])
+                        ORDER BY q.p) AS rules
+                FROM unnest(r_ids, r_versions) WITH ORDINALITY AS q (r, v, p)
+                WHERE q.r = ANY (i.triggered_rules)
+            ) AS d
+            WHERE %18$s
+        ),
+        (SELECT array_agg(i.event_id) FROM ins AS i WHERE i.blocked),
+        h.rules, h.counts
+    INTO v_rule_alerts, v_rule_blocked, v_rule_hits, v_rule_counts
+    FROM hits AS h;
+    IF v_rule_alerts IS NOT NULL THEN
+        PERFORM cep._raise_alerts(%19$s, v_rule_alerts);
+    END IF;%20$s
+    INSERT INTO cep.rule_log (stream_id, rule_set_id, events, hit_rules, hit_counts)
+    VALUES (%19$s, %1$s, v_events, coalesce(v_rule_hits, '{}'), coalesce(v_rule_counts, '{}'));
+    END;
+$r$,
+        rs.rule_set_id,                                   -- 1
+        array_to_string(rs.rule_ids, ','),                -- 2
+        array_to_string(rs.versions, ','),                -- 3
+        cep._rule_assess_sql(rs.rule_set_id, 'cep_new_rows AS n'),  -- 4
+        v_level,                                          -- 5
+        v_combine_all,                                    -- 6
+        v_enf,                                            -- 7
+        rs.rule_ids,                                      -- 8
+        rs.versions,                                      -- 9
+        CASE WHEN p.log_all THEN 'true' ELSE 'cardinality(f.pos) > 0' END,  -- 10
+        s.name,                                           -- 11
+        CASE WHEN p.block_action IS NOT NULL
+            THEN format('c.total >= %L::numeric', p.block::numeric) ELSE 'false' END,  -- 12
+        v_hist,                                           -- 13
+        'risk_policy:' || s.name,                         -- 14
+        v_meta.names,                                     -- 15
+        v_meta.enforce,                                   -- 16
+        v_meta.scores,                                    -- 17
+        v_alert_cond,                                     -- 18
+        s.stream_id,                                      -- 19
+        v_block,                                          -- 20
+        v_meta.kinds,                                     -- 21
+        v_lock);                                          -- 22
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._rule_section(integer) IS
+'Internal: the rules section of a stream''s ingest function: key locks, assessment, '
+'risk_assessments rows, alerts, block action, history updates and counters.';
+
+-- Product of numerics (noisy-or combination of rule scores).
+CREATE FUNCTION cep._product_step(state numeric, value numeric)
+RETURNS numeric
+LANGUAGE sql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT CASE WHEN value IS NULL THEN state ELSE state * value END
+$fn$;
+
+COMMENT ON FUNCTION cep._product_step(numeric, numeric) IS
+'Internal: transition function of cep._product.';
+
+CREATE AGGREGATE cep._product(numeric) (
+    SFUNC = cep._product_step,
+    STYPE = numeric,
+    INITCOND = '1'
+);
+
+COMMENT ON AGGREGATE cep._product(numeric) IS
+'Internal: exact product of numerics, for the noisy-or combination 1 - prod(1 - score).';
