@@ -22,6 +22,24 @@ SELECT cep.create_window('w_hop', 'nokey', 'hopping', '10 minutes', '3 minutes')
 SELECT cep.partition_stream('parted', '1 day');
 SELECT cep.create_window('w_session', 'parted', 'session', '5 minutes',
     aggregates => '{count(*), sum(id), avg(id), min(ts), max(ts)}');
+ALTER TABLE public.plain ADD COLUMN status text;
+INSERT INTO cep.rules (stream, name, condition, risk_score, mode) VALUES
+    ('plain', 'r_count', '{"metric": "count", "window": "1 hour", "op": ">", "value": 3}', 0.5,
+     'enforce'),
+    ('plain', 'r_all', '{"all": [{"metric": "avg", "field": "amt", "window": "10 minutes",
+       "op": ">=", "value": 2.5}, {"not": {"field": "k", "op": "in", "value": ["a", "b"]}},
+       {"any": [{"metric": "count_distinct", "field": "k", "window": "1 day", "op": "<",
+       "value": 2}, {"metric": "max", "field": "f", "window": "1 minute", "op": "!=",
+       "value": 0}]}]}', 0.3, 'shadow'),
+    ('plain', 'r_misc', '{"any": [{"changed": "amt", "window": "5 minutes"},
+       {"anomaly": "zscore", "field": "r", "threshold": 3, "min_samples": 5},
+       {"time_of_day": {"from": "22:00", "to": "06:00", "timezone": "Europe/Berlin"}},
+       {"field": "ts", "op": "<", "value": "2030-01-01 00:00:00+00"}]}', 1, 'enforce'),
+    ('nokey', 'r_nokey', '{"metric": "sum", "field": "id", "window": "1 hour", "op": ">",
+       "value": 10}', 0.2, 'enforce');
+SELECT cep.set_risk_policy('plain', 'noisy_or', block_action => '{"set": {"status": "b"}}',
+    alert_level => 'medium', log_all => true);
+SELECT cep.set_risk_policy('nokey', 'max');
 """
 
 CHECK = """
@@ -30,9 +48,13 @@ FROM pg_catalog.pg_proc AS p
 LEFT JOIN cep.streams AS s ON s.ingest_function = p.proname
 CROSS JOIN LATERAL public.plpgsql_check_function(
     p.oid::regprocedure,
-    coalesce(s.source, CASE WHEN p.proname = '_refuse_default_partition'
-        THEN 'public.parted_cep_default'::regclass END, 0),
-    newtable => CASE WHEN s.source IS NOT NULL THEN 'cep_new_rows' END,
+    coalesce(s.source, CASE p.proname
+        WHEN '_refuse_default_partition' THEN 'public.parted_cep_default'::regclass
+        WHEN '_rules_before' THEN 'cep.rules'::regclass
+        WHEN '_rules_after' THEN 'cep.rules'::regclass END, 0),
+    newtable => CASE WHEN s.source IS NOT NULL THEN 'cep_new_rows'
+        WHEN p.proname = '_rules_after' THEN 'cep_new' END,
+    oldtable => CASE WHEN p.proname = '_rules_after' THEN 'cep_old' END,
     fatal_errors => false,
     extra_warnings => true,
     performance_warnings => false,

@@ -60,8 +60,8 @@ COMMENT ON TABLE cep.rule_versions IS
 CREATE TABLE cep.rule_sets (
     rule_set_id integer GENERATED ALWAYS AS IDENTITY,
     stream_id integer NOT NULL,
-    rule_ids bigint [] NOT NULL,
-    versions integer [] NOT NULL,
+    rule_ids bigint[] NOT NULL,
+    versions integer[] NOT NULL,
     compiled_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT rule_sets_pkey PRIMARY KEY (rule_set_id)
 );
@@ -105,10 +105,10 @@ CREATE TABLE cep.risk_assessments (
     event_time timestamptz NOT NULL,
     total_score float8 NOT NULL,
     level text NOT NULL,
-    triggered_rules bigint [] NOT NULL,
-    rule_versions integer [] NOT NULL,
-    shadow_rules bigint [] NOT NULL DEFAULT '{}',
-    shadow_versions integer [] NOT NULL DEFAULT '{}',
+    triggered_rules bigint[] NOT NULL,
+    rule_versions integer[] NOT NULL,
+    shadow_rules bigint[] NOT NULL DEFAULT '{}',
+    shadow_versions integer[] NOT NULL DEFAULT '{}',
     shadow_score float8 NOT NULL DEFAULT 0,
     blocked boolean NOT NULL DEFAULT FALSE,
     rule_set_id integer NOT NULL,
@@ -169,9 +169,9 @@ CREATE TABLE cep.rule_log (
     rule_set_id integer NOT NULL,
     logged_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     events bigint NOT NULL,
-    hit_rules bigint [] NOT NULL DEFAULT '{}',
-    hit_counts bigint [] NOT NULL DEFAULT '{}',
-    hit_last timestamptz [],
+    hit_rules bigint[] NOT NULL DEFAULT '{}',
+    hit_counts bigint[] NOT NULL DEFAULT '{}',
+    hit_last timestamptz[],
     compacted boolean NOT NULL DEFAULT FALSE
 );
 

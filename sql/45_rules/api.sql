@@ -30,15 +30,17 @@ BEGIN
             EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', s.source);
             v_locked := true;
         END IF;
+        -- A stream without a key keeps one history under the empty key.
         EXECUTE format(
             'INSERT INTO cep.rule_history (stream_id, field, k, n, s, ss) '
-            'SELECT %1$s, %2$L, %3$s, count(t.%2$I), coalesce(sum(t.%2$I::numeric), 0), '
-            'coalesce(sum(t.%2$I::numeric * t.%2$I::numeric), 0) FROM %4$s AS t GROUP BY 3 '
-            'ON CONFLICT (stream_id, field, k) DO UPDATE SET n = EXCLUDED.n, s = EXCLUDED.s, '
-            'ss = EXCLUDED.ss',
+            'SELECT %s, %L, %s, count(t.%I), coalesce(sum(t.%I::numeric), 0), '
+            'coalesce(sum(t.%I::numeric * t.%I::numeric), 0) FROM %s AS t GROUP BY 3 '
+            'ON CONFLICT (stream_id, field, k) DO UPDATE SET n = EXCLUDED.n, '
+            's = EXCLUDED.s, ss = EXCLUDED.ss',
             s.stream_id, v_field,
-            CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('t.%I::text', s.key_column) END,
-            s.source);
+            CASE WHEN s.key_column IS NULL THEN quote_literal('')
+                ELSE format('t.%I::text', s.key_column) END,
+            v_field, v_field, v_field, v_field, s.source);
         INSERT INTO cep.rule_history_fields (stream_id, field) VALUES (s.stream_id, v_field);
     END LOOP;
 
@@ -67,7 +69,7 @@ COMMENT ON FUNCTION cep._rules_prepare(integer) IS
 'an index on (key, time)) before their code is compiled.';
 
 -- Recompile the rules of the named streams: new rule set, rebuilt ingest function.
-CREATE FUNCTION cep._rules_changed(streams text [])
+CREATE FUNCTION cep._rules_changed(streams text[])
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -101,7 +103,7 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._rules_changed(text []) IS
+COMMENT ON FUNCTION cep._rules_changed(text[]) IS
 'Internal: after a change of rules or policy, register the streams'' new rule sets and rebuild '
 'their ingest functions (stream rows locked, so concurrent changes queue).';
 
@@ -287,7 +289,9 @@ BEGIN
             END IF;
             IF jsonb_typeof(v_set.value) <> 'null' THEN
                 BEGIN
-                    EXECUTE format('SELECT %L::%s', v_set.value #>> '{}', v_typ);
+                    EXECUTE format('SELECT (pg_catalog.jsonb_populate_record(NULL::%s, $1)).%I',
+                        s.source, v_set.key)
+                    USING jsonb_build_object(v_set.key, v_set.value);
                 EXCEPTION WHEN data_exception OR syntax_error_or_access_rule_violation THEN
                     RAISE EXCEPTION 'block_action: % is not a valid % for column %',
                         v_set.value, v_typ, quote_ident(v_set.key) USING ERRCODE = '42804';
@@ -340,7 +344,7 @@ BEGIN
     END IF;
     -- The event as a row of the table; a missing time means now(), a missing id one that no
     -- stored row has. Nothing is written: the query only reads.
-    RETURN QUERY EXECUTE cep._rule_assess_sql(v_set, format(
+    FOR rule_id, rule_name, risk_score, triggered IN EXECUTE cep._rule_assess_sql(v_set, format(
         '(SELECT (pg_catalog.jsonb_populate_record(NULL::%1$s, $1 || pg_catalog.jsonb_build_object('
         '%2$L, coalesce($1 -> %2$L, pg_catalog.to_jsonb(pg_catalog.now())), '
         '%3$L, coalesce($1 -> %3$L, ''-1''::jsonb)))).*) AS n',
@@ -351,7 +355,9 @@ BEGIN
             'unnest(rs.rule_ids, rs.versions) WITH ORDINALITY AS u (r, ver, p) '
             'JOIN cep.rule_versions AS v ON v.rule_id = u.r AND v.version = u.ver '
             'WHERE rs.rule_set_id = %s ORDER BY u.p', v_set)
-    USING event;
+    USING event LOOP
+        RETURN NEXT;
+    END LOOP;
 END
 $fn$;
 

@@ -314,14 +314,14 @@ $l$,
     RETURN format($r$
     -- rules: rule set %1$s (rules %2$s, versions %3$s)
     DECLARE
-        r_ids constant bigint [] := %8$L;
-        r_versions constant integer [] := %9$L;
-        r_scores constant numeric [] := %17$L;
-        r_enforce constant boolean [] := %16$L;
-        r_names constant text [] := %15$L;
-        r_kinds constant text [] := %21$L;
+        r_ids constant bigint [] := %8$L::bigint [];
+        r_versions constant integer [] := %9$L::integer [];
+        r_scores constant numeric [] := %17$L::numeric [];
+        r_enforce constant boolean [] := %16$L::boolean [];
+        r_names constant text [] := %15$L::text [];
+        r_kinds constant text [] := %21$L::text [];
         v_rule_alerts cep.alert_draft [];
-        v_rule_blocked bigint [];
+%23$s
         v_rule_hits bigint [];
         v_rule_counts bigint [];
     BEGIN%22$s
@@ -376,9 +376,8 @@ $l$,
             ) AS d
             WHERE %18$s
         ),
-        (SELECT array_agg(i.event_id) FROM ins AS i WHERE i.blocked),
-        h.rules, h.counts
-    INTO v_rule_alerts, v_rule_blocked, v_rule_hits, v_rule_counts
+        h.rules, h.counts%24$s
+    INTO v_rule_alerts, v_rule_hits, v_rule_counts%25$s
     FROM hits AS h;
     IF v_rule_alerts IS NOT NULL THEN
         PERFORM cep._raise_alerts(%19$s, v_rule_alerts);
@@ -409,7 +408,13 @@ $r$,
         s.stream_id,                                      -- 19
         v_block,                                          -- 20
         v_meta.kinds,                                     -- 21
-        v_lock);                                          -- 22
+        v_lock,                                           -- 22
+        CASE WHEN p.block_action IS NOT NULL
+            THEN E'\n        v_rule_blocked bigint [];' ELSE '' END,  -- 23
+        CASE WHEN p.block_action IS NOT NULL
+            THEN E',\n        (SELECT array_agg(i.event_id) FROM ins AS i WHERE i.blocked)'
+            ELSE '' END,                                  -- 24
+        CASE WHEN p.block_action IS NOT NULL THEN ', v_rule_blocked' ELSE '' END);  -- 25
 END
 $fn$;
 
@@ -431,11 +436,11 @@ $fn$;
 COMMENT ON FUNCTION cep._product_step(numeric, numeric) IS
 'Internal: transition function of cep._product.';
 
-CREATE AGGREGATE cep._product(numeric) (
-    SFUNC = cep._product_step,
-    STYPE = numeric,
-    INITCOND = '1'
+CREATE AGGREGATE cep._product (numeric)(
+    sfunc = cep._product_step,
+    stype = numeric,
+    initcond = '1'
 );
 
-COMMENT ON AGGREGATE cep._product(numeric) IS
+COMMENT ON AGGREGATE cep._product (numeric) IS
 'Internal: exact product of numerics, for the noisy-or combination 1 - prod(1 - score).';

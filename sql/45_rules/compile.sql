@@ -89,6 +89,7 @@ DECLARE
         WHEN 'numeric' THEN 'pg_catalog.numeric' WHEN 'float' THEN 'pg_catalog.float8'
         ELSE typ END;
     v_text text;
+    v_type regtype := typ::regtype;
 BEGIN
     IF value IS NULL OR jsonb_typeof(value) <> v_json THEN
         PERFORM cep._rule_fail(rule, path, format('must be a JSON %s for a column of type %s, not %s',
@@ -97,7 +98,7 @@ BEGIN
     v_text := value #>> '{}';
     IF kind = 'typed' THEN
         BEGIN
-            EXECUTE format('SELECT %L::%s', v_text, typ);
+            EXECUTE format('SELECT %L::%s', v_text, v_type);
         EXCEPTION WHEN data_exception OR syntax_error_or_access_rule_violation THEN
             PERFORM cep._rule_fail(rule, path,
                 format('%s is not a valid %s', quote_literal(v_text), typ), '42804');
@@ -160,7 +161,7 @@ COMMENT ON FUNCTION cep._rule_col(text, text, name, numeric) IS
 'Internal: the name of the column carrying a trailing metric, change or history in the '
 'assessment query.';
 
-CREATE FUNCTION cep._rule_check_keys(node jsonb, allowed text [], rule text, path text)
+CREATE FUNCTION cep._rule_check_keys(node jsonb, allowed text[], rule text, path text)
 RETURNS void
 LANGUAGE plpgsql
 IMMUTABLE
@@ -178,10 +179,10 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._rule_check_keys(jsonb, text [], text, text) IS
+COMMENT ON FUNCTION cep._rule_check_keys(jsonb, text[], text, text) IS
 'Internal: refuse keys of a rule condition node outside its allow-list.';
 
-CREATE FUNCTION cep._rule_op(op jsonb, allowed text [], rule text, path text)
+CREATE FUNCTION cep._rule_op(op jsonb, allowed text[], rule text, path text)
 RETURNS text
 LANGUAGE plpgsql
 IMMUTABLE
@@ -196,7 +197,7 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._rule_op(jsonb, text [], text, text) IS
+COMMENT ON FUNCTION cep._rule_op(jsonb, text[], text, text) IS
 'Internal: validate a comparison operator of a rule and return it in SQL.';
 
 -- Validate a condition node and compile it to a SQL boolean expression over row alias x.
@@ -214,7 +215,7 @@ DECLARE
     v_source regclass;
     v_f record;
     v_op text;
-    v_parts text [] := '{}';
+    v_parts text [] := '{}'::text [];
     v_item jsonb;
     v_i integer := 0;
     v_secs numeric;

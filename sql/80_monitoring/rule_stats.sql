@@ -14,22 +14,25 @@ SELECT
     coalesce(e.evaluations, 0)::bigint AS evaluations,
     coalesce(h.hits, 0)::bigint AS hits,
     CASE WHEN e.evaluations > 0
-        THEN round(coalesce(h.hits, 0)::numeric / e.evaluations, 6)::float8 END AS hit_rate,
+            THEN round(coalesce(h.hits, 0)::numeric / e.evaluations, 6)::float8
+    END AS hit_rate,
     h.last_hit
 FROM cep.rules AS r
 LEFT JOIN LATERAL (
     SELECT sum(l.events) AS evaluations
     FROM cep.rule_sets AS rs
-    JOIN cep.rule_log AS l ON l.rule_set_id = rs.rule_set_id
-    WHERE r.rule_id = ANY (rs.rule_ids)
-) AS e ON true
+    INNER JOIN cep.rule_log AS l ON rs.rule_set_id = l.rule_set_id
+    WHERE r.rule_id = any(rs.rule_ids)
+) AS e ON TRUE
 LEFT JOIN LATERAL (
-    SELECT sum(x.c) AS hits, max(coalesce(x.last, l.logged_at)) AS last_hit
+    SELECT
+        sum(x.c) AS hits,
+        max(coalesce(x.last, l.logged_at)) AS last_hit
     FROM cep.rule_sets AS rs
-    JOIN cep.rule_log AS l ON l.rule_set_id = rs.rule_set_id
+    INNER JOIN cep.rule_log AS l ON rs.rule_set_id = l.rule_set_id
     CROSS JOIN LATERAL unnest(l.hit_rules, l.hit_counts, l.hit_last) AS x (rid, c, last)
-    WHERE r.rule_id = ANY (rs.rule_ids) AND x.rid = r.rule_id
-) AS h ON true;
+    WHERE r.rule_id = any(rs.rule_ids) AND x.rid = r.rule_id
+) AS h ON TRUE;
 
 COMMENT ON VIEW cep.rule_stats IS
 'Per rule: how many events it was evaluated on (under any of its versions), how many it fired '

@@ -23,18 +23,27 @@ SELECT functions_are(
         '_raise_alerts', '_consumer_id', '_time_expr', '_parse_aggregates', '_window_ddl',
         '_window_section', '_drop_window_objects', '_window_stats', '_stream_horizon',
         '_refuse_default_partition', '_premake_partitions', '_retire_partitions', '_prom_label',
-        '_compile_ingest', '_feature_sections', '_regenerate_stream', '_sketch_estimate'
+        '_compile_ingest', '_feature_sections', '_regenerate_stream', '_sketch_estimate',
+        'set_risk_policy', 'evaluate_rules',
+        '_rule_fail', '_rule_field', '_rule_constant', '_rule_window', '_rule_col',
+        '_rule_check_keys', '_rule_op', '_rule_compile', '_rule_needs', '_rule_set',
+        '_rule_assess_sql', '_rule_section', '_product_step', '_product', '_rules_prepare',
+        '_rules_changed', '_rules_before', '_rules_after', '_rule_horizon', '_fold_rule_log'
     ],
     'cep has exactly the functions of the API contract and its internals'
 );
 
-SELECT views_are('cep', ARRAY['stream_stats', 'dashboard', 'consumer_stats', 'window_stats']);
+SELECT views_are(
+    'cep', ARRAY['stream_stats', 'dashboard', 'consumer_stats', 'window_stats', 'rule_stats']
+);
 
 SELECT tables_are(
     'cep',
     ARRAY[
         'streams', 'stream_log', 'late_events', 'settings', 'alerts', 'consumers',
-        'consumer_pending', 'consumer_log', 'windows', 'partitioned_streams'
+        'consumer_pending', 'consumer_log', 'windows', 'partitioned_streams', 'rules',
+        'rule_versions', 'rule_sets', 'risk_policies', 'risk_assessments', 'rule_keys',
+        'rule_history', 'rule_history_fields', 'rule_log'
     ]
 );
 
@@ -99,6 +108,8 @@ SELECT is_empty(
     $$
     SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc AS p
     WHERE p.pronamespace = 'cep'::regnamespace
+        -- aggregates take no SET clause; their support functions are checked instead
+        AND p.prokind <> 'a'
         AND (p.proconfig IS NULL
             OR NOT 'search_path=pg_catalog, pg_temp' = ANY (p.proconfig))
     $$,
