@@ -15,7 +15,7 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA cep TO cep_admin;
 -- Reader: monitoring views, alerts and durable alert consumers.
 GRANT USAGE ON SCHEMA cep TO cep_reader;
 GRANT SELECT ON cep.stream_stats, cep.dashboard, cep.consumer_stats, cep.window_stats,
-cep.alerts, cep.streams, cep.late_events TO cep_reader;
+cep.alerts, cep.streams, cep.late_events, cep.rule_stats, cep.risk_assessments TO cep_reader;
 GRANT EXECUTE ON FUNCTION cep.timeline(text, interval, interval),
 cep.create_consumer(text, boolean, interval), cep.drop_consumer(text),
 cep.poll_alerts(text, integer), cep.ack_alerts(text, bigint []), cep.metrics() TO cep_reader;

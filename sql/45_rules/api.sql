@@ -365,3 +365,20 @@ COMMENT ON FUNCTION cep.evaluate_rules(text, jsonb) IS
 'Ad hoc evaluation of a stream''s active rules (enforced and shadow) against one event given '
 'as JSON, with trailing metrics over the stored rows as if the event were inserted now; '
 'writes nothing.';
+
+CREATE VIEW cep.rule_sql AS
+SELECT
+    r.rule_id,
+    r.name AS rule_name,
+    r.stream,
+    r.version,
+    r.active,
+    r.mode,
+    cep._rule_compile(s.stream_id, r.condition, r.name) AS compiled
+FROM cep.rules AS r
+INNER JOIN cep.streams AS s ON r.stream = s.name;
+
+COMMENT ON VIEW cep.rule_sql IS
+'The SQL each rule''s condition compiles to (a boolean expression over the assessed event x: '
+'x."c:<column>" for its columns, x.t for its time, x.m_... for trailing metrics), exactly as '
+'embedded in the stream''s generated ingest function.';

@@ -34,7 +34,8 @@ SELECT functions_are(
 );
 
 SELECT views_are(
-    'cep', ARRAY['stream_stats', 'dashboard', 'consumer_stats', 'window_stats', 'rule_stats']
+    'cep',
+    ARRAY['stream_stats', 'dashboard', 'consumer_stats', 'window_stats', 'rule_stats', 'rule_sql']
 );
 
 SELECT tables_are(
