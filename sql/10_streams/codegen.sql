@@ -204,6 +204,8 @@ BEGIN
     v_ddl := format(
         'CREATE OR REPLACE FUNCTION cep.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
         'SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET TimeZone = ''UTC'' '
+        -- JIT would compile these short statements for far longer than they run.
+        'SET jit = off '
         'AS %L',
         v_function, cep._compile_ingest(stream_id));
     BEGIN

@@ -27,7 +27,7 @@ COMMENT ON FUNCTION cep._rule_set(integer) IS
 -- pos lists the positions (1-based, in rule set order) of the rules whose condition holds.
 -- batch is the FROM item of the statement's rows as alias n (the transition table, or one
 -- event from JSON for cep.evaluate_rules).
-CREATE FUNCTION cep._rule_assess_sql(rule_set_id integer, batch text)
+CREATE FUNCTION cep._rule_assess_sql(rule_set_id integer, batch text, batch_in_table boolean)
 RETURNS text
 LANGUAGE plpgsql
 STABLE
@@ -88,7 +88,7 @@ BEGIN
     FOREACH v_col IN ARRAY v_cols LOOP
         v_ev := v_ev || format(', n.%I AS %I', v_col, 'c:' || v_col);
         v_win_cols := v_win_cols || format(', s.%I AS %I', v_col, 'c:' || v_col);
-        v_self_cols := v_self_cols || format(', b.%I', 'c:' || v_col);
+        v_self_cols := v_self_cols || format(', e.%I', 'c:' || v_col);
     END LOOP;
     v_ev := v_ev || ' FROM ' || batch;
     v_key_pred := CASE WHEN s.key_column IS NULL THEN 'true'
@@ -142,32 +142,30 @@ BEGIN
 
     v_sql := format(E'WITH ev AS (\n        %s\n    )', v_ev);
     IF v_wmax IS NOT NULL THEN
-        v_sql := v_sql || format($w$, win AS (
-        -- stored events of the key in the widest window (read through the (key, time) index),
-        -- minus the statement's own rows ...
-        SELECT e.id AS eid, w.*
+        -- Per event, one aggregate over the key's rows of its widest window, read through the
+        -- (key, time) index. The table already holds the statement's rows; of those, the ones
+        -- after the event in (time, id) order can only be ties at its very time, and are left
+        -- out. cep.evaluate_rules adds its one event, which is not in the table.
+        v_sql := v_sql || format($w$, mx AS (
+        SELECT e.id AS mid, a.*
         FROM ev AS e
         CROSS JOIN LATERAL (
-            SELECT s.%1$I::bigint AS wid, s.%2$I AS traw%3$s
-            FROM %4$s AS s
-            WHERE %5$s AND s.%2$I > e.traw - make_interval(secs => %6$s) AND s.%2$I <= e.traw
-        ) AS w
-        WHERE NOT EXISTS (SELECT 1 FROM ev AS x WHERE x.id = w.wid)
-        UNION ALL
-        -- ... plus the statement's events of the key up to this one in (time, id) order
-        SELECT e.id, b.id, b.traw%7$s
-        FROM ev AS e
-        JOIN ev AS b
-            ON b.k = e.k AND b.traw > e.traw - make_interval(secs => %6$s)
-            AND (b.traw, b.id) <= (e.traw, e.id)
-    ), mx AS (
-        SELECT e.id AS mid%8$s
-        FROM win AS w
-        JOIN ev AS e ON e.id = w.eid
-        GROUP BY e.id
+            SELECT %1$s
+            FROM (
+                SELECT s.%2$I::bigint AS wid, s.%3$I AS traw%4$s
+                FROM %5$s AS s
+                WHERE %6$s AND s.%3$I > e.traw - make_interval(secs => %7$s) AND s.%3$I <= e.traw
+                    AND %8$s%9$s
+            ) AS w
+        ) AS a
     )$w$,
-            s.id_column, s.time_column, v_win_cols, s.source, v_key_pred, v_wmax, v_self_cols,
-            v_mx);
+            substr(v_mx, 2), s.id_column, s.time_column, v_win_cols, s.source, v_key_pred, v_wmax,
+            CASE WHEN batch_in_table
+                THEN format('NOT (s.%I = e.traw AND s.%I > e.id AND s.%I IN (SELECT x.id FROM ev AS x))',
+                    s.time_column, s.id_column, s.id_column)
+                ELSE format('s.%I <> e.id', s.id_column) END,
+            CASE WHEN batch_in_table THEN ''
+                ELSE format(' UNION ALL SELECT e.id, e.traw%s', v_self_cols) END);
     END IF;
     v_sql := v_sql || format($x$, x AS (
         SELECT e.*%1$s%2$s
@@ -191,9 +189,9 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._rule_assess_sql(integer, text) IS
-'Internal: the SQL that evaluates a rule set over a set of events (CTEs ev, win, mx, x, '
-'fired); shared by the ingest code and cep.evaluate_rules.';
+COMMENT ON FUNCTION cep._rule_assess_sql(integer, text, boolean) IS
+'Internal: the SQL that evaluates a rule set over a set of events (CTEs ev, mx, x, fired); '
+'shared by the ingest code (the events are in the table) and cep.evaluate_rules (they are not).';
 
 -- The rules section of a stream's ingest function.
 CREATE FUNCTION cep._rule_section(stream_id integer)
@@ -389,7 +387,7 @@ $r$,
         rs.rule_set_id,                                   -- 1
         array_to_string(rs.rule_ids, ','),                -- 2
         array_to_string(rs.versions, ','),                -- 3
-        cep._rule_assess_sql(rs.rule_set_id, 'cep_new_rows AS n'),  -- 4
+        cep._rule_assess_sql(rs.rule_set_id, 'cep_new_rows AS n', true),  -- 4
         v_level,                                          -- 5
         v_combine_all,                                    -- 6
         v_enf,                                            -- 7
