@@ -478,3 +478,45 @@ def test_rule_stats_survive_compaction_and_drop_stream_cleans_up(conn):
               "rule_log", "risk_policies"):
         assert conn.execute(f"SELECT count(*) FROM cep.{t}").fetchone()[0] == 0, t
     assert conn.execute("SELECT count(*) FROM cep.rule_versions").fetchone()[0] == 2
+
+
+def test_indexed_threshold_rules_equal_direct_evaluation(conn):
+    """Many one-comparison rules on a numeric field are evaluated by binary search over their
+    sorted thresholds; the fired sets equal a direct evaluation of every comparison."""
+    import random
+    rnd = random.Random(7)
+    setup(conn)
+    conn.execute("ALTER TABLE public.tx ADD COLUMN f float8")
+    ops = {">": lambda x, v: x > v, ">=": lambda x, v: x >= v, "<": lambda x, v: x < v,
+           "<=": lambda x, v: x <= v, "=": lambda x, v: x == v}
+    rules = []
+    for i in range(120):
+        field = rnd.choice(["amount", "f"])
+        op = rnd.choice(list(ops))
+        value = rnd.choice([0, 10, 10, 25.5, 50, 99.99, 100, -3]) if i % 3 else rnd.randint(0, 100)
+        rules.append((f"r{i:03d}", field, op, value))
+    conn.execute(
+        "INSERT INTO cep.rules (stream, name, condition, risk_score) "
+        "SELECT 'tx', n, jsonb_build_object('field', f, 'op', o, 'value', v), 0.001 "
+        "FROM unnest(%s::text[], %s::text[], %s::text[], %s::numeric[]) AS x (n, f, o, v)",
+        ([r[0] for r in rules], [r[1] for r in rules], [r[2] for r in rules],
+         [Decimal(str(r[3])) for r in rules]))
+    conn.execute("SELECT cep.set_risk_policy('tx', log_all => true)")
+    code = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = '_ingest_1'").fetchone()[0]
+    assert "width_bucket" in code
+    values = [None, -3, 0, 10, 25.5, 50, 99.99, 100, 100.01, 7, 1000]
+    rows = [(rnd.choice(values), rnd.choice(values)) for _ in range(300)]
+    conn.execute(
+        "INSERT INTO public.tx (user_id, amount, f, created_at) "
+        "SELECT 1, a, f, %s FROM unnest(%s::numeric[], %s::float8[]) AS x (a, f)",
+        (BASE, [None if r[0] is None else Decimal(str(r[0])) for r in rows],
+         [None if r[1] is None else float(r[1]) for r in rows]))
+    ids = {name: rid for name, rid in conn.execute("SELECT name, rule_id FROM cep.rules")}
+    got = conn.execute("SELECT t.amount, t.f, a.triggered_rules FROM cep.risk_assessments AS a "
+                       "JOIN public.tx AS t ON t.id = a.event_id ORDER BY t.id").fetchall()
+    assert len(got) == len(rows)
+    for amount, f, fired in got:
+        x = {"amount": amount, "f": f}
+        want = sorted(ids[n] for n, field, op, v in rules
+                      if x[field] is not None and ops[op](Decimal(str(x[field])), Decimal(str(v))))
+        assert fired == want, (amount, f)

@@ -52,17 +52,61 @@ DECLARE
     v_i integer := 0;
     v_rule record;
     v_traw_w text;
+    v_indexed integer [] := '{}'::integer [];
+    v_groups text := '';
+    v_x text;
+    v_arr text;
+    v_le text;
+    v_lt text;
 BEGIN
     SELECT * INTO STRICT rs FROM cep.rule_sets AS r WHERE r.rule_set_id = _rule_assess_sql.rule_set_id;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = rs.stream_id;
 
-    -- The conditions in rule set order, and every column they read.
+    -- Rules that are one comparison of a numeric field with a constant are indexed: per
+    -- (field, operator), their thresholds sorted, so that width_bucket (a binary search) finds
+    -- the ones that fire; the cost per event grows with the log of their number.
+    FOR v_rule IN
+        SELECT g.field, g.op, f.kind, g.vals, g.ords, cardinality(g.ords) AS n
+        FROM (
+            SELECT v.condition ->> 'field' AS field, v.condition ->> 'op' AS op,
+                array_agg((v.condition ->> 'value')::numeric ORDER BY (v.condition ->> 'value')::numeric, u.ord) AS vals,
+                array_agg(u.ord::integer ORDER BY (v.condition ->> 'value')::numeric, u.ord) AS ords
+            FROM unnest(rs.rule_ids, rs.versions) WITH ORDINALITY AS u (rule_id, version, ord)
+            JOIN cep.rule_versions AS v ON v.rule_id = u.rule_id AND v.version = u.version
+            WHERE (SELECT count(*) FROM jsonb_object_keys(v.condition)) = 3
+                AND v.condition ?& ARRAY['field', 'op', 'value']
+                AND v.condition ->> 'op' IN ('<', '<=', '>', '>=', '=')
+                AND jsonb_typeof(v.condition -> 'value') = 'number'
+            GROUP BY 1, 2
+            HAVING count(*) >= 3
+        ) AS g
+        CROSS JOIN LATERAL cep._rule_field(s.source, to_jsonb(g.field), NULL, '$.field') AS f
+        WHERE f.kind IN ('numeric', 'float')
+        ORDER BY 1, 2
+    LOOP
+        v_indexed := v_indexed || v_rule.ords;
+        v_x := format('x.%I', 'c:' || v_rule.field);
+        v_arr := CASE v_rule.kind WHEN 'float' THEN 'pg_catalog.float8 []' ELSE 'pg_catalog.numeric []' END;
+        -- le: how many thresholds are <= x; lt: how many are < x (n - those >= x)
+        v_le := format('pg_catalog.width_bucket(%s, %L::%s)', v_x, v_rule.vals, v_arr);
+        v_lt := format('(%s - pg_catalog.width_bucket(-%s, %L::%s))', v_rule.n, v_x,
+            (SELECT array_agg(-t ORDER BY -t) FROM unnest(v_rule.vals) AS t), v_arr);
+        v_groups := v_groups || format(E' || coalesce((%L::integer [])[%s:%s], \'{}\')',
+            v_rule.ords,
+            CASE v_rule.op WHEN '>=' THEN '1' WHEN '>' THEN '1' WHEN '<' THEN v_le || ' + 1'
+                ELSE v_lt || ' + 1' END,
+            CASE v_rule.op WHEN '>=' THEN v_le WHEN '>' THEN v_lt WHEN '=' THEN v_le
+                ELSE v_rule.n::text END);
+    END LOOP;
+
+    -- The other conditions, compiled one by one, in rule set order.
     FOR v_rule IN
         SELECT v.condition, v.name, u.ord
         FROM unnest(rs.rule_ids, rs.versions) WITH ORDINALITY AS u (rule_id, version, ord)
         JOIN cep.rule_versions AS v ON v.rule_id = u.rule_id AND v.version = u.version
         ORDER BY u.ord
     LOOP
+        CONTINUE WHEN v_rule.ord = ANY (v_indexed);
         v_conds := v_conds || CASE WHEN v_i > 0 THEN ',' ELSE '' END || format(E'\n            CASE WHEN %s THEN %s END',
             cep._rule_compile(s.stream_id, v_rule.condition, v_rule.name), v_rule.ord);
         v_i := v_i + 1;
@@ -173,7 +217,7 @@ BEGIN
     ), fired AS (
         SELECT x.id, x.k, x.t, x.traw,
             pg_catalog.array_remove(ARRAY[%6$s
-            ]::integer [], NULL) AS pos
+            ]::integer [], NULL)%7$s AS pos
         FROM x
     )$x$,
         CASE WHEN v_wmax IS NOT NULL THEN ', mx.*' ELSE '' END,
@@ -184,7 +228,8 @@ BEGIN
             THEN ' WINDOW w_prior AS (PARTITION BY e.k ORDER BY e.traw, e.id '
                 'ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)'
             ELSE '' END,
-        v_conds);
+        v_conds,
+        v_groups);
     RETURN v_sql;
 END
 $fn$;
