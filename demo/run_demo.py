@@ -88,6 +88,22 @@ SELECT cep.create_window('click_sessions', 'clickstream', 'session', '30 minutes
     aggregates => '{count(*) AS actions, min(item_id) AS first_item, max(created_at) AS last_at}');
 """
 
+# The seed's four risk rules, as rows of cep.rules, and the seed's policy: sum of scores,
+# medium >= 0.4, high >= 0.7 (alerts), blocked at >= 0.9.
+RULES_SQL = """
+INSERT INTO cep.rules (stream, name, kind, condition, risk_score) VALUES
+  ('transactions', 'high_frequency', 'threshold',
+   '{"metric": "count", "window": "1 hour", "op": ">", "value": 10}', 0.8),
+  ('transactions', 'large_amount', 'threshold',
+   '{"field": "amount", "op": ">", "value": 10000}', 0.6),
+  ('transactions', 'night_time', 'pattern',
+   '{"time_of_day": {"from": "22:00", "to": "06:00", "timezone": "UTC"}}', 0.4),
+  ('transactions', 'location_change', 'pattern',
+   '{"changed": "location", "window": "5 minutes"}', 0.7);
+SELECT cep.set_risk_policy('transactions', 'sum', medium => 0.4, high => 0.7, block => 0.9,
+                           block_action => '{"set": {"status": "blocked"}}');
+"""
+
 
 # -- ingest -----------------------------------------------------------------------------------
 
@@ -236,6 +252,9 @@ def define_streams(conn) -> None:
     print("Continuous aggregates (the seed's windowed statistics), maintained on ingest:")
     print("  " + WINDOWS_SQL.strip().replace("\n", "\n  "))
     conn.execute(WINDOWS_SQL)
+    print("Risk rules (the seed's four, as data) and the seed's risk policy:")
+    print("  " + RULES_SQL.strip().replace("\n", "\n  "))
+    conn.execute(RULES_SQL)
 
 
 def section_windows(conn) -> None:
@@ -364,15 +383,55 @@ def section_alerts(conn) -> None:
         SELECT alert_id, created_at, source_kind, source_name, stream, partition_key,
                severity, round(score::numeric, 2) AS score, message
         FROM cep.alerts ORDER BY created_at DESC, alert_id DESC LIMIT 10""",
-                empty="(no alert sources defined yet: patterns and rules come in later "
-                      "versions)")
+                empty="(no alerts)")
+
+
+def section_rules(conn) -> None:
+    heading("Risk rules: assessments, levels, blocked transactions")
+    subheading("Assessed events by level (events that fired at least one rule)")
+    print_query(conn, """
+        SELECT level, count(*) AS events, round(avg(total_score)::numeric, 2) AS avg_score,
+               count(*) FILTER (WHERE blocked) AS blocked
+        FROM cep.risk_assessments GROUP BY level ORDER BY min(total_score) DESC""")
+    subheading("Top risky users")
+    print_query(conn, """
+        SELECT partition_key AS user_id, count(*) AS assessed,
+               count(*) FILTER (WHERE level = 'high') AS high,
+               round(max(total_score)::numeric, 2) AS max_score,
+               count(*) FILTER (WHERE blocked) AS blocked
+        FROM cep.risk_assessments
+        GROUP BY partition_key ORDER BY high DESC, max_score DESC, assessed DESC LIMIT 8""")
+    subheading("Alerts by severity (source_kind = 'rule')")
+    print_query(conn, """
+        SELECT severity, count(*) AS alerts FROM cep.alerts WHERE source_kind = 'rule'
+        GROUP BY severity ORDER BY min(score) DESC""")
+    subheading("Blocked transactions (block_action set status = 'blocked' in the same INSERT)")
+    print_query(conn, """
+        SELECT t.id, t.user_id, t.amount, t.location, t.created_at, a.total_score,
+               (SELECT string_agg(r.name, ', ' ORDER BY r.rule_id) FROM cep.rules AS r
+                WHERE r.rule_id = ANY (a.triggered_rules)) AS rules
+        FROM transactions AS t
+        JOIN cep.risk_assessments AS a ON a.stream = 'transactions' AND a.event_id = t.id
+        WHERE t.status = 'blocked' ORDER BY a.total_score DESC, t.id LIMIT 8""")
+    total_blocked = conn.execute(
+        "SELECT count(*) FROM transactions WHERE status = 'blocked'").fetchone()[0]
+    print(f"{total_blocked} transaction(s) blocked in total.")
+    subheading("cep.rule_stats")
+    print_query(conn, """
+        SELECT rule_name, kind, version, risk_score, evaluations, hits, hit_rate, last_hit
+        FROM cep.rule_stats ORDER BY rule_id""")
+    subheading("Ad hoc: cep.evaluate_rules for a hypothetical 15,000 transaction at 23:30 UTC")
+    print_query(conn, """
+        SELECT * FROM cep.evaluate_rules('transactions', jsonb_build_object(
+            'user_id', 1, 'amount', 15000, 'location', 'Lisbon',
+            'created_at', date_trunc('day', now()) - interval '30 minutes'))""")
 
 
 def section_activity(conn) -> None:
-    heading("9. What the detectors of later versions will look for (plain SQL, not pg_cep)")
+    heading("9. Cross-check in plain SQL: the user-hours behind the alerts")
     print("User-hours in transactions with the most distinct locations (the fraud bursts), "
-          "next to the\nbusiest ordinary user-hours -- rules and patterns will flag the former "
-          "as events arrive:")
+          "next to the\nbusiest ordinary user-hours -- the rules above flagged the former "
+          "as events arrived:")
     print_query(conn, """
         WITH h AS (
             SELECT user_id, date_trunc('hour', created_at) AS hour, count(*) AS transactions,
@@ -451,6 +510,7 @@ def main(argv=None) -> int:
             section_timeline(conn, ingest_started, wall)
             section_windows(conn)
             section_late_events(conn, feeds)
+            section_rules(conn)
             section_alerts(conn)
             section_activity(conn)
             section_maintenance(conn)
