@@ -220,6 +220,8 @@ BEGIN
     DELETE FROM cep.rule_history AS r WHERE r.stream_id = s.stream_id;
     DELETE FROM cep.rule_history_fields AS r WHERE r.stream_id = s.stream_id;
     DELETE FROM cep.rule_log AS r WHERE r.stream_id = s.stream_id;
+    PERFORM cep._drop_pattern_objects(p.pattern_id)
+    FROM cep.patterns AS p WHERE p.stream_id = s.stream_id;
     -- The refusing default partition pg_cep added goes if empty (rows can reach it when
     -- triggers are off, e.g. session_replication_role = replica): partitions and rows stay.
     DELETE FROM cep.partitioned_streams AS ps WHERE ps.stream_id = s.stream_id
@@ -257,14 +259,18 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     v_id integer := cep._stream_id(stream);
+    v_old timestamptz;
 BEGIN
     IF to_time IS NULL OR to_time = '-infinity' THEN
         RAISE EXCEPTION 'to_time must be a time or ''infinity'', got %',
             coalesce(to_time::text, 'NULL') USING ERRCODE = '22023';
     END IF;
-    IF to_time > cep._watermark(v_id) THEN
+    v_old := cep._watermark(v_id);
+    IF to_time > v_old THEN
         INSERT INTO cep.stream_log (stream_id, batches, events, watermark)
         VALUES (v_id, 0, 0, to_time);
+        -- patterns take the events the watermark now reaches ('infinity' ends the input)
+        PERFORM cep._patterns_advance(v_id, v_old, to_time, NULL);
     END IF;
     RETURN cep._watermark(v_id);
 END

@@ -175,13 +175,15 @@ STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
     -- Each feature adds its set-based sections here: windows read the batch's on-time rows
-    -- (time >= v_watermark), rules assess every row of the batch.
+    -- (time >= v_watermark), patterns advance to the new watermark (before rules, which can
+    -- refer to matches ending at an event), rules assess every row of the batch.
     SELECT coalesce(nullif(
         coalesce((
             SELECT string_agg(cep._window_section(w.window_id), '' ORDER BY w.window_id)
             FROM cep.windows AS w
             WHERE w.stream_id = _feature_sections.stream_id
-        ), '') || cep._rule_section(_feature_sections.stream_id), ''),
+        ), '') || cep._pattern_section(_feature_sections.stream_id)
+        || cep._rule_section(_feature_sections.stream_id), ''),
         format('    -- stream %s: no windows, patterns, rules or recommenders defined',
             _feature_sections.stream_id))
 $fn$;

@@ -50,6 +50,14 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump('cep.rule_history', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.rule_history_fields', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.rule_log', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.patterns', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.patterns_pattern_id_seq', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.pattern_state', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.pattern_late_events', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.matches', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.matches_match_id_seq', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.pattern_log', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.absence_pending', '');
     END IF;
 END
 $dump$;

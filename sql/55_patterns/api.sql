@@ -1,0 +1,508 @@
+-- Patterns API: cep.create_pattern, cep.create_absence, cep.drop_pattern, cep.find_matches,
+-- and the pattern section of a stream's ingest function.
+
+CREATE FUNCTION cep._pattern_prepare_stream(s cep.streams)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    -- Matchers read the events between two watermarks: an index led by the time column.
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_index AS i
+        WHERE i.indrelid = s.source AND i.indpred IS NULL AND i.indexprs IS NULL
+            AND i.indkey[0] = (SELECT a.attnum FROM pg_catalog.pg_attribute AS a
+                WHERE a.attrelid = s.source AND a.attname = s.time_column)
+    ) THEN
+        RAISE NOTICE 'pg_cep: creating an index on %(%) for patterns', s.source, s.time_column;
+        EXECUTE format('CREATE INDEX ON %s (%I)', s.source, s.time_column);
+    END IF;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._pattern_prepare_stream(cep.streams) IS
+'Internal: make sure a stream''s table has an index led by its time column (patterns read '
+'the events between two watermarks).';
+
+-- Create (or replace) a pattern's generated matcher function.
+CREATE FUNCTION cep._pattern_install(pattern_id integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_fn name := format('_pattern_%s', pattern_id);
+    v_ddl text;
+BEGIN
+    v_ddl := format(
+        'CREATE OR REPLACE FUNCTION cep.%I(p_from timestamptz, p_to timestamptz, p_eoi boolean, '
+        'p_find boolean, p_own bigint []) RETURNS TABLE (partition_key text, first_time timestamptz, '
+        'last_time timestamptz, event_ids bigint [], classifiers text []) LANGUAGE plpgsql '
+        'SET search_path = pg_catalog, pg_temp SET TimeZone = ''UTC'' SET jit = off AS %L',
+        v_fn, cep._pattern_function_sql(pattern_id));
+    BEGIN
+        EXECUTE v_ddl;
+    EXCEPTION WHEN object_not_in_prerequisite_state THEN
+        -- inside ALTER EXTENSION UPDATE (see cep._regenerate_stream)
+        EXECUTE format('ALTER EXTENSION pg_cep ADD FUNCTION cep.%I(timestamptz, timestamptz, '
+            'boolean, boolean, bigint [])', v_fn);
+        EXECUTE v_ddl;
+        EXECUTE format('ALTER EXTENSION pg_cep DROP FUNCTION cep.%I(timestamptz, timestamptz, '
+            'boolean, boolean, bigint [])', v_fn);
+    END;
+    EXECUTE format('REVOKE ALL ON FUNCTION cep.%I(timestamptz, timestamptz, boolean, boolean, '
+        'bigint []) FROM PUBLIC', v_fn);
+    EXECUTE format('COMMENT ON FUNCTION cep.%I(timestamptz, timestamptz, boolean, boolean, '
+        'bigint []) IS %L', v_fn, format('Generated matcher of pg_cep pattern %s.', pattern_id));
+    UPDATE cep.patterns AS p SET matcher = v_fn WHERE p.pattern_id = _pattern_install.pattern_id;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._pattern_install(integer) IS
+'Internal: (re)create the generated matcher function of a pattern.';
+
+-- Advance a stream's patterns and absence detectors from watermark p_from to p_to.
+CREATE FUNCTION cep._patterns_advance(
+    stream_id integer, p_from timestamptz, p_to timestamptz, p_own bigint []
+)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    p cep.patterns;
+    s cep.streams;
+    v_eoi boolean := p_to = 'infinity';
+    v_drafts cep.alert_draft [];
+    v_n bigint;
+BEGIN
+    SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _patterns_advance.stream_id;
+    FOR p IN SELECT x.* FROM cep.patterns AS x WHERE x.stream_id = s.stream_id ORDER BY x.pattern_id LOOP
+        IF p.kind = 'pattern' THEN
+            EXECUTE format('SELECT count(*) FROM cep.%I($1, $2, $3, false, $4)', p.matcher)
+            INTO v_n USING p_from, p_to, v_eoi, p_own;
+        ELSE
+            -- absence: starts whose deadline the watermark passed, with no expected event of
+            -- the key after them within the interval (late events do not count)
+            EXECUTE format($q$
+                WITH due AS (
+                    DELETE FROM cep.absence_pending AS a
+                    WHERE a.pattern_id = %1$s AND (a.deadline < $1 OR $2)
+                    RETURNING a.*
+                ), missed AS (
+                    SELECT d.* FROM due AS d
+                    WHERE NOT EXISTS (
+                        SELECT 1 FROM (%2$s) AS e
+                        WHERE %3$s AND (e.t, e.id) > (d.start_time, d.event_id) AND e.t <= d.deadline
+                            AND %4$s
+                            AND NOT EXISTS (SELECT 1 FROM cep.late_events AS l
+                                WHERE l.stream_id = %5$s AND l.event_id = e.id)
+                    )
+                ), ins AS (
+                    INSERT INTO cep.matches (pattern, pattern_id, stream, partition_key, first_time,
+                        last_time, event_ids, classifiers, last_event_id)
+                    SELECT %6$L, %1$s, %7$L, m.k, m.start_time, m.start_time, ARRAY[m.event_id],
+                        ARRAY['start'], m.event_id
+                    FROM missed AS m
+                    ORDER BY m.k, m.start_time, m.event_id
+                    RETURNING *
+                )
+                SELECT array_agg(ROW('absence', %6$L, %7$L, i.partition_key, i.last_event_id, 'high',
+                    NULL, pg_catalog.format('%%s: no expected event for key %%s within %%s of event %%s',
+                        %6$L, i.partition_key, %8$L, i.last_event_id),
+                    pg_catalog.jsonb_build_object('event_ids', i.event_ids, 'start_time', i.first_time,
+                        'deadline', i.first_time + %8$L::interval))::cep.alert_draft ORDER BY i.match_id)
+                FROM ins AS i$q$,
+                p.pattern_id,
+                cep._absence_rows_sql(s, p),
+                cep._absence_follow_sql(s, 'd.k', 'd.start_time', 'd.deadline'),
+                (SELECT d.sql FROM cep._pat_define_sql(p.expected_condition, s.source, '{}', 'expected') AS d),
+                s.stream_id, p.name, s.name, p.within)
+            INTO v_drafts USING p_to, v_eoi;
+            IF v_drafts IS NOT NULL THEN
+                INSERT INTO cep.pattern_log (pattern_id, matches, last_match)
+                VALUES (p.pattern_id, cardinality(v_drafts), p_to);
+                PERFORM cep._raise_alerts(s.stream_id, v_drafts);
+            END IF;
+        END IF;
+    END LOOP;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._patterns_advance(integer, timestamptz, timestamptz, bigint []) IS
+'Internal: run a stream''s pattern matchers over the events the watermark reached and fire '
+'the absence detectors whose deadline it passed.';
+
+-- The condition on rows e that a later event of key KEY between START and DEADLINE (UTC
+-- times) meets, written so that the (key, time) index serves it.
+CREATE FUNCTION cep._absence_follow_sql(s cep.streams, key text, start text, deadline text)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT CASE WHEN s.key_column IS NULL THEN 'true'
+            ELSE format('e.kraw = (%s)::%s', key, format_type(a.atttypid, NULL)) END
+        || CASE WHEN s.time_type = 'timestamp without time zone'::regtype
+            THEN format(' AND e.traw >= pg_catalog.timezone(''UTC'', %1$s) '
+                'AND e.traw <= pg_catalog.timezone(''UTC'', %2$s)', start, deadline)
+            ELSE format(' AND e.traw >= %s AND e.traw <= %s', start, deadline) END
+    FROM pg_catalog.pg_attribute AS a
+    WHERE a.attrelid = s.source AND a.attname = coalesce(s.key_column, s.time_column)
+$fn$;
+
+COMMENT ON FUNCTION cep._absence_follow_sql(cep.streams, text, text, text) IS
+'Internal: index-friendly condition for "an event of this key between these times".';
+
+-- The stream's rows as e(k, t, id, "c:col"...) for absence conditions.
+CREATE FUNCTION cep._absence_rows_sql(s cep.streams, p cep.patterns)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT format('SELECT %s AS k, %s AS kraw, s.%I AS traw, %s AS t, s.%I::bigint AS id%s FROM %s AS s',
+        CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('s.%I::text', s.key_column) END,
+        CASE WHEN s.key_column IS NULL THEN 'NULL::text' ELSE format('s.%I', s.key_column) END,
+        s.time_column,
+        CASE WHEN s.time_type = 'timestamp without time zone'::regtype
+            THEN format('pg_catalog.timezone(''UTC'', s.%I)', s.time_column)
+            ELSE format('s.%I', s.time_column) END,
+        s.id_column,
+        (SELECT coalesce(string_agg(format(', s.%I AS %I', a.attname, 'c:' || a.attname), ''
+            ORDER BY a.attnum), '')
+         FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid = s.source AND a.attnum > 0 AND NOT a.attisdropped),
+        s.source)
+    WHERE p.pattern_id IS NOT NULL
+$fn$;
+
+COMMENT ON FUNCTION cep._absence_rows_sql(cep.streams, cep.patterns) IS
+'Internal: a stream''s rows with key (as text and raw), time (UTC and raw), id and every '
+'column as "c:<column>".';
+
+-- The pattern section of a stream's ingest function.
+CREATE FUNCTION cep._pattern_section(stream_id integer)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT CASE WHEN count(*) = 0 THEN '' ELSE format($p$
+    -- patterns and absence detectors (%1$s): register absence starts, then advance every
+    -- matcher over the events the watermark now reaches
+%2$s    IF v_events > v_late THEN
+        PERFORM cep._patterns_advance(%3$s, v_watermark,
+            greatest(v_watermark, v_max - %4$L::interval),
+            ARRAY(SELECT n.%5$I::bigint FROM cep_new_rows AS n));
+    END IF;
+$p$,
+        string_agg(p.name, ', ' ORDER BY p.pattern_id),
+        coalesce(string_agg(CASE WHEN p.kind = 'absence' THEN format($a$
+    INSERT INTO cep.absence_pending (pattern_id, k, event_id, start_time, deadline)
+    SELECT %1$s, e.k, e.id, e.t, e.t + %2$L::interval
+    FROM (%3$s) AS e
+    WHERE e.t >= v_watermark AND %4$s
+    ON CONFLICT DO NOTHING;
+$a$,
+            p.pattern_id, p.within,
+            replace(cep._absence_rows_sql(s, p), format(' FROM %s AS s', s.source), ' FROM cep_new_rows AS s'),
+            (SELECT d.sql FROM cep._pat_define_sql(p.start_condition, s.source, '{}', 'start') AS d))
+        END, '' ORDER BY p.pattern_id), ''),
+        min(s.stream_id), min(s.allowed_lateness), min(s.id_column)) END
+    FROM cep.patterns AS p
+    JOIN cep.streams AS s ON s.stream_id = p.stream_id
+    WHERE p.stream_id = _pattern_section.stream_id
+$fn$;
+
+COMMENT ON FUNCTION cep._pattern_section(integer) IS
+'Internal: the patterns section of a stream''s ingest function.';
+
+CREATE FUNCTION cep._pattern_check_args(
+    name text, stream text, within interval, OUT s cep.streams
+)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF name IS NULL OR octet_length(name) NOT BETWEEN 1 AND 63 OR name ~ '[[:cntrl:]]' THEN
+        RAISE EXCEPTION 'name must be 1 to 63 bytes without control characters'
+            USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM cep.patterns AS p WHERE p.name = _pattern_check_args.name) THEN
+        RAISE EXCEPTION 'pattern % already exists', quote_literal(name) USING ERRCODE = '42710';
+    END IF;
+    SELECT * INTO s FROM cep.streams AS x WHERE x.name = _pattern_check_args.stream;
+    IF s.stream_id IS NULL THEN
+        RAISE EXCEPTION 'stream % does not exist', coalesce(quote_literal(stream), 'NULL')
+            USING ERRCODE = '42704';
+    END IF;
+    IF NOT pg_has_role(current_user, s.owner, 'MEMBER') THEN
+        RAISE EXCEPTION 'only the owner of stream % (%) may define patterns on it', s.name, s.owner
+            USING ERRCODE = '42501';
+    END IF;
+    IF within IS NOT NULL AND (within <= '0 seconds' OR NOT isfinite(now() + within)) THEN
+        RAISE EXCEPTION 'within must be a positive interval, not %', within USING ERRCODE = '22023';
+    END IF;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._pattern_check_args(text, text, interval) IS
+'Internal: common argument checks of cep.create_pattern and cep.create_absence.';
+
+CREATE FUNCTION cep.create_pattern(
+    name text,
+    stream text,
+    pattern text,
+    define jsonb,
+    within interval DEFAULT NULL,
+    contiguity text DEFAULT 'relaxed',
+    after_match text DEFAULT 'skip_past_last_row',
+    max_runs integer DEFAULT 100,
+    backfill boolean DEFAULT TRUE
+)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    s cep.streams;
+    v_vars text [];
+    v_prog jsonb;
+    v_key text;
+    v_def jsonb := '{}';
+    v_d record;
+    v_id integer;
+BEGIN
+    s := cep._pattern_check_args(name, stream, within);
+    IF contiguity IS NULL OR contiguity NOT IN ('strict', 'relaxed') THEN
+        RAISE EXCEPTION 'contiguity must be strict or relaxed, not %',
+            coalesce(quote_literal(contiguity), 'NULL') USING ERRCODE = '22023';
+    END IF;
+    IF after_match IS NULL OR after_match NOT IN ('skip_past_last_row', 'skip_to_next_row') THEN
+        RAISE EXCEPTION 'after_match must be skip_past_last_row or skip_to_next_row, not %',
+            coalesce(quote_literal(after_match), 'NULL') USING ERRCODE = '22023';
+    END IF;
+    IF max_runs IS NULL OR max_runs NOT BETWEEN 1 AND 100000 THEN
+        RAISE EXCEPTION 'max_runs must be between 1 and 100000' USING ERRCODE = '22023';
+    END IF;
+    SELECT c.variables, c.program INTO v_vars, v_prog FROM cep._pat_compile(pattern) AS c;
+    IF define IS NULL OR jsonb_typeof(define) <> 'object' THEN
+        RAISE EXCEPTION 'define must be a JSON object {"variable": "condition", ...}'
+            USING ERRCODE = '22023';
+    END IF;
+    FOR v_key IN SELECT k FROM jsonb_object_keys(define) AS k ORDER BY k LOOP
+        IF NOT lower(v_key) = ANY (v_vars) THEN
+            RAISE EXCEPTION 'DEFINE %: unknown variable (the pattern uses %)', v_key,
+                array_to_string(v_vars, ', ') USING ERRCODE = '42703';
+        END IF;
+        IF jsonb_typeof(define -> v_key) <> 'string' THEN
+            RAISE EXCEPTION 'DEFINE %: the condition must be a JSON string of SQL', v_key
+                USING ERRCODE = '22023';
+        END IF;
+        IF v_def ? lower(v_key) THEN
+            RAISE EXCEPTION 'DEFINE %: defined twice', v_key USING ERRCODE = '42710';
+        END IF;
+        v_def := v_def || jsonb_build_object(lower(v_key), define -> v_key);
+    END LOOP;
+    FOR v_key IN SELECT k FROM jsonb_object_keys(v_def) AS k ORDER BY k LOOP
+        SELECT * INTO v_d FROM cep._pat_define_sql(v_def ->> v_key, s.source, v_vars, v_key);
+        PERFORM cep._pat_check_define(s.source, v_key, v_d.sql, v_d.cols, v_d.prevs);
+    END LOOP;
+
+    INSERT INTO cep.patterns (name, stream_id, kind, pattern, define, within, contiguity,
+        after_match, max_runs, variables, program)
+    VALUES (name, s.stream_id, 'pattern', pattern, v_def,
+        make_interval(secs => extract(epoch FROM within)), contiguity, after_match, max_runs,
+        v_vars, v_prog)
+    RETURNING pattern_id INTO v_id;
+    PERFORM cep._pattern_install(v_id);
+    PERFORM cep._pattern_prepare_stream(s);
+
+    -- Past events: taken up to the current watermark, under a lock that keeps inserts out
+    -- until the new ingest code is in place.
+    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', s.source);
+    IF backfill THEN
+        EXECUTE format('SELECT count(*) FROM cep.%I($1, $2, false, false, NULL)',
+            format('_pattern_%s', v_id))
+        USING '-infinity'::timestamptz, cep._watermark(s.stream_id);
+    END IF;
+    PERFORM cep._regenerate_stream(s.stream_id);
+    RETURN v_id;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep.create_pattern(text, text, text, jsonb, interval, text, text, integer, boolean) IS
+'Define a MATCH_RECOGNIZE-style pattern on a stream: pattern syntax (concatenation, |, ( ), '
+'* + ? {n} {n,} {n,m} {,m} and reluctant forms, PERMUTE), DEFINE conditions (SQL over the '
+'columns, PREV(col), var.col), within, contiguity (strict | relaxed), after_match '
+'(skip_past_last_row | skip_to_next_row), max_runs per key. Events are matched per key in '
+'(time, id) order once the watermark reaches them; final matches go to cep.matches with an '
+'alert. backfill: also match the stored events up to the current watermark.';
+
+CREATE FUNCTION cep.create_absence(
+    name text,
+    stream text,
+    start_condition text,
+    expected_condition text,
+    within interval
+)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    s cep.streams;
+    v_d record;
+    v_id integer;
+BEGIN
+    s := cep._pattern_check_args(name, stream, within);
+    IF within IS NULL THEN
+        RAISE EXCEPTION 'within must be a positive interval' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO v_d FROM cep._pat_define_sql(start_condition, s.source, '{}', 'start_condition');
+    PERFORM cep._pat_check_define(s.source, 'start_condition', v_d.sql, v_d.cols, v_d.prevs);
+    IF cardinality(v_d.prevs) > 0 THEN
+        RAISE EXCEPTION 'start_condition: PREV() is not available in absence conditions'
+            USING ERRCODE = '0A000';
+    END IF;
+    SELECT * INTO v_d FROM cep._pat_define_sql(expected_condition, s.source, '{}', 'expected_condition');
+    PERFORM cep._pat_check_define(s.source, 'expected_condition', v_d.sql, v_d.cols, v_d.prevs);
+    IF cardinality(v_d.prevs) > 0 THEN
+        RAISE EXCEPTION 'expected_condition: PREV() is not available in absence conditions'
+            USING ERRCODE = '0A000';
+    END IF;
+    INSERT INTO cep.patterns (name, stream_id, kind, within, start_condition, expected_condition)
+    VALUES (name, s.stream_id, 'absence', make_interval(secs => extract(epoch FROM within)),
+        start_condition, expected_condition)
+    RETURNING pattern_id INTO v_id;
+    PERFORM cep._pattern_prepare_stream(s);
+    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', s.source);
+    -- Stored starts not yet past their deadline wait like new ones.
+    EXECUTE format(
+        'INSERT INTO cep.absence_pending (pattern_id, k, event_id, start_time, deadline) '
+        'SELECT %s, e.k, e.id, e.t, e.t + %L::interval FROM (%s) AS e '
+        'WHERE %s AND NOT EXISTS (SELECT 1 FROM cep.late_events AS l WHERE l.stream_id = %s '
+        'AND l.event_id = e.id) ON CONFLICT DO NOTHING',
+        v_id, within, cep._absence_rows_sql(s, (SELECT x FROM cep.patterns AS x WHERE x.pattern_id = v_id)),
+        (SELECT d.sql FROM cep._pat_define_sql(start_condition, s.source, '{}', 'start') AS d),
+        s.stream_id);
+    PERFORM cep._patterns_advance(s.stream_id, '-infinity', cep._watermark(s.stream_id), NULL);
+    PERFORM cep._regenerate_stream(s.stream_id);
+    RETURN v_id;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep.create_absence(text, text, text, text, interval) IS
+'Detect "A not followed by B within T" per key: a match (and alert) for each event satisfying '
+'start_condition with no later event of its key satisfying expected_condition within the '
+'interval, found when the watermark (or cep.run_maintenance() for wall-clock streams) passes '
+'the deadline. Conditions are SQL boolean expressions over the stream''s columns.';
+
+CREATE FUNCTION cep.drop_pattern(name text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    p cep.patterns;
+    s cep.streams;
+BEGIN
+    SELECT * INTO p FROM cep.patterns AS x WHERE x.name = drop_pattern.name;
+    IF p.pattern_id IS NULL THEN
+        RAISE EXCEPTION 'pattern % does not exist', coalesce(quote_literal(name), 'NULL')
+            USING ERRCODE = '42704';
+    END IF;
+    SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = p.stream_id;
+    IF NOT pg_has_role(current_user, s.owner, 'MEMBER') THEN
+        RAISE EXCEPTION 'only the owner of stream % (%) may drop its patterns', s.name, s.owner
+            USING ERRCODE = '42501';
+    END IF;
+    PERFORM cep._drop_pattern_objects(p.pattern_id);
+    PERFORM cep._regenerate_stream(s.stream_id);
+END
+$fn$;
+
+COMMENT ON FUNCTION cep.drop_pattern(text) IS
+'Remove a pattern or absence detector, its state and matcher; matches already found stay in '
+'cep.matches.';
+
+CREATE FUNCTION cep._drop_pattern_objects(pattern_id integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    EXECUTE format('DROP FUNCTION IF EXISTS cep.%I(timestamptz, timestamptz, boolean, boolean, bigint [])',
+        format('_pattern_%s', pattern_id));
+    DELETE FROM cep.pattern_state AS x WHERE x.pattern_id = _drop_pattern_objects.pattern_id;
+    DELETE FROM cep.absence_pending AS x WHERE x.pattern_id = _drop_pattern_objects.pattern_id;
+    DELETE FROM cep.pattern_log AS x WHERE x.pattern_id = _drop_pattern_objects.pattern_id;
+    DELETE FROM cep.pattern_late_events AS x WHERE x.pattern_id = _drop_pattern_objects.pattern_id;
+    DELETE FROM cep.patterns AS x WHERE x.pattern_id = _drop_pattern_objects.pattern_id;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._drop_pattern_objects(integer) IS
+'Internal: drop a pattern''s matcher function, state and catalog row.';
+
+CREATE FUNCTION cep.find_matches(
+    pattern text,
+    from_time timestamptz DEFAULT '-infinity',
+    to_time timestamptz DEFAULT 'infinity'
+)
+RETURNS TABLE (
+    partition_key text,
+    first_time timestamptz,
+    last_time timestamptz,
+    event_ids bigint [],
+    classifiers text []
+)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    p cep.patterns;
+    s cep.streams;
+BEGIN
+    SELECT * INTO p FROM cep.patterns AS x WHERE x.name = find_matches.pattern;
+    IF p.pattern_id IS NULL THEN
+        RAISE EXCEPTION 'pattern % does not exist', coalesce(quote_literal(pattern), 'NULL')
+            USING ERRCODE = '42704';
+    END IF;
+    IF from_time IS NULL OR to_time IS NULL OR from_time > to_time THEN
+        RAISE EXCEPTION 'from_time and to_time must be times with from_time <= to_time'
+            USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = p.stream_id;
+    IF p.kind = 'pattern' THEN
+        RETURN QUERY EXECUTE format('SELECT * FROM cep.%I($1, $2, true, true, NULL)', p.matcher)
+        USING from_time, to_time;
+    ELSE
+        RETURN QUERY EXECUTE format($q$
+            SELECT a.k, a.t, a.t, ARRAY[a.id], ARRAY['start']::text []
+            FROM (SELECT e.* FROM (%1$s) AS e WHERE %2$s) AS a
+            WHERE a.t >= $1 AND a.t <= $2
+                AND NOT EXISTS (SELECT 1 FROM cep.late_events AS l
+                    WHERE l.stream_id = %3$s AND l.event_id = a.id)
+                AND NOT EXISTS (
+                    SELECT 1 FROM (%1$s) AS e
+                    WHERE %4$s AND (e.t, e.id) > (a.t, a.id) AND e.t <= $2 AND %5$s
+                        AND NOT EXISTS (SELECT 1 FROM cep.late_events AS l
+                            WHERE l.stream_id = %3$s AND l.event_id = e.id))
+            ORDER BY a.k, a.t, a.id$q$,
+            cep._absence_rows_sql(s, p),
+            (SELECT d.sql FROM cep._pat_define_sql(p.start_condition, s.source, '{}', 'start') AS d),
+            s.stream_id,
+            cep._absence_follow_sql(s, 'a.k', 'a.t', format('a.t + %L::interval', p.within)),
+            (SELECT d.sql FROM cep._pat_define_sql(p.expected_condition, s.source, '{}', 'expected') AS d))
+        USING from_time, to_time;
+    END IF;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep.find_matches(text, timestamptz, timestamptz) IS
+'Run a pattern (or absence detector) over the stored, non-late events with time in '
+'[from_time, to_time], as if they were the whole input, writing nothing: the same matches the '
+'live engine writes to cep.matches for the same events.';
