@@ -40,6 +40,15 @@ INSERT INTO cep.rules (stream, name, condition, risk_score, mode) VALUES
 SELECT cep.set_risk_policy('plain', 'noisy_or', block_action => '{"set": {"status": "b"}}',
     alert_level => 'medium', log_all => true);
 SELECT cep.set_risk_policy('nokey', 'max');
+SELECT cep.create_pattern('p_plain', 'plain', 'a b+? PERMUTE(c, d) e{1,3}',
+    '{"a": "amt > 10", "b": "amt > PREV(amt) AND f < a.f", "c": "k = ''x''",
+      "d": "r IS NOT NULL"}', within => '10 minutes', contiguity => 'strict',
+    after_match => 'skip_to_next_row');
+SELECT cep.create_pattern('p_nokey', 'nokey', '(x | y)* z', '{"x": "id % 2 = 0", "z": "ts > x.ts"}');
+SELECT cep.create_pattern('p_parted', 'parted', 'a+ b', '{"a": "k > 0", "b": "k > PREV(k)"}');
+SELECT cep.create_absence('no_confirm', 'plain', 'amt > 100', 'status = ''ok''', '10 minutes');
+INSERT INTO cep.rules (stream, name, condition, risk_score) VALUES
+    ('plain', 'r_pattern', '{"pattern": "p_plain"}', 0.5);
 """
 
 CHECK = """
@@ -75,5 +84,6 @@ def test_plpgsql_check_finds_nothing(conn):
         "SELECT count(*) FROM pg_proc WHERE pronamespace = 'cep'::regnamespace "
         "AND proname ~ '^_ingest_[0-9]+$'").fetchone()[0]
     assert generated == 3 and checked > generated
+    assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname ~ '^_pattern_[0-9]+$'").fetchone()[0] == 3
     findings = conn.execute(CHECK).fetchall()
     assert findings == [], "\n".join(f"{fn}: {line}" for fn, line in findings)

@@ -19,6 +19,7 @@ CREATE TABLE cep.streams (
     owner regrole NOT NULL DEFAULT current_user::regrole,
     ingest_function name NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
+    wall_clock boolean NOT NULL DEFAULT FALSE,
     CONSTRAINT streams_pkey PRIMARY KEY (stream_id),
     CONSTRAINT streams_name_key UNIQUE (name),
     CONSTRAINT streams_source_key UNIQUE (source),

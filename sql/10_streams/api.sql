@@ -280,3 +280,28 @@ COMMENT ON FUNCTION cep.advance_watermark(text, timestamptz) IS
 'Declare that no event of STREAM older than TO_TIME will arrive: the watermark moves to TO_TIME '
 'if that is later (closing windows, finalizing matches, firing absence timeouts). ''infinity'' '
 'means end of stream. Returns the watermark.';
+
+CREATE FUNCTION cep.set_wall_clock(stream text, enabled boolean DEFAULT TRUE)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    s cep.streams;
+BEGIN
+    SELECT * INTO s FROM cep.streams AS x WHERE x.stream_id = cep._stream_id(stream);
+    IF enabled IS NULL THEN
+        RAISE EXCEPTION 'enabled must be true or false' USING ERRCODE = '22023';
+    END IF;
+    IF NOT pg_has_role(current_user, s.owner, 'MEMBER') THEN
+        RAISE EXCEPTION 'only the owner of stream % (%) may change it', s.name, s.owner
+            USING ERRCODE = '42501';
+    END IF;
+    UPDATE cep.streams AS x SET wall_clock = enabled WHERE x.stream_id = s.stream_id;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep.set_wall_clock(text, boolean) IS
+'Let cep.run_maintenance() move the stream''s watermark with the clock (now() - '
+'allowed_lateness), for streams whose time column is the insertion time: absence deadlines and '
+'pattern timeouts then fire without new events.';

@@ -203,10 +203,10 @@ DECLARE
 BEGIN
     SELECT s.ingest_function INTO STRICT v_function
     FROM cep.streams AS s WHERE s.stream_id = _regenerate_stream.stream_id;
+    -- (jit = off: JIT would compile these short statements for far longer than they run)
     v_ddl := format(
         'CREATE OR REPLACE FUNCTION cep.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
         'SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET TimeZone = ''UTC'' '
-        -- JIT would compile these short statements for far longer than they run.
         'SET jit = off '
         'AS %L',
         v_function, cep._compile_ingest(stream_id));

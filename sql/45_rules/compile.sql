@@ -377,9 +377,16 @@ BEGIN
             v_tz, '>=', v_from, CASE WHEN v_from < v_to THEN 'AND' ELSE 'OR' END, v_tz, v_to);
     ELSIF node ? 'pattern' THEN
         PERFORM cep._rule_check_keys(node, ARRAY['pattern'], rule, path);
-        PERFORM cep._rule_fail(rule, path || '.pattern', format(
-            'unknown pattern %s: pattern references need a pattern created with '
-            'cep.create_pattern on this stream', node -> 'pattern'), '42704');
+        SELECT p.pattern_id INTO v_i FROM cep.patterns AS p
+        WHERE p.name = node ->> 'pattern' AND p.stream_id = _rule_compile.stream_id;
+        IF v_i IS NULL THEN
+            PERFORM cep._rule_fail(rule, path || '.pattern', format(
+                'unknown pattern %s: pattern references need a pattern created with '
+                'cep.create_pattern on this stream', node -> 'pattern'), '42704');
+        END IF;
+        -- a match of the pattern, final by now, whose last event is this event
+        RETURN format('EXISTS (SELECT 1 FROM cep.matches AS pm WHERE pm.pattern_id = %s '
+            'AND pm.last_event_id = x.id AND pm.partition_key IS NOT DISTINCT FROM x.k)', v_i);
     ELSIF node ? 'field' THEN
         PERFORM cep._rule_check_keys(node, ARRAY['field', 'op', 'value'], rule, path);
         v_f := cep._rule_field(v_source, node -> 'field', rule, path || '.field');

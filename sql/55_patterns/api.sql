@@ -63,7 +63,7 @@ COMMENT ON FUNCTION cep._pattern_install(integer) IS
 
 -- Advance a stream's patterns and absence detectors from watermark p_from to p_to.
 CREATE FUNCTION cep._patterns_advance(
-    stream_id integer, p_from timestamptz, p_to timestamptz, p_own bigint []
+    stream_id integer, p_from timestamptz, p_to timestamptz, p_own bigint[]
 )
 RETURNS void
 LANGUAGE plpgsql
@@ -74,13 +74,12 @@ DECLARE
     s cep.streams;
     v_eoi boolean := p_to = 'infinity';
     v_drafts cep.alert_draft [];
-    v_n bigint;
 BEGIN
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _patterns_advance.stream_id;
     FOR p IN SELECT x.* FROM cep.patterns AS x WHERE x.stream_id = s.stream_id ORDER BY x.pattern_id LOOP
         IF p.kind = 'pattern' THEN
             EXECUTE format('SELECT count(*) FROM cep.%I($1, $2, $3, false, $4)', p.matcher)
-            INTO v_n USING p_from, p_to, v_eoi, p_own;
+            USING p_from, p_to, v_eoi, p_own;
         ELSE
             -- absence: starts whose deadline the watermark passed, with no expected event of
             -- the key after them within the interval (late events do not count)
@@ -129,7 +128,7 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._patterns_advance(integer, timestamptz, timestamptz, bigint []) IS
+COMMENT ON FUNCTION cep._patterns_advance(integer, timestamptz, timestamptz, bigint[]) IS
 'Internal: run a stream''s pattern matchers over the events the watermark reached and fire '
 'the absence detectors whose deadline it passed.';
 
@@ -271,7 +270,7 @@ DECLARE
     v_vars text [];
     v_prog jsonb;
     v_key text;
-    v_def jsonb := '{}';
+    v_def jsonb := '{}'::jsonb;
     v_d record;
     v_id integer;
 BEGIN
@@ -419,6 +418,15 @@ BEGIN
         RAISE EXCEPTION 'only the owner of stream % (%) may drop its patterns', s.name, s.owner
             USING ERRCODE = '42501';
     END IF;
+    IF EXISTS (
+        SELECT 1 FROM cep.rules AS r
+        WHERE r.stream = s.name
+            AND jsonb_path_exists(r.condition, 'strict $.**.pattern ? (@ == $n)',
+                jsonb_build_object('n', p.name))
+    ) THEN
+        RAISE EXCEPTION 'pattern % is referenced by rules of stream %', quote_literal(p.name), s.name
+            USING ERRCODE = '2BP01', HINT = 'Change or delete those rules first.';
+    END IF;
     PERFORM cep._drop_pattern_objects(p.pattern_id);
     PERFORM cep._regenerate_stream(s.stream_id);
 END
@@ -456,8 +464,8 @@ RETURNS TABLE (
     partition_key text,
     first_time timestamptz,
     last_time timestamptz,
-    event_ids bigint [],
-    classifiers text []
+    event_ids bigint[],
+    classifiers text[]
 )
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -477,10 +485,14 @@ BEGIN
     END IF;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = p.stream_id;
     IF p.kind = 'pattern' THEN
-        RETURN QUERY EXECUTE format('SELECT * FROM cep.%I($1, $2, true, true, NULL)', p.matcher)
-        USING from_time, to_time;
+        FOR partition_key, first_time, last_time, event_ids, classifiers IN
+            EXECUTE format('SELECT * FROM cep.%I($1, $2, true, true, NULL)', p.matcher)
+            USING from_time, to_time
+        LOOP
+            RETURN NEXT;
+        END LOOP;
     ELSE
-        RETURN QUERY EXECUTE format($q$
+        FOR partition_key, first_time, last_time, event_ids, classifiers IN EXECUTE format($q$
             SELECT a.k, a.t, a.t, ARRAY[a.id], ARRAY['start']::text []
             FROM (SELECT e.* FROM (%1$s) AS e WHERE %2$s) AS a
             WHERE a.t >= $1 AND a.t <= $2
@@ -497,7 +509,10 @@ BEGIN
             s.stream_id,
             cep._absence_follow_sql(s, 'a.k', 'a.t', format('a.t + %L::interval', p.within)),
             (SELECT d.sql FROM cep._pat_define_sql(p.expected_condition, s.source, '{}', 'expected') AS d))
-        USING from_time, to_time;
+        USING from_time, to_time
+        LOOP
+            RETURN NEXT;
+        END LOOP;
     END IF;
 END
 $fn$;

@@ -21,9 +21,9 @@ DECLARE
     v_var text;
     v_i integer;
     v_d record;
-    v_cols name [] := '{}';
-    v_prevs name [] := '{}';
-    v_refs jsonb := '{}';
+    v_cols name [] := '{}'::name [];
+    v_prevs name [] := '{}'::name [];
+    v_refs jsonb := '{}'::jsonb;
     v_mask text := '0';
     v_dyn text := '';
     v_bind text := '';
@@ -120,7 +120,6 @@ DECLARE
     n_bind jsonb [];
     v_seen text [];
     i integer;
-    j integer;
     v_n integer;
     v_run integer;
     v_ri integer;
@@ -136,14 +135,14 @@ DECLARE
     v_keep integer [];
     v_ids bigint [];
     v_cls text [];
-    v_drafts cep.alert_draft [] := '{}';
+    v_drafts cep.alert_draft [] := '{}'::cep.alert_draft [];
     v_events bigint := 0;
     v_matches bigint := 0;
     v_drops bigint := 0;
     v_late bigint := 0;
     v_last_match timestamptz;
     v_keys text [];
-    v_done text [] := '{}';
+    v_done text [] := '{}'::text [];
 BEGIN
     IF NOT p_find THEN
         -- The keys this call advances: those with an event that can start a match, those with

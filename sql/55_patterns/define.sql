@@ -8,8 +8,8 @@
 -- the owner could write.
 
 CREATE FUNCTION cep._pat_define_sql(
-    expr text, source regclass, vars text [], var text,
-    OUT sql text, OUT cols name [], OUT prevs name [], OUT refs jsonb
+    expr text, source regclass, vars text[], var text,
+    OUT sql text, OUT cols name[], OUT prevs name[], OUT refs jsonb
 )
 LANGUAGE plpgsql
 STABLE
@@ -156,12 +156,12 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._pat_define_sql(text, regclass, text [], text) IS
+COMMENT ON FUNCTION cep._pat_define_sql(text, regclass, text[], text) IS
 'Internal: check that a DEFINE condition is one SQL expression and rewrite its column '
 'references (e."c:col"), PREV(col) (e."p:col") and var.col (bindings b) for the matcher.';
 
 -- The FROM list that gives a rewritten condition its row e (and bindings b), for checks.
-CREATE FUNCTION cep._pat_row_sql(source regclass, cols name [], prevs name [])
+CREATE FUNCTION cep._pat_row_sql(source regclass, cols name[], prevs name[])
 RETURNS text
 LANGUAGE sql
 STABLE
@@ -180,11 +180,11 @@ AS $fn$
     ) AS x
 $fn$;
 
-COMMENT ON FUNCTION cep._pat_row_sql(regclass, name [], name []) IS
+COMMENT ON FUNCTION cep._pat_row_sql(regclass, name[], name[]) IS
 'Internal: a one-row FROM list with the columns a rewritten DEFINE condition reads.';
 
 -- Check a rewritten condition: it must be a boolean expression over the stream.
-CREATE FUNCTION cep._pat_check_define(source regclass, var text, sql text, cols name [], prevs name [])
+CREATE FUNCTION cep._pat_check_define(source regclass, var text, sql text, cols name[], prevs name[])
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -192,6 +192,11 @@ AS $fn$
 DECLARE
     v_name text := 'cep_pattern_check_' || pg_backend_pid();
 BEGIN
+    /*
+     * The condition is SQL by design (the stream owner's own, run with the owner's rights);
+     * cep._pat_define_sql has already made sure it is one parenthesized expression.
+     * @plpgsql_check_options: security_warnings = false
+     */
     -- CASE WHEN insists on a boolean condition; PREPARE parses and plans without running it.
     BEGIN
         EXECUTE format('PREPARE %I AS SELECT CASE WHEN %s THEN 1 END FROM %s', v_name, sql,
@@ -204,6 +209,6 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._pat_check_define(regclass, text, text, name [], name []) IS
+COMMENT ON FUNCTION cep._pat_check_define(regclass, text, text, name[], name[]) IS
 'Internal: prepare (not run) a rewritten DEFINE condition over the stream''s columns and '
 'require a boolean result; errors name the variable.';

@@ -25,7 +25,7 @@ COMMENT ON FUNCTION cep._pat_fail(text, integer, text) IS
 
 -- Tokens: identifiers (lower case), ( ) | , * + ? and {n}, {n,}, {n,m}, {,m} as one token.
 CREATE FUNCTION cep._pat_tokens(pattern text)
-RETURNS text []
+RETURNS text[]
 LANGUAGE plpgsql
 IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -62,13 +62,13 @@ COMMENT ON FUNCTION cep._pat_tokens(text) IS
 'Internal: split a row pattern into tokens (identifiers lower-cased, quantifier braces whole).';
 
 -- alt := seq ('|' seq)*
-CREATE FUNCTION cep._pat_alt(pattern text, tokens text [], INOUT pos integer, OUT node jsonb)
+CREATE FUNCTION cep._pat_alt(pattern text, tokens text[], INOUT pos integer, OUT node jsonb)
 LANGUAGE plpgsql
 IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    v_items jsonb := '[]';
+    v_items jsonb := '[]'::jsonb;
     v_seq jsonb;
 BEGIN
     LOOP
@@ -82,17 +82,17 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._pat_alt(text, text [], integer) IS
+COMMENT ON FUNCTION cep._pat_alt(text, text[], integer) IS
 'Internal: parse an alternation of the row pattern grammar.';
 
 -- seq := quant+ ; quant := atom quantifier? ; atom := var | ( alt ) | PERMUTE ( alt, ... )
-CREATE FUNCTION cep._pat_seq(pattern text, tokens text [], INOUT pos integer, OUT node jsonb)
+CREATE FUNCTION cep._pat_seq(pattern text, tokens text[], INOUT pos integer, OUT node jsonb)
 LANGUAGE plpgsql
 IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    v_items jsonb := '[]';
+    v_items jsonb := '[]'::jsonb;
     v_atom jsonb;
     v_tok text;
     v_args jsonb;
@@ -209,7 +209,7 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._pat_seq(text, text [], integer) IS
+COMMENT ON FUNCTION cep._pat_seq(text, text[], integer) IS
 'Internal: parse a concatenation of quantified atoms (variables, groups, PERMUTE).';
 
 CREATE FUNCTION cep._pat_nullable(node jsonb)
@@ -249,7 +249,7 @@ COMMENT ON FUNCTION cep._pat_nullable(jsonb) IS
 
 -- Emit program instructions for an AST node (1 CHAR v, 2 SPLIT x y, 3 JMP x, 4 MATCH).
 CREATE FUNCTION cep._pat_emit(
-    node jsonb, vars text [], INOUT ops integer [], INOUT xs integer [], INOUT ys integer []
+    node jsonb, vars text[], INOUT ops integer[], INOUT xs integer[], INOUT ys integer[]
 )
 LANGUAGE plpgsql
 IMMUTABLE
@@ -350,13 +350,13 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._pat_emit(jsonb, text [], integer [], integer [], integer []) IS
+COMMENT ON FUNCTION cep._pat_emit(jsonb, text[], integer[], integer[], integer[]) IS
 'Internal: append the NFA instructions of a pattern AST node to a program.';
 
 -- The epsilon closure of a program position, in preference order: the CHAR positions a
 -- thread at pc can wait at, and 0 for MATCH.
-CREATE FUNCTION cep._pat_closure(ops integer [], xs integer [], ys integer [], pc integer)
-RETURNS integer []
+CREATE FUNCTION cep._pat_closure(ops integer[], xs integer[], ys integer[], pc integer)
+RETURNS integer[]
 LANGUAGE plpgsql
 IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -386,12 +386,12 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._pat_closure(integer [], integer [], integer [], integer) IS
+COMMENT ON FUNCTION cep._pat_closure(integer[], integer[], integer[], integer) IS
 'Internal: the epsilon closure of a program position in preference order (0 = MATCH).';
 
 -- Parse and compile: the variables (in order of appearance) and the program with its
 -- closures: start = closure(1); follow of a CHAR at pc = closure(pc + 1), as flat arrays.
-CREATE FUNCTION cep._pat_compile(pattern text, OUT variables text [], OUT program jsonb)
+CREATE FUNCTION cep._pat_compile(pattern text, OUT variables text[], OUT program jsonb)
 LANGUAGE plpgsql
 IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -408,7 +408,6 @@ DECLARE
     v_len integer [] := '{}'::integer [];
     v_items integer [] := '{}'::integer [];
     v_c integer [];
-    v_pc integer;
 BEGIN
     SELECT a.pos, a.node INTO v_pos, v_ast FROM cep._pat_alt(pattern, v_tokens, 1) AS a;
     IF v_pos <= cardinality(v_tokens) THEN

@@ -202,6 +202,49 @@ BEGIN
     items := v_n;
     RETURN NEXT;
 
+    -- Wall-clock streams: the watermark follows the clock, so that absence deadlines and
+    -- pattern timeouts fire without new events.
+    SELECT count(cep.advance_watermark(s.name, v_now - s.allowed_lateness)) INTO v_n
+    FROM cep.streams AS s
+    WHERE s.wall_clock AND cep._watermark(s.stream_id) < v_now - s.allowed_lateness;
+    task := 'wall_clock_watermarks';
+    items := v_n;
+    RETURN NEXT;
+
+    -- Patterns: counters folded per minute; state rows of keys without open runs dropped
+    -- an hour past the watermark (they only remember how far the key was processed).
+    WITH moved AS (
+        DELETE FROM cep.pattern_log AS l
+        WHERE l.logged_at < date_trunc('minute', v_now) - interval '1 minute'
+            AND l.logged_at <> date_bin('1 minute', l.logged_at, '1970-01-01 00:00:00+00')
+        RETURNING l.*
+    ), ins AS (
+        INSERT INTO cep.pattern_log (pattern_id, logged_at, events, matches, drops, late, last_match)
+        SELECT m.pattern_id, date_bin('1 minute', m.logged_at, '1970-01-01 00:00:00+00'),
+            sum(m.events), sum(m.matches), sum(m.drops), sum(m.late), max(m.last_match)
+        FROM moved AS m
+        GROUP BY 1, 2
+        RETURNING 1
+    )
+    SELECT count(*) INTO v_n FROM moved;
+    task := 'compact_pattern_log';
+    items := v_n;
+    RETURN NEXT;
+    DELETE FROM cep.pattern_state AS x
+    WHERE (x.pattern_id, x.k) IN (
+        SELECT o.pattern_id, o.k
+        FROM cep.pattern_state AS o
+        JOIN cep.patterns AS p ON p.pattern_id = o.pattern_id
+        JOIN cep.streams AS s ON s.stream_id = p.stream_id
+        WHERE NOT o.active
+            AND o.upto_t < cep._watermark(s.stream_id) - s.allowed_lateness - interval '1 hour'
+        LIMIT 50000
+    );
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    task := 'purge_pattern_state';
+    items := v_n;
+    RETURN NEXT;
+
     -- One row per consumer for delivery counters older than a minute.
     WITH moved AS (
         DELETE FROM cep.consumer_log AS l

@@ -28,14 +28,23 @@ SELECT functions_are(
         '_rule_fail', '_rule_field', '_rule_constant', '_rule_window', '_rule_col',
         '_rule_check_keys', '_rule_op', '_rule_compile', '_rule_needs', '_rule_set',
         '_rule_assess_sql', '_rule_section', '_product_step', '_product', '_rules_prepare',
-        '_rules_changed', '_rules_before', '_rules_after', '_rule_horizon', '_fold_rule_log'
+        '_rules_changed', '_rules_before', '_rules_after', '_rule_horizon', '_fold_rule_log',
+        'create_pattern', 'create_absence', 'drop_pattern', 'find_matches', 'set_wall_clock',
+        '_pat_fail', '_pat_tokens', '_pat_alt', '_pat_seq', '_pat_nullable', '_pat_emit',
+        '_pat_closure', '_pat_compile', '_pat_define_sql', '_pat_row_sql', '_pat_check_define',
+        '_pattern_function_sql', '_pattern_resolve_sql', '_pattern_finish_sql',
+        '_pattern_prepare_stream', '_pattern_install', '_patterns_advance', '_absence_follow_sql',
+        '_absence_rows_sql', '_pattern_section', '_pattern_check_args', '_drop_pattern_objects'
     ],
     'cep has exactly the functions of the API contract and its internals'
 );
 
 SELECT views_are(
     'cep',
-    ARRAY['stream_stats', 'dashboard', 'consumer_stats', 'window_stats', 'rule_stats', 'rule_sql']
+    ARRAY[
+        'stream_stats', 'dashboard', 'consumer_stats', 'window_stats', 'rule_stats', 'rule_sql',
+        'pattern_stats'
+    ]
 );
 
 SELECT tables_are(
@@ -44,7 +53,8 @@ SELECT tables_are(
         'streams', 'stream_log', 'late_events', 'settings', 'alerts', 'consumers',
         'consumer_pending', 'consumer_log', 'windows', 'partitioned_streams', 'rules',
         'rule_versions', 'rule_sets', 'risk_policies', 'risk_assessments', 'rule_keys',
-        'rule_history', 'rule_history_fields', 'rule_log'
+        'rule_history', 'rule_history_fields', 'rule_log', 'patterns', 'pattern_state',
+        'pattern_late_events', 'matches', 'pattern_log', 'absence_pending'
     ]
 );
 
