@@ -12,10 +12,14 @@ IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
+    IF pos IS NULL THEN
+        RAISE EXCEPTION USING
+            MESSAGE = format('invalid pattern %s: %s', quote_literal(coalesce(pattern, '')), message),
+            ERRCODE = '42601';
+    END IF;
     RAISE EXCEPTION USING
-        MESSAGE = format('invalid pattern %s: %s', quote_literal(pattern), message),
-        DETAIL = CASE WHEN pos IS NOT NULL
-            THEN format('at token %s', pos) END,
+        MESSAGE = format('invalid pattern %s: %s', quote_literal(coalesce(pattern, '')), message),
+        DETAIL = format('at token %s', pos),
         ERRCODE = '42601';
 END
 $fn$;
