@@ -145,9 +145,30 @@ DECLARE
     v_done text [] := '{}'::text [];
 BEGIN
     IF NOT p_find THEN
-        -- The keys this call advances: those with an event that can start a match, those with
-        -- open runs and events in range, and those whose runs time out or end with the input.
-        -- Their state rows are locked in key order (created if new).
+        -- Lock, in key order, the state rows of every key with an event in range (and of keys
+        -- whose runs time out or end with the input); a key first seen gets its row. A
+        -- session that is advancing one of these keys makes this one wait for its commit, and
+        -- the statements below then see its events and runs (READ COMMITTED).
+        SELECT array_agg(DISTINCT y.k ORDER BY y.k) INTO v_keys
+        FROM (
+            SELECT @KEYEXPR@ AS k FROM @SOURCE@ AS s
+            WHERE s.@TIMECOL@ >= @FROM@ AND s.@TIMECOL@ <= @TO@
+            UNION
+            SELECT ps.k FROM cep.pattern_state AS ps
+            WHERE ps.pattern_id = @PID@ AND ps.active AND (p_eoi OR ps.deadline < p_to)
+        ) AS y;
+        IF v_keys IS NULL THEN
+            RETURN;
+        END IF;
+        INSERT INTO cep.pattern_state AS ps (pattern_id, k)
+        SELECT @PID@, u.k FROM unnest(v_keys) AS u (k) ORDER BY u.k
+        ON CONFLICT (pattern_id, k) DO NOTHING;
+        PERFORM FROM cep.pattern_state AS ps
+        WHERE ps.pattern_id = @PID@ AND ps.k = ANY (v_keys)
+        ORDER BY ps.k
+        FOR NO KEY UPDATE;
+        -- Of those, the keys that need the matcher: an event that can start a match, open
+        -- runs with events in range, or runs that time out or end with the input.
         SELECT array_agg(DISTINCT y.k ORDER BY y.k) INTO v_keys
         FROM (
             SELECT x.k FROM (@EVENTS@) AS x
@@ -161,9 +182,6 @@ BEGIN
         IF v_keys IS NULL THEN
             RETURN;
         END IF;
-        INSERT INTO cep.pattern_state AS ps (pattern_id, k)
-        SELECT @PID@, u.k FROM unnest(v_keys) AS u (k) ORDER BY u.k
-        ON CONFLICT (pattern_id, k) DO UPDATE SET k = EXCLUDED.k;
     END IF;
 
     FOR e IN
@@ -298,7 +316,7 @@ BEGIN
 END
 $t$;
 
-    RETURN replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
+    RETURN replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
         replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
         replace(v_template,
         '@FINISH@', cep._pattern_finish_sql()),
@@ -323,6 +341,13 @@ $t$;
                 'SELECT 1 FROM cep.pattern_late_events AS pl WHERE pl.pattern_id = %s AND '
                 'pl.event_id = s.%I))', s.stream_id, s.id_column, p.pattern_id, s.id_column))),
         '@RELAXED@', CASE WHEN p.contiguity = 'relaxed' THEN 'x.mask <> 0 AND' ELSE '' END),
+        '@KEYEXPR@', CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('s.%I::text', s.key_column) END),
+        '@SOURCE@', s.source::text),
+        '@TIMECOL@', quote_ident(s.time_column)),
+        '@FROM@', CASE WHEN s.time_type = 'timestamp without time zone'::regtype
+            THEN 'pg_catalog.timezone(''UTC'', p_from)' ELSE 'p_from' END),
+        '@TO@', CASE WHEN s.time_type = 'timestamp without time zone'::regtype
+            THEN 'pg_catalog.timezone(''UTC'', p_to)' ELSE 'p_to' END),
         '@DYN@', CASE WHEN v_dyn = '' THEN '(e.mask >> (v_var - 1)) & 1 = 1'
             ELSE format(E'CASE v_var%s\n                        ELSE (e.mask >> (v_var - 1)) & 1 = 1\n                    END', v_dyn) END),
         '@BIND@', CASE WHEN v_bind = '' THEN 'b'
