@@ -27,11 +27,19 @@ A second part, "Alert delivery" (bench/alert_delivery.py), runs in the same clus
   ingest cost  -- the batch workload into (b) and (e), the same stream with an emulated rule
                   trigger raising an alert for 1% of the events: e/b and the alerts raised.
 
+A third part, "Risk rules" (bench/rules_bench.py), runs in the same cluster last: the seed's
+four rules on the stream (f) against (a), (b) and the seed's per-row rule trigger (g), on a
+realistic and a dense workload, batches and single rows; then the cost per event of 10, 100
+and 1000 generated rules; with a correctness guard after every run with rules.
+
 Results are printed and written to bench/results/latest.json. Timings never fail the run (a
-failed correctness check of the alert part does, after the results are written).
+failed correctness check of the alert or rules part does, after the results are written).
 
     .venv/bin/python bench/run_bench.py [--rows N] [--single-rows N] [--repeat R]
                                         [--alerts N] [--alert-batch B]
+                                        [--rules-rows N] [--rules-single-rows N]
+                                        [--rules-repeat R] [--rule-counts 10,100,1000]
+                                        [--rules-only | --skip-rules]
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "demo"))
 
 import alert_delivery  # noqa: E402
+import rules_bench  # noqa: E402
 import workload  # noqa: E402
 from pgcep_cli import (cpu_count, heading, print_table, server_version,  # noqa: E402
                        subheading, throwaway_cluster)
@@ -491,7 +500,8 @@ def print_report(summary: dict) -> None:
                 [(s["title"], s["variants"]["c"].get("naive_alerts")) for s in summary.values()])
 
 
-def write_json(summary: dict, args, meta: dict, alerts: dict) -> Path:
+def write_json(summary: dict | None, args, meta: dict, alerts: dict | None,
+               rules: dict | None = None) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     gi = RESULTS_DIR / ".gitignore"
     if not gi.exists():
@@ -502,12 +512,14 @@ def write_json(summary: dict, args, meta: dict, alerts: dict) -> Path:
         "parameters": {"rows": args.rows, "single_rows": args.single_rows,
                        "repeat": args.repeat, "seed": args.seed, "clients": CLIENTS,
                        "batch_rows": BATCH_ROWS, "allowed_lateness": ALLOWED_LATENESS,
-                       "alerts": args.alerts, "alert_batch": args.alert_batch},
+                       "alerts": args.alerts, "alert_batch": args.alert_batch,
+                       "rules_only": args.rules_only, "skip_rules": args.skip_rules},
         "environment": meta,
         "cluster_settings": CLUSTER_SETTINGS,
         "targets_b_over_a": TARGETS,
         "workloads": summary,
         "alert_delivery": alerts,
+        "rules": rules,
     }
     out.write_text(json.dumps(doc, indent=2) + "\n")
     return out
@@ -529,11 +541,33 @@ def parse_args(argv=None):
                         "(default 100000)")
     p.add_argument("--alert-batch", type=int, default=500,
                    help="alerts per poll_alerts call / transaction (default 500)")
+    p.add_argument("--rules-rows", type=int, default=40_000,
+                   help="rules part: rows of each batch workload (default 40000)")
+    p.add_argument("--rules-single-rows", type=int, default=4_000,
+                   help="rules part: rows of each single-row workload (default 4000)")
+    p.add_argument("--rules-repeat", type=int, default=3,
+                   help="rules part: measurements per variant and workload (default 3)")
+    p.add_argument("--rule-counts", default="10,100,1000",
+                   help="rules part: sizes of the generated rule sets (default 10,100,1000)")
+    part = p.add_mutually_exclusive_group()
+    part.add_argument("--rules-only", action="store_true",
+                      help="run only the risk rules part")
+    part.add_argument("--skip-rules", action="store_true", help="skip the risk rules part")
     args = p.parse_args(argv)
     if args.rows < BATCH_ROWS * CLIENTS or args.single_rows < 100 or args.repeat < 1:
         p.error(f"need --rows >= {BATCH_ROWS * CLIENTS}, --single-rows >= 100, --repeat >= 1")
     if args.alerts < 1000 or not 1 <= args.alert_batch <= 100_000:
         p.error("need --alerts >= 1000 and 1 <= --alert-batch <= 100000")
+    if (args.rules_rows < BATCH_ROWS * CLIENTS or args.rules_single_rows < 500
+            or args.rules_repeat < 1):
+        p.error(f"need --rules-rows >= {BATCH_ROWS * CLIENTS}, --rules-single-rows >= 500, "
+                "--rules-repeat >= 1")
+    try:
+        counts = [int(x) for x in args.rule_counts.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 5 or counts != sorted(set(counts)):
+        p.error("--rule-counts: increasing integers >= 5, comma-separated")
     return args
 
 
@@ -541,43 +575,58 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     heading("pg_cep insert-path benchmark")
-    workloads = prepare_workloads(args)
-    print(f"Data: {args.rows:,} transactions for the batch workload, {args.single_rows:,} for "
-          f"the single-row one\n(5,000 users with skewed activity, {EVENTS_PER_DAY:,} "
-          f"transactions per day of event time; seed {args.seed};\ngenerated and rendered "
-          f"before timing).")
-    print(f"Clients: {CLIENTS} concurrent connections (threads), autocommit; "
-          f"median of {args.repeat} run(s); fresh table and warm-up per run.")
+    workloads = [] if args.rules_only else prepare_workloads(args)
+    if not args.rules_only:
+        print(f"Data: {args.rows:,} transactions for the batch workload, {args.single_rows:,} "
+              f"for the single-row one\n(5,000 users with skewed activity, {EVENTS_PER_DAY:,} "
+              f"transactions per day of event time; seed {args.seed};\ngenerated and rendered "
+              f"before timing).")
+        print(f"Clients: {CLIENTS} concurrent connections (threads), autocommit; "
+              f"median of {args.repeat} run(s); fresh table and warm-up per run.")
     print("Cluster: fsync on, synchronous_commit off (commits do not wait for the WAL flush,\n"
           "so the CPU cost of the triggers shows instead of hiding behind fsync latency), "
           "shared_buffers 256MB.")
     print("Indexes in every variant: primary key (id) and (user_id, created_at).")
+    summary = alerts = rules = None
     with throwaway_cluster(CLUSTER_SETTINGS, label="Bench cluster") as cluster:
-        setup_databases(cluster)
         with cluster.connect() as conn:
             version = server_version(conn)
         meta = {"postgresql": version, "cpus": cpu_count(), "python": platform.python_version(),
                 "psycopg": psycopg.__version__, "machine": platform.machine()}
         print(f"PostgreSQL {version} on {meta['cpus']} CPU(s).")
-        subheading("Runs")
-        results = run_all(cluster, workloads, args.repeat)
-        subheading("Runs: alert delivery")
-        stream_id = alert_delivery.setup_databases(cluster, ALERTING_VARIANT.database)
-        drain = alert_delivery.run_drain(cluster, stream_id, args.alerts, args.alert_batch,
-                                         args.repeat)
-        ingest_variants = [VARIANTS[1], ALERTING_VARIANT]       # (b) and (e)
-        ingest = alert_delivery.run_ingest_cost(cluster, measure, ingest_variants,
-                                                workloads[0], args.repeat)
-    summary = summarize(results, workloads)
-    print_report(summary)
-    alerts = alert_delivery.summarize(drain, ingest, ingest_variants, workloads[0], args)
-    alert_delivery.print_report(alerts, heading, subheading, print_table)
-    out = write_json(summary, args, meta, alerts)
+        if not args.rules_only:
+            setup_databases(cluster)
+            subheading("Runs")
+            results = run_all(cluster, workloads, args.repeat)
+            subheading("Runs: alert delivery")
+            stream_id = alert_delivery.setup_databases(cluster, ALERTING_VARIANT.database)
+            drain = alert_delivery.run_drain(cluster, stream_id, args.alerts, args.alert_batch,
+                                             args.repeat)
+            ingest_variants = [VARIANTS[1], ALERTING_VARIANT]       # (b) and (e)
+            ingest = alert_delivery.run_ingest_cost(cluster, measure, ingest_variants,
+                                                    workloads[0], args.repeat)
+        if not args.skip_rules:
+            subheading("Runs: risk rules")
+            rules_raw = rules_bench.run(cluster, args, sys.modules[__name__])
+    if not args.rules_only:
+        summary = summarize(results, workloads)
+        print_report(summary)
+        alerts = alert_delivery.summarize(drain, ingest, ingest_variants, workloads[0], args)
+        alert_delivery.print_report(alerts, heading, subheading, print_table)
+    if not args.skip_rules:
+        rules = rules_bench.summarize(rules_raw, args)
+        rules_bench.print_report(rules, heading, subheading, print_table)
+    out = write_json(summary, args, meta, alerts, rules)
     print(f"\nWrote {out.relative_to(HERE.parent)}. "
           f"Total bench time {time.perf_counter() - t_start:.0f} s.")
     print("Targets are reported, not enforced: timings never change the exit code.")
-    if not alerts["verified"]:
-        print("Alert delivery verification failed: exit code 1.", file=sys.stderr)
+    failed = []
+    if alerts is not None and not alerts["verified"]:
+        failed.append("Alert delivery verification failed")
+    if rules is not None and not rules["verified"]:
+        failed.append("Risk rules correctness guard failed")
+    if failed:
+        print(f"{'; '.join(failed)}: exit code 1.", file=sys.stderr)
         return 1
     return 0
 
