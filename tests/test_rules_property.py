@@ -150,12 +150,12 @@ def read_assessments(conn, stream="tx") -> dict[int, dict]:
 
 def read_alerts(conn, stream="tx") -> dict[int, dict]:
     cur = conn.execute(
-        "SELECT event_id, partition_key, score, severity, details FROM cep.alerts "
+        "SELECT event_id, partition_key, score, details FROM cep.alerts "
         "WHERE stream = %s AND source_kind = 'rule'", (stream,))
     out = {}
-    for eid, key, score, severity, details in cur.fetchall():
+    for eid, key, score, details in cur.fetchall():
         assert eid not in out, f"event {eid} alerted twice"
-        out[eid] = {"partition_key": key, "score": score, "severity": severity,
+        out[eid] = {"partition_key": key, "score": score,
                     "rules": [{k: r[k] for k in ("rule_id", "name", "score", "version")}
                               for r in details["rules"]],
                     "level": details.get("level"), "blocked": details.get("blocked")}
@@ -203,8 +203,7 @@ def diff_model(conn, model: Stream, stream="tx", table="tx", limit=10) -> list[s
             out.append(f"unexpected alert for event {eid}: {a}")
         else:
             exp = {"partition_key": e.partition_key, "score": e.score, "rules": e.rules,
-                   "level": e.level, "blocked": e.blocked,
-                   "severity": a["severity"]}
+                   "level": e.level, "blocked": e.blocked}
             if a != exp:
                 out.append(f"alert for event {eid}: {a} expected {exp}")
     blocked_db = {r[0] for r in conn.execute(
