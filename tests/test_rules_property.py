@@ -15,7 +15,9 @@ rows and the per-rule evaluations and hits of cep.rule_stats. The tests here dri
 - rule changes mid-stream (versions recorded with each assessment, old versions kept);
 - cep.evaluate_rules against the reference, and its freedom from side effects.
 
-Known bugs are pinned by strict xfail tests at the end of the file (see their reasons).
+Regression tests for bugs this file found (float8 precision of scores, thresholds and
+metrics; stale z-score histories; evaluate_rules under a session TimeZone; log_all without
+active rules) are at the end of the file.
 """
 
 from __future__ import annotations
@@ -919,10 +921,6 @@ def test_evaluate_rules_random_matches_reference_and_writes_nothing(conn, timezo
 
 # -- known bugs -------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "risk scores and thresholds go through float8::numeric, which PostgreSQL 15 rounds to 15 "
-    "significant digits: a rule of risk_score 0.39999999999999997 gives total_score 0.4 and "
-    "level 'medium' (default medium 0.4) instead of 0.39999999999999997 and 'low'"))
 def test_scores_are_exact_for_every_float8(conn):
     m = setup_stream(conn)
     rid = add_rule(conn, m, "a", {"field": "amount", "op": ">", "value": 1},
@@ -936,10 +934,6 @@ def test_scores_are_exact_for_every_float8(conn):
     check(conn, m)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "trailing metrics (and z-score histories) read float8 columns through float8::numeric, "
-    "rounded to 15 significant digits: max(fval) over a window holding only fval = "
-    "1.0000000000000002 is not > 1, while the field comparison fval > 1 on the same event is"))
 def test_float8_metrics_are_exact(conn):
     m = setup_stream(conn)
     add_rule(conn, m, "f", {"field": "fval", "op": ">", "value": 1}, 0.1)
@@ -950,11 +944,6 @@ def test_float8_metrics_are_exact(conn):
     check(conn, m)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "z-score history goes stale: cep.rule_history is only updated while an active rule reads "
-    "it, and cep._rules_prepare does not rebuild it when a z-score rule on that field is "
-    "reactivated (the field stays in cep.rule_history_fields), so events ingested meanwhile "
-    "are missing from the history"))
 def test_zscore_history_after_reactivation(conn):
     m = setup_stream(conn)
     rid = add_rule(conn, m, "z", {"anomaly": "zscore", "field": "amount", "threshold": 2,
@@ -972,12 +961,6 @@ def test_zscore_history_after_reactivation(conn):
     check(conn, m)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cep.evaluate_rules runs under the session TimeZone (the generated ingest function has "
-    "SET TimeZone = 'UTC'), so a timestamptz constant without offset in a rule means UTC "
-    "wall-clock time at ingest but local time in evaluate_rules: under "
-    "TimeZone 'Pacific/Kiritimati' evaluate_rules says a rule does not fire for an event "
-    "that the same INSERT then assesses as firing"))
 def test_evaluate_rules_agrees_with_ingest_under_session_timezone(conn):
     m = setup_stream(conn)
     rid = add_rule(conn, m, "early", {"field": "created_at", "op": "<",
@@ -991,11 +974,6 @@ def test_evaluate_rules_agrees_with_ingest_under_session_timezone(conn):
     assert said == {rid: assessed}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "log_all is ignored while a stream has no active rule: the rules section of the ingest "
-    "function is left out when the rule set is empty, so with cep.set_risk_policy(log_all => "
-    "true) and every rule deactivated, inserted events get no cep.risk_assessments row "
-    "(the contract: every event gets a row when log_all is set)"))
 def test_log_all_without_active_rules(conn):
     m = setup_stream(conn)
     rid = add_rule(conn, m, "a", {"field": "amount", "op": ">", "value": 100}, 0.5)

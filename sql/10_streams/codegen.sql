@@ -207,7 +207,7 @@ BEGIN
     v_ddl := format(
         'CREATE OR REPLACE FUNCTION cep.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
         'SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET TimeZone = ''UTC'' '
-        'SET jit = off '
+        'SET jit = off SET extra_float_digits = 1 '
         'AS %L',
         v_function, cep._compile_ingest(stream_id));
     BEGIN

@@ -14,6 +14,18 @@ DECLARE
     v_locked boolean := false;
 BEGIN
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _rules_prepare.stream_id;
+    -- A history no active rule reads stops being maintained: forget it, so that a rule that
+    -- needs it again rebuilds it from the table.
+    DELETE FROM cep.rule_history_fields AS f
+    WHERE f.stream_id = s.stream_id
+        AND NOT EXISTS (
+            SELECT 1 FROM cep.rules AS r CROSS JOIN LATERAL cep._rule_needs(r.condition) AS n
+            WHERE r.stream = s.name AND r.active AND n.kind = 'zscore' AND n.field = f.field
+        );
+    DELETE FROM cep.rule_history AS h
+    WHERE h.stream_id = s.stream_id
+        AND NOT EXISTS (SELECT 1 FROM cep.rule_history_fields AS f
+            WHERE f.stream_id = h.stream_id AND f.field = h.field);
     FOR v_field IN
         SELECT DISTINCT n.field
         FROM cep.rules AS r
@@ -33,14 +45,16 @@ BEGIN
         -- A stream without a key keeps one history under the empty key.
         EXECUTE format(
             'INSERT INTO cep.rule_history (stream_id, field, k, n, s, ss) '
-            'SELECT %s, %L, %s, count(t.%I), coalesce(sum(t.%I::numeric), 0), '
-            'coalesce(sum(t.%I::numeric * t.%I::numeric), 0) FROM %s AS t GROUP BY 3 '
+            'SELECT %s, %L, %s, count(t.%I), coalesce(sum(%s), 0), '
+            'coalesce(sum(%s * %s), 0) FROM %s AS t GROUP BY 3 '
             'ON CONFLICT (stream_id, field, k) DO UPDATE SET n = EXCLUDED.n, '
             's = EXCLUDED.s, ss = EXCLUDED.ss',
             s.stream_id, v_field,
             CASE WHEN s.key_column IS NULL THEN quote_literal('')
                 ELSE format('t.%I::text', s.key_column) END,
-            v_field, v_field, v_field, v_field, s.source);
+            v_field, cep._rule_num(s.source, v_field, format('t.%I', v_field)),
+            cep._rule_num(s.source, v_field, format('t.%I', v_field)),
+            cep._rule_num(s.source, v_field, format('t.%I', v_field)), s.source);
         INSERT INTO cep.rule_history_fields (stream_id, field) VALUES (s.stream_id, v_field);
     END LOOP;
 
@@ -91,7 +105,9 @@ BEGIN
         FROM cep.rules AS r
         WHERE r.stream = s.name AND r.active;
         v_old := cep._rule_set(s.stream_id);
-        IF v_old.rule_set_id IS NULL AND cardinality(v_ids) = 0 THEN
+        IF v_old.rule_set_id IS NULL AND cardinality(v_ids) = 0 AND NOT EXISTS (
+            SELECT 1 FROM cep.risk_policies AS p WHERE p.stream_id = s.stream_id AND p.log_all
+        ) THEN
             CONTINUE;
         END IF;
         IF v_old.rule_set_id IS NULL OR v_old.rule_ids <> v_ids OR v_old.versions <> v_versions THEN
@@ -320,6 +336,8 @@ CREATE FUNCTION cep.evaluate_rules(stream text, event jsonb)
 RETURNS TABLE (rule_id bigint, rule_name text, risk_score float8, triggered boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+SET extra_float_digits = 1
 AS $fn$
 DECLARE
     s cep.streams;

@@ -6,6 +6,27 @@
 -- (e.t - w, e.t] that were stored before the statement, plus the statement's own events of k
 -- up to e in (time, id) order; z-score histories count every earlier event of the key.
 
+-- A numeric field as exact numeric: float columns through their shortest exact text form
+-- (float8::numeric would round to 15 digits), other numeric types directly.
+CREATE FUNCTION cep._rule_num(source regclass, field name, expr text)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT CASE WHEN t.typcategory = 'N' AND b.oid IN ('real'::regtype, 'double precision'::regtype)
+            THEN expr || '::pg_catalog.text::pg_catalog.numeric'
+            ELSE expr || '::pg_catalog.numeric' END
+    FROM pg_catalog.pg_attribute AS a
+    JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid
+    JOIN pg_catalog.pg_type AS b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+    WHERE a.attrelid = source AND a.attname = field
+$fn$;
+
+COMMENT ON FUNCTION cep._rule_num(regclass, name, text) IS
+'Internal: SQL that reads a numeric field exactly as numeric (floats via their shortest exact '
+'text, which extra_float_digits = 1 pins).';
+
 -- The latest rule set of a stream (NULL when no rule is active).
 CREATE FUNCTION cep._rule_set(stream_id integer)
 RETURNS cep.rule_sets
@@ -151,10 +172,11 @@ BEGIN
             WHEN 'zscore' THEN
                 v_hist_cols := v_hist_cols || format($h$,
             coalesce(h%1$s.n, 0) + count(e.%2$I) OVER w_prior AS %3$I,
-            coalesce(h%1$s.s, 0) + coalesce(sum(e.%2$I::pg_catalog.numeric) OVER w_prior, 0) AS %4$I,
-            coalesce(h%1$s.ss, 0) + coalesce(sum(e.%2$I::pg_catalog.numeric * e.%2$I::pg_catalog.numeric) OVER w_prior, 0) AS %5$I$h$,
+            coalesce(h%1$s.s, 0) + coalesce(sum(%6$s) OVER w_prior, 0) AS %4$I,
+            coalesce(h%1$s.ss, 0) + coalesce(sum(%6$s * %6$s) OVER w_prior, 0) AS %5$I$h$,
                     v_need.col, 'c:' || v_need.field, v_need.col || '_n', v_need.col || '_s',
-                    v_need.col || '_ss');
+                    v_need.col || '_ss',
+                    cep._rule_num(s.source, v_need.field, format('e.%I', 'c:' || v_need.field)));
                 v_hist_from := v_hist_from || format(
                     ' LEFT JOIN cep.rule_history AS h%1$s ON h%1$s.stream_id = %2$s '
                     'AND h%1$s.field = %3$L AND h%1$s.k = e.k',
@@ -172,11 +194,13 @@ BEGIN
                         E',\n            count(DISTINCT w.%I) FILTER (WHERE %s) AS %I',
                         'c:' || v_need.field, v_traw_w, v_need.col)
                     WHEN 'avg' THEN format(
-                        E',\n            sum(w.%1$I::pg_catalog.numeric) FILTER (WHERE %2$s) AS %3$I,'
+                        E',\n            sum(%5$s) FILTER (WHERE %2$s) AS %3$I,'
                         || E'\n            count(w.%1$I) FILTER (WHERE %2$s) AS %4$I',
-                        'c:' || v_need.field, v_traw_w, v_need.col || '_s', v_need.col || '_n')
-                    ELSE format(E',\n            %s(w.%I::pg_catalog.numeric) FILTER (WHERE %s) AS %I',
-                        v_need.fn, 'c:' || v_need.field, v_traw_w, v_need.col)
+                        'c:' || v_need.field, v_traw_w, v_need.col || '_s', v_need.col || '_n',
+                        cep._rule_num(s.source, v_need.field, format('w.%I', 'c:' || v_need.field)))
+                    ELSE format(E',\n            %s(%s) FILTER (WHERE %s) AS %I',
+                        v_need.fn, cep._rule_num(s.source, v_need.field, format('w.%I', 'c:' || v_need.field)),
+                        v_traw_w, v_need.col)
                 END;
         END CASE;
         IF v_need.kind <> 'zscore' THEN
@@ -244,6 +268,7 @@ RETURNS text
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET extra_float_digits = 1
 AS $fn$
 DECLARE
     rs cep.rule_sets;
@@ -262,18 +287,18 @@ DECLARE
     v_stateful boolean;
 BEGIN
     rs := cep._rule_set(stream_id);
-    IF rs.rule_set_id IS NULL OR cardinality(rs.rule_ids) = 0 THEN
-        RETURN '';
-    END IF;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _rule_section.stream_id;
     SELECT * INTO p FROM cep.risk_policies AS x WHERE x.stream_id = _rule_section.stream_id;
+    IF rs.rule_set_id IS NULL OR (cardinality(rs.rule_ids) = 0 AND NOT coalesce(p.log_all, false)) THEN
+        RETURN '';
+    END IF;
     IF p.stream_id IS NULL THEN
         p := ROW(stream_id, 'sum', 0.4, 0.7, 0.9, NULL, 'high', false, now())::cep.risk_policies;
     END IF;
 
     -- Per-rule constants, in rule set order.
     SELECT array_agg(v.name ORDER BY u.ord) AS names,
-        array_agg(v.risk_score::numeric ORDER BY u.ord) AS scores,
+        array_agg(v.risk_score::text::numeric ORDER BY u.ord) AS scores,
         array_agg(v.mode = 'enforce' ORDER BY u.ord) AS enforce,
         array_agg(v.kind ORDER BY u.ord) AS kinds,
         bool_or(n.kind IS NOT NULL) AS stateful
@@ -293,7 +318,7 @@ BEGIN
     v_level := format(
         'CASE WHEN a.total >= %1$L::numeric THEN ''high'' WHEN a.total >= %2$L::numeric '
         'THEN ''medium'' ELSE ''low'' END',
-        p.high::numeric, p.medium::numeric);
+        p.high::text::numeric, p.medium::text::numeric);
     v_alert_cond := CASE p.alert_level
         WHEN 'none' THEN 'false'
         WHEN 'low' THEN 'cardinality(i.triggered_rules) > 0'
@@ -328,15 +353,16 @@ $l$,
     LOOP
         v_hist := v_hist || format($h$, %1$I AS (
         INSERT INTO cep.rule_history AS h (stream_id, field, k, n, s, ss)
-        SELECT %2$s, %3$L, e.k, count(e.%4$I), coalesce(sum(e.%4$I::numeric), 0),
-            coalesce(sum(e.%4$I::numeric * e.%4$I::numeric), 0)
+        SELECT %2$s, %3$L, e.k, count(e.%4$I), coalesce(sum(%5$s), 0),
+            coalesce(sum(%5$s * %5$s), 0)
         FROM ev AS e
         GROUP BY e.k
         ORDER BY e.k
         ON CONFLICT (stream_id, field, k) DO UPDATE
         SET n = h.n + EXCLUDED.n, s = h.s + EXCLUDED.s, ss = h.ss + EXCLUDED.ss
     )$h$,
-            'hist_' || v_field, s.stream_id, v_field, 'c:' || v_field);
+            'hist_' || v_field, s.stream_id, v_field, 'c:' || v_field,
+            cep._rule_num(s.source, v_field, format('e.%I', 'c:' || v_field)));
     END LOOP;
 
     IF p.block_action IS NOT NULL THEN
@@ -441,7 +467,8 @@ $r$,
         CASE WHEN p.log_all THEN 'true' ELSE 'cardinality(f.pos) > 0' END,  -- 10
         s.name,                                           -- 11
         CASE WHEN p.block_action IS NOT NULL
-            THEN format('c.total >= %L::numeric', p.block::numeric) ELSE 'false' END,  -- 12
+            THEN format('c.total >= %L::numeric AND cardinality(c.rules) > 0', p.block::text::numeric)
+            ELSE 'false' END,  -- 12
         v_hist,                                           -- 13
         'risk_policy:' || s.name,                         -- 14
         v_meta.names,                                     -- 15

@@ -337,11 +337,14 @@ BEGIN
         -- (n x - s)^2 (n - 1) > threshold^2 n (n ss - s^2), over the n prior non-NULL values.
         v_col := cep._rule_col('zscore', NULL, v_f.col, NULL);
         RETURN format(
-            'coalesce(x.%1$I >= %2$s AND (x.%1$I * x.%3$I::pg_catalog.numeric - x.%4$I) '
-            '* (x.%1$I * x.%3$I::pg_catalog.numeric - x.%4$I) * (x.%1$I - 1) '
+            'coalesce(x.%1$I >= %2$s AND (x.%1$I * %7$s - x.%4$I) '
+            '* (x.%1$I * %7$s - x.%4$I) * (x.%1$I - 1) '
             '> %5$L::pg_catalog.numeric * %5$L::pg_catalog.numeric * x.%1$I '
             '* (x.%1$I * x.%6$I - x.%4$I * x.%4$I), false)',
-            v_col || '_n', v_min, 'c:' || v_f.col, v_col || '_s', v_thr, v_col || '_ss');
+            v_col || '_n', v_min, 'c:' || v_f.col, v_col || '_s', v_thr, v_col || '_ss',
+            CASE WHEN v_f.kind = 'float'
+                THEN format('x.%I::pg_catalog.text::pg_catalog.numeric', 'c:' || v_f.col)
+                ELSE format('x.%I::pg_catalog.numeric', 'c:' || v_f.col) END);
     ELSIF node ? 'time_of_day' THEN
         PERFORM cep._rule_check_keys(node, ARRAY['time_of_day'], rule, path);
         v_tod := node -> 'time_of_day';
