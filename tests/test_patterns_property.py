@@ -709,21 +709,28 @@ def _fmt_match(m):
             f"classifiers {m[4]}")
 
 
-def explain_diff(p: Pat, events, late, label_a, a, label_b, b, limit=6) -> str:
-    """A reproduction: the first key whose matches differ, its events and both results."""
-    keys = sorted({m[0] for m in a} ^ {m[0] for m in b} |
-                  {m[0] for m in a if m not in b} | {m[0] for m in b if m not in a})
+def explain_diff(p: Pat, events, late, label_a, a, label_b, b, limit=12) -> str:
+    """A reproduction: the first key whose matches differ, its events and what differs."""
+    keys = sorted({m[0] for m in a if m not in b} | {m[0] for m in b if m not in a}
+                  | {m[0] for m in a if a.count(m) != b.count(m)})
     lines = [p.describe()]
     for key in keys[:1]:
         lines.append(f"key {key} events (id, t, sym, val) in (t, id) order, late excluded:")
         kev = sorted((e for e in events if str(e["k"]) == key and e["id"] not in late),
                      key=lambda e: (e["ts"], e["id"]))
-        for e in kev[:60]:
+        for e in kev[:80]:
             lines.append(f"  {e['id']:>4} {e['ts']:%H:%M:%S} {e['sym']} {e['val']}")
-        lines.append(f"{label_a}:")
-        lines += [_fmt_match(m) for m in a if m[0] == key][:limit]
-        lines.append(f"{label_b}:")
-        lines += [_fmt_match(m) for m in b if m[0] == key][:limit]
+        ka, kb = [m for m in a if m[0] == key], [m for m in b if m[0] == key]
+        lines.append(f"{label_a}: {len(ka)} matches of key {key}, {len(a)} in all; "
+                     f"{label_b}: {len(kb)} of key {key}, {len(b)} in all")
+        lines.append(f"only in {label_a}:")
+        lines += [_fmt_match(m) for m in ka if m not in kb][:limit]
+        lines.append(f"only in {label_b}:")
+        lines += [_fmt_match(m) for m in kb if m not in ka][:limit]
+        dup = [m for m in kb if kb.count(m) > 1]
+        if dup:
+            lines.append(f"written more than once in {label_b}:")
+            lines += [_fmt_match(m) for m in dup][:limit]
     return "\n".join(lines)
 
 
@@ -770,16 +777,19 @@ class Model:
             self.watermark = cand
 
 
-def gen_events(rng, n, keys, lateness_s, late_share, alphabet, first_id=1, t0=None):
-    """Roughly increasing times with ties, out-of-order arrivals within the lateness and (with
-    late_share) some beyond it; symbols from the alphabet, values 0..9 with some NULLs."""
+def gen_events(rng, n, keys, lateness_s, late_share, alphabet, first_id=1, t0=None,
+               disorder_s=None):
+    """Roughly increasing times with ties, out-of-order arrivals by up to disorder_s (default:
+    the lateness) and (with late_share) some beyond the lateness; symbols from the alphabet,
+    values 0..9 with some NULLs."""
     rows = []
     t = t0 or BASE + sec(rng.randint(0, 59))
+    disorder_s = lateness_s if disorder_s is None else disorder_s
     for i in range(first_id, first_id + n):
         t += sec(rng.choice([0, 0, 1, 1, 2, 3, 5, 8, 20, 61]))
         et = t
-        if lateness_s and rng.random() < 0.3:
-            et = t - sec(rng.randint(0, lateness_s))
+        if disorder_s and rng.random() < 0.3:
+            et = t - sec(rng.randint(0, disorder_s))
         if late_share and rng.random() < late_share:
             et = t - sec(lateness_s + rng.randint(1, 90))
         rows.append({"id": i, "k": rng.choice(keys), "ts": et, "sym": rng.choice(alphabet),
@@ -850,8 +860,9 @@ def gen_pat(rng, name, alphabet, stream="s", names=None):
 
 
 def symbol_only(p: Pat) -> bool:
-    return p.within is None and all(isinstance(x, (Cmp, In)) and isinstance(x.left, Col)
-                                    and x.left.name == "sym" for x in p.define.values())
+    return p.within is None and all(
+        isinstance(x, (Cmp, In)) and isinstance(x.left, Col) and x.left.name == "sym"
+        and (isinstance(x, In) or isinstance(x.right, Lit)) for x in p.define.values())
 
 
 def regex_crosscheck(p: Pat, events, late):
@@ -928,15 +939,25 @@ def _assert_live_prefixes(snapshots, finals, pats):
                                "not final matches:\n" + "\n".join(map(_fmt_match, extra[:5])))
 
 
-def _workload(server, seed, concurrent=False):
+def gen_workload(seed, concurrent=False):
+    """(rng, lateness in seconds, keys, rows, patterns) of one random workload."""
     rng = random.Random(seed)
     late_share = 0.0 if concurrent or rng.random() < 0.6 else 0.08
     lateness_s = rng.choice([0, 5, 30]) if not concurrent else rng.choice([5, 7200])
     alphabet = rng.choice(["abc", "abcd", "ab"])
     n_keys = rng.randint(2, 4)
     keys = rng.sample(range(1, 40), n_keys)
-    rows = gen_events(rng, rng.randint(25, 90), keys, lateness_s, late_share, list(alphabet))
+    # concurrent: with 2 hours of lateness and 5 s of disorder nothing is late, whatever the
+    # interleaving (the stream spans less than 100 minutes)
+    rows = gen_events(rng, rng.randint(25, 90), keys, lateness_s, late_share, list(alphabet),
+                      disorder_s=5 if concurrent else None)
     pats = [gen_pat(rng, f"p{seed}_{j}", list(alphabet)) for j in range(rng.randint(2, 4))]
+    return rng, lateness_s, keys, rows, pats
+
+
+def _workload(server, seed, concurrent=False):
+    rng, lateness_s, keys, rows, pats = gen_workload(seed, concurrent)
+    n_keys = len(keys)
     db = server.new_database()
     try:
         with server.connect(db) as conn:
@@ -1122,3 +1143,100 @@ def test_unknown_define_variable_rejected(conn, have_engine):
     with pytest.raises(psycopg.Error, match="(?i)\\bc\\b"):
         conn.execute("""SELECT cep.create_pattern('bad', 's', 'a b',
                         '{"a": "sym = ''a''", "c": "sym = ''c''"}'::jsonb)""")
+
+
+# -- minimal reproductions of what the random workloads found --------------------------------
+
+def test_two_conditions_reading_different_columns_of_one_variable(conn, have_engine):
+    """y reads x.val and z reads x.sym: both columns of x's last event must be kept (x.val is
+    5, so y's `x.val IS NULL` is false and nothing matches)."""
+    p = Pat("cols", "x y z", {"y": IsNull(VarCol("x", "val")),
+                              "z": Cmp("=", Col("sym"), VarCol("x", "sym"))},
+            contiguity="strict")
+    assert _run_case(conn, p, evs([("a", 5), ("a", 1), ("a", 2)])) == []
+
+
+def test_self_reference_and_a_reference_from_another_variable(conn, have_engine):
+    """b: (b.val IS NULL OR val > b.val) and d: sym = b.sym over b/7, b/0, b/1: the third
+    event is not above b's last value (7), so `b d b` does not match."""
+    b = Or(IsNull(VarCol("b", "val")), Cmp(">", Col("val"), VarCol("b", "val")))
+    p = Pat("selfref", "b d b", {"b": b, "d": Cmp("=", Col("sym"), VarCol("b", "sym"))},
+            contiguity="strict")
+    assert _run_case(conn, p, evs([("b", 7), ("b", 0), ("b", 1)])) == []
+
+
+def test_start_variable_reading_a_variable_with_its_own_reference(conn, have_engine):
+    """a? d a with a: sym <> d.sym and d: d.val IS NULL over b/3, a/1: a cannot start (d is
+    not bound), d takes the first event, a the second."""
+    p = Pat("start", "a? d a", {"a": Cmp("<>", Col("sym"), VarCol("d", "sym")),
+                                "d": IsNull(VarCol("d", "val"))}, contiguity="strict")
+    got = _run_case(conn, p, evs([("b", 3), ("a", 1)]))
+    assert [(m[3], m[4]) for m in got] == [([1, 2], ["d", "a"])]
+
+
+def _ev(i, k, t, sym, val=1):
+    return {"id": i, "k": k, "ts": at(t), "sym": sym, "val": val}
+
+
+def test_event_committed_after_another_session_moved_the_watermark_past_it(server, dbname,
+                                                                           have_engine):
+    """Session 1 inserts (key 1, t=0) in an open transaction; session 2 commits (key 2,
+    t=100), which moves the watermark to 95; session 1 commits. Its event was not late when
+    inserted, so it must still be matched, live as in find_matches."""
+    p = Pat("conc", "a", {"a": sym_is("a")}, contiguity="strict")
+    with server.connect(dbname) as conn, \
+            server.connect(dbname, autocommit=False) as s1, server.connect(dbname) as s2:
+        setup_stream(conn, "5 seconds")
+        p.create(conn)
+        insert(s1.cursor(), [_ev(1, 1, 0, "a")], "insert")
+        insert(s2.cursor(), [_ev(2, 2, 100, "a")], "insert")
+        s1.commit()
+        assert late_ids(conn) == set()
+        conn.execute("SELECT cep.advance_watermark('s')::text")
+        got = check_pattern(conn, p, all_events(conn), set())
+        assert [m[3] for m in got] == [[1], [2]]
+
+
+def test_sessions_on_disjoint_keys_neither_wait_nor_deadlock(server, dbname, have_engine):
+    """design.md, principle 5: sessions writing different keys never wait for each other's
+    commit. Two transactions of two statements each, one on key 1 and one on key 2, each
+    statement moving the watermark past the other key's open run (within 100 s)."""
+    p = Pat("dl", "a b", {"a": sym_is("a"), "b": sym_is("b")}, within=sec(100),
+            contiguity="strict")
+    opts = "-c lock_timeout=3s"
+    with server.connect(dbname) as conn, \
+            server.connect(dbname, autocommit=False, options=opts) as s1, \
+            server.connect(dbname, autocommit=False, options=opts) as s2:
+        setup_stream(conn, "0 seconds")
+        p.create(conn)
+        insert(conn.cursor(), [_ev(1, 1, 1, "a"), _ev(2, 2, 2, "a"), _ev(3, 3, 3, "z")],
+               "insert")
+        errors = {}
+        insert(s1.cursor(), [_ev(4, 1, 4, "z")], "insert")
+        try:
+            insert(s2.cursor(), [_ev(5, 2, 5, "z")], "insert")
+        except psycopg.Error as exc:
+            errors["s2 first statement"] = exc
+            s2.rollback()
+
+        def second():
+            try:
+                insert(s1.cursor(), [_ev(6, 1, 200, "z")], "insert")
+                s1.commit()
+            except psycopg.Error as exc:
+                errors["s1 second statement"] = exc
+                s1.rollback()
+
+        t = threading.Thread(target=second)
+        t.start()
+        if "s2 first statement" not in errors:
+            try:
+                insert(s2.cursor(), [_ev(7, 2, 300, "z")], "insert")
+                s2.commit()
+            except psycopg.Error as exc:
+                errors["s2 second statement"] = exc
+                s2.rollback()
+        t.join()
+        assert not errors, {k: str(v).splitlines()[0] for k, v in errors.items()}
+        conn.execute("SELECT cep.advance_watermark('s')::text")
+        check_pattern(conn, p, all_events(conn), late_ids(conn))
