@@ -42,7 +42,8 @@ COMMENT ON TABLE cep.patterns IS
 
 -- Partial runs of one key of one pattern: the runs (by start event) with their threads
 -- (program counter, bound events as "id:variable;" text, bindings of variables whose columns
--- conditions read), the best match found so far, and the last processed event.
+-- conditions read), the best match found so far, the last processed event, and the time of
+-- the first event still waiting for the watermark (pending_t).
 CREATE TABLE cep.pattern_state (
     pattern_id integer NOT NULL,
     k text NOT NULL,
@@ -61,10 +62,13 @@ CREATE TABLE cep.pattern_state (
     th_bind jsonb[] NOT NULL DEFAULT '{}',
     deadline timestamptz,
     active boolean NOT NULL DEFAULT FALSE,
+    pending_t timestamptz,
     CONSTRAINT pattern_state_pkey PRIMARY KEY (pattern_id, k)
 );
 
 CREATE INDEX pattern_state_active_idx ON cep.pattern_state (pattern_id, deadline) WHERE active;
+CREATE INDEX pattern_state_pending_idx ON cep.pattern_state (pattern_id, pending_t)
+WHERE pending_t IS NOT NULL;
 
 COMMENT ON TABLE cep.pattern_state IS
 'Internal: per pattern and key, the open partial runs (threads of the compiled program) and '

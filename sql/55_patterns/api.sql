@@ -36,7 +36,8 @@ DECLARE
 BEGIN
     v_ddl := format(
         'CREATE OR REPLACE FUNCTION cep.%I(p_from timestamptz, p_to timestamptz, p_eoi boolean, '
-        'p_find boolean, p_own bigint []) RETURNS TABLE (partition_key text, first_time timestamptz, '
+        'p_find boolean, p_own bigint [], p_keys text [], p_lo timestamptz [], p_nx timestamptz []) '
+        'RETURNS TABLE (partition_key text, first_time timestamptz, '
         'last_time timestamptz, event_ids bigint [], classifiers text []) LANGUAGE plpgsql '
         'SET search_path = pg_catalog, pg_temp SET TimeZone = ''UTC'' SET jit = off AS %L',
         v_fn, cep._pattern_function_sql(pattern_id));
@@ -45,15 +46,15 @@ BEGIN
     EXCEPTION WHEN object_not_in_prerequisite_state THEN
         -- inside ALTER EXTENSION UPDATE (see cep._regenerate_stream)
         EXECUTE format('ALTER EXTENSION pg_cep ADD FUNCTION cep.%I(timestamptz, timestamptz, '
-            'boolean, boolean, bigint [])', v_fn);
+            'boolean, boolean, bigint [], text [], timestamptz [], timestamptz [])', v_fn);
         EXECUTE v_ddl;
         EXECUTE format('ALTER EXTENSION pg_cep DROP FUNCTION cep.%I(timestamptz, timestamptz, '
-            'boolean, boolean, bigint [])', v_fn);
+            'boolean, boolean, bigint [], text [], timestamptz [], timestamptz [])', v_fn);
     END;
     EXECUTE format('REVOKE ALL ON FUNCTION cep.%I(timestamptz, timestamptz, boolean, boolean, '
-        'bigint []) FROM PUBLIC', v_fn);
+        'bigint [], text [], timestamptz [], timestamptz []) FROM PUBLIC', v_fn);
     EXECUTE format('COMMENT ON FUNCTION cep.%I(timestamptz, timestamptz, boolean, boolean, '
-        'bigint []) IS %L', v_fn, format('Generated matcher of pg_cep pattern %s.', pattern_id));
+        'bigint [], text [], timestamptz [], timestamptz []) IS %L', v_fn, format('Generated matcher of pg_cep pattern %s.', pattern_id));
     UPDATE cep.patterns AS p SET matcher = v_fn WHERE p.pattern_id = _pattern_install.pattern_id;
 END
 $fn$;
@@ -63,7 +64,8 @@ COMMENT ON FUNCTION cep._pattern_install(integer) IS
 
 -- Advance a stream's patterns and absence detectors from watermark p_from to p_to.
 CREATE FUNCTION cep._patterns_advance(
-    stream_id integer, p_from timestamptz, p_to timestamptz, p_own bigint[]
+    stream_id integer, p_from timestamptz, p_to timestamptz, p_own bigint [],
+    p_keys text [] DEFAULT NULL, p_lo timestamptz [] DEFAULT NULL, p_nx timestamptz [] DEFAULT NULL
 )
 RETURNS void
 LANGUAGE plpgsql
@@ -78,8 +80,8 @@ BEGIN
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _patterns_advance.stream_id;
     FOR p IN SELECT x.* FROM cep.patterns AS x WHERE x.stream_id = s.stream_id ORDER BY x.pattern_id LOOP
         IF p.kind = 'pattern' THEN
-            EXECUTE format('SELECT count(*) FROM cep.%I($1, $2, $3, false, $4)', p.matcher)
-            USING p_from, p_to, v_eoi, p_own;
+            EXECUTE format('SELECT count(*) FROM cep.%I($1, $2, $3, false, $4, $5, $6, $7)', p.matcher)
+            USING p_from, p_to, v_eoi, p_own, p_keys, p_lo, p_nx;
         ELSE
             -- absence: starts whose deadline the watermark passed, with no expected event of
             -- the key after them within the interval (late events do not count)
@@ -128,7 +130,9 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._patterns_advance(integer, timestamptz, timestamptz, bigint[]) IS
+COMMENT ON FUNCTION cep._patterns_advance(
+    integer, timestamptz, timestamptz, bigint [], text [], timestamptz [], timestamptz []
+) IS
 'Internal: run a stream''s pattern matchers over the events the watermark reached and fire '
 'the absence detectors whose deadline it passed.';
 
@@ -191,9 +195,27 @@ AS $fn$
     -- patterns and absence detectors (%1$s): register absence starts, then advance every
     -- matcher over the events the watermark now reaches
 %2$s    IF v_events > v_late THEN
-        PERFORM cep._patterns_advance(%3$s, v_watermark,
-            greatest(v_watermark, v_max - %4$L::interval),
-            ARRAY(SELECT n.%5$I::bigint FROM cep_new_rows AS n));
+        DECLARE
+            p_to timestamptz := greatest(v_watermark, v_max - %4$L::interval);
+            p_keys text [];
+            p_lo timestamptz [];
+            p_nx timestamptz [];
+        BEGIN
+            -- per key of the on-time events: the first one the new watermark reaches, and the
+            -- first one it does not reach yet
+            SELECT array_agg(b.k ORDER BY b.k), array_agg(b.lo ORDER BY b.k),
+                array_agg(b.nx ORDER BY b.k)
+            INTO p_keys, p_lo, p_nx
+            FROM (
+                SELECT e.k, min(e.t) FILTER (WHERE e.t <= p_to) AS lo,
+                    min(e.t) FILTER (WHERE e.t > p_to) AS nx
+                FROM %6$s AS e
+                WHERE e.t >= v_watermark
+                GROUP BY e.k
+            ) AS b;
+            PERFORM cep._patterns_advance(%3$s, v_watermark, p_to,
+                ARRAY(SELECT n.%5$I::bigint FROM cep_new_rows AS n), p_keys, p_lo, p_nx);
+        END;
     END IF;
 $p$,
         string_agg(p.name, ', ' ORDER BY p.pattern_id),
@@ -208,7 +230,11 @@ $a$,
             replace(cep._absence_rows_sql(s, p), format(' FROM %s AS s', s.source), ' FROM cep_new_rows AS s'),
             (SELECT d.sql FROM cep._pat_define_sql(p.start_condition, s.source, '{}', 'start') AS d))
         END, '' ORDER BY p.pattern_id), ''),
-        min(s.stream_id), min(s.allowed_lateness), min(s.id_column)) END
+        min(s.stream_id), min(s.allowed_lateness), min(s.id_column),
+        format('(SELECT %s AS k, %s AS t FROM cep_new_rows AS n)',
+            CASE WHEN min(s.key_column) IS NULL THEN '''''::text'
+                ELSE format('n.%I::text', min(s.key_column)) END,
+            cep._time_expr(min(s.stream_id)))) END
     FROM cep.patterns AS p
     JOIN cep.streams AS s ON s.stream_id = p.stream_id
     WHERE p.stream_id = _pattern_section.stream_id
@@ -273,6 +299,8 @@ DECLARE
     v_def jsonb := '{}'::jsonb;
     v_d record;
     v_id integer;
+    v_keys text [];
+    v_los timestamptz [];
 BEGIN
     s := cep._pattern_check_args(name, stream, within);
     IF contiguity IS NULL OR contiguity NOT IN ('strict', 'relaxed') THEN
@@ -323,9 +351,18 @@ BEGIN
     -- until the new ingest code is in place.
     EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', s.source);
     IF backfill THEN
-        EXECUTE format('SELECT count(*) FROM cep.%I($1, $2, false, false, NULL)',
+        EXECUTE format('SELECT array_agg(x.k ORDER BY x.k), array_agg(x.lo ORDER BY x.k) '
+            'FROM (SELECT %s AS k, min(%s) AS lo FROM %s AS s GROUP BY 1) AS x',
+            CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('s.%I::text', s.key_column) END,
+            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
+                THEN format('pg_catalog.timezone(''UTC'', s.%I)', s.time_column)
+                ELSE format('s.%I', s.time_column) END,
+            s.source)
+        INTO v_keys, v_los;
+        -- every key with stored events, from its first one
+        EXECUTE format('SELECT count(*) FROM cep.%I($1, $2, false, false, NULL, $3, $4, NULL)',
             format('_pattern_%s', v_id))
-        USING '-infinity'::timestamptz, cep._watermark(s.stream_id);
+        USING '-infinity'::timestamptz, cep._watermark(s.stream_id), v_keys, v_los;
     END IF;
     PERFORM cep._regenerate_stream(s.stream_id);
     RETURN v_id;
@@ -442,7 +479,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    EXECUTE format('DROP FUNCTION IF EXISTS cep.%I(timestamptz, timestamptz, boolean, boolean, bigint [])',
+    EXECUTE format('DROP FUNCTION IF EXISTS cep.%I(timestamptz, timestamptz, boolean, boolean, bigint [], text [], timestamptz [], timestamptz [])',
         format('_pattern_%s', pattern_id));
     DELETE FROM cep.pattern_state AS x WHERE x.pattern_id = _drop_pattern_objects.pattern_id;
     DELETE FROM cep.absence_pending AS x WHERE x.pattern_id = _drop_pattern_objects.pattern_id;
@@ -486,7 +523,7 @@ BEGIN
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = p.stream_id;
     IF p.kind = 'pattern' THEN
         FOR partition_key, first_time, last_time, event_ids, classifiers IN
-            EXECUTE format('SELECT * FROM cep.%I($1, $2, true, true, NULL)', p.matcher)
+            EXECUTE format('SELECT * FROM cep.%I($1, $2, true, true, NULL, NULL, NULL, NULL)', p.matcher)
             USING from_time, to_time
         LOOP
             RETURN NEXT;

@@ -51,7 +51,14 @@ BEGIN
         SELECT * INTO v_d FROM cep._pat_define_sql(p.define ->> v_var, s.source, p.variables, v_var);
         v_cols := v_cols || v_d.cols;
         v_prevs := v_prevs || v_d.prevs;
-        v_refs := v_refs || v_d.refs;
+        -- merge the columns each variable's bindings must keep
+        SELECT coalesce(jsonb_object_agg(x.key, x.cols), '{}'::jsonb) INTO v_refs
+        FROM (
+            SELECT r.key, jsonb_agg(DISTINCT c.value) AS cols
+            FROM (SELECT * FROM jsonb_each(v_refs) UNION ALL SELECT * FROM jsonb_each(v_d.refs)) AS r
+            CROSS JOIN LATERAL jsonb_array_elements(r.value) AS c
+            GROUP BY r.key
+        ) AS x;
         IF v_d.refs = '{}' THEN
             v_mask := v_mask || format(E'\n                | CASE WHEN %s THEN %s ELSE 0 END', v_d.sql, 1 << (v_i - 1));
         ELSE
@@ -143,16 +150,20 @@ DECLARE
     v_last_match timestamptz;
     v_keys text [];
     v_done text [] := '{}'::text [];
+    v_lo timestamptz [];
 BEGIN
     IF NOT p_find THEN
-        -- Lock, in key order, the state rows of every key with an event in range (and of keys
-        -- whose runs time out or end with the input); a key first seen gets its row. A
-        -- session that is advancing one of these keys makes this one wait for its commit, and
+        -- The keys to advance: those of this statement's on-time events (p_keys), those with
+        -- events waiting for the watermark (pending_t), and those whose runs time out or end
+        -- with the input. Their state rows are locked in key order (a key first seen gets
+        -- one): a session advancing one of these keys makes this one wait for its commit, and
         -- the statements below then see its events and runs (READ COMMITTED).
         SELECT array_agg(DISTINCT y.k ORDER BY y.k) INTO v_keys
         FROM (
-            SELECT @KEYEXPR@ AS k FROM @SOURCE@ AS s
-            WHERE s.@TIMECOL@ >= @FROM@ AND s.@TIMECOL@ <= @TO@
+            SELECT u.k FROM unnest(p_keys) AS u (k)
+            UNION
+            SELECT ps.k FROM cep.pattern_state AS ps
+            WHERE ps.pattern_id = @PID@ AND ps.pending_t <= p_to
             UNION
             SELECT ps.k FROM cep.pattern_state AS ps
             WHERE ps.pattern_id = @PID@ AND ps.active AND (p_eoi OR ps.deadline < p_to)
@@ -161,32 +172,54 @@ BEGIN
             RETURN;
         END IF;
         INSERT INTO cep.pattern_state AS ps (pattern_id, k)
-        SELECT @PID@, u.k FROM unnest(v_keys) AS u (k) ORDER BY u.k
+        SELECT @PID@, u.k FROM unnest(p_keys) AS u (k)
+        WHERE NOT EXISTS (SELECT 1 FROM cep.pattern_state AS o WHERE o.pattern_id = @PID@ AND o.k = u.k)
+        ORDER BY u.k
         ON CONFLICT (pattern_id, k) DO NOTHING;
-        PERFORM FROM cep.pattern_state AS ps
-        WHERE ps.pattern_id = @PID@ AND ps.k = ANY (v_keys)
-        ORDER BY ps.k
-        FOR NO KEY UPDATE;
-        -- Of those, the keys that need the matcher: an event that can start a match, open
-        -- runs with events in range, or runs that time out or end with the input.
-        SELECT array_agg(DISTINCT y.k ORDER BY y.k) INTO v_keys
-        FROM (
-            SELECT x.k FROM (@EVENTS@) AS x
-            WHERE (x.mask & c_first) <> 0
-                OR EXISTS (SELECT 1 FROM cep.pattern_state AS ps
-                    WHERE ps.pattern_id = @PID@ AND ps.k = x.k AND ps.active)
-            UNION
-            SELECT ps.k FROM cep.pattern_state AS ps
-            WHERE ps.pattern_id = @PID@ AND ps.active AND (p_eoi OR ps.deadline < p_to)
-        ) AS y;
-        IF v_keys IS NULL THEN
-            RETURN;
-        END IF;
+        -- per key, the earliest event to take: this statement's first on-time event of the key
+        -- or the key's first event still waiting for the watermark
+        -- This statement's keys are waited for; other keys (events waiting for the watermark,
+        -- timeouts) are skipped while another transaction holds them, which then leaves them
+        -- for a later statement -- waiting could deadlock transactions of several statements
+        -- on disjoint keys. Advancing the watermark by itself waits for every key.
+        WITH l0 AS (
+            SELECT ps.k, ps.pending_t FROM cep.pattern_state AS ps
+            WHERE ps.pattern_id = @PID@ AND ps.k = ANY (p_keys)
+            ORDER BY ps.k
+            FOR NO KEY UPDATE
+        ), o AS (
+            SELECT ps.k, ps.pending_t FROM cep.pattern_state AS ps
+            WHERE ps.pattern_id = @PID@ AND ps.k = ANY (v_keys) AND NOT ps.k = ANY (coalesce(p_keys, '{}'))
+                AND p_keys IS NOT NULL
+            ORDER BY ps.k
+            FOR NO KEY UPDATE SKIP LOCKED
+        ), w AS (
+            SELECT ps.k, ps.pending_t FROM cep.pattern_state AS ps
+            WHERE ps.pattern_id = @PID@ AND ps.k = ANY (v_keys) AND p_keys IS NULL
+            ORDER BY ps.k
+            FOR NO KEY UPDATE
+        ), l AS (
+            SELECT * FROM l0 UNION ALL SELECT * FROM o UNION ALL SELECT * FROM w
+        )
+        SELECT array_agg(l.k ORDER BY l.k),
+            array_agg(least(b.lo, CASE WHEN l.pending_t <= p_to THEN l.pending_t END) ORDER BY l.k)
+        INTO v_keys, v_lo
+        FROM l
+        LEFT JOIN unnest(p_keys, p_lo) AS b (k, lo) ON b.k = l.k;
     END IF;
 
+    -- The events of the keys that need the matcher (an event that can start a match, or open
+    -- runs), with the key's state row, read after the locks above.
     FOR e IN
-        SELECT x.* FROM (@EVENTS@) AS x
-        WHERE @RELAXED@ (p_find OR x.k = ANY (v_keys))
+        SELECT x.*, ps AS st_row
+        FROM (
+            SELECT x0.*, bool_or((x0.mask & c_first) <> 0) OVER (PARTITION BY x0.k) AS starts
+            FROM (SELECT x.* FROM (@EVENTS@) AS x WHERE @RELAXED@ p_find
+                UNION ALL
+                SELECT x.* FROM (@LIVE_EVENTS@) AS x WHERE @RELAXED@ NOT p_find) AS x0
+        ) AS x
+        LEFT JOIN cep.pattern_state AS ps ON ps.pattern_id = @PID@ AND ps.k = x.k AND NOT p_find
+        WHERE p_find OR x.starts OR ps.active
         ORDER BY x.k, x.t, x.id
     LOOP
         IF v_key IS DISTINCT FROM e.k THEN
@@ -197,10 +230,9 @@ BEGIN
             v_have := true;
             v_done := v_done || v_key;
             IF p_find THEN
-                st := ROW(@PID@, v_key, NULL, NULL, 1, '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', NULL, false)::cep.pattern_state;
+                st := ROW(@PID@, v_key, NULL, NULL, 1, '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', NULL, false, NULL)::cep.pattern_state;
             ELSE
-                SELECT * INTO STRICT st FROM cep.pattern_state AS ps
-                WHERE ps.pattern_id = @PID@ AND ps.k = v_key;
+                st := e.st_row;
             END IF;
         END IF;
         IF st.upto_t IS NOT NULL AND (e.t, e.id) <= (st.upto_t, st.upto_id) THEN
@@ -293,7 +325,22 @@ BEGIN
     END IF;
 
     IF NOT p_find THEN
-        -- Keys with no event in range whose runs time out or end with the input.
+        -- Events beyond the watermark wait: the key remembers its first one (pending_t).
+        UPDATE cep.pattern_state AS ps
+        SET pending_t = b.pending_t
+        FROM (
+            SELECT u.k, CASE
+                    WHEN o.pending_t IS NULL THEN n.nx
+                    WHEN o.pending_t > p_to THEN least(o.pending_t, n.nx)
+                    -- taken from pending_t: the next waiting event may be an older arrival
+                    ELSE (@NEXT_EVENT@)
+                END AS pending_t
+            FROM unnest(v_keys) AS u (k)
+            JOIN cep.pattern_state AS o ON o.pattern_id = @PID@ AND o.k = u.k
+            LEFT JOIN unnest(p_keys, p_nx) AS n (k, nx) ON n.k = u.k
+        ) AS b
+        WHERE ps.pattern_id = @PID@ AND ps.k = b.k AND ps.pending_t IS DISTINCT FROM b.pending_t;
+        -- Keys with no event taken whose runs time out or end with the input.
         FOR st IN
             SELECT ps.* FROM cep.pattern_state AS ps
             WHERE ps.pattern_id = @PID@ AND ps.k = ANY (v_keys) AND ps.active
@@ -316,7 +363,7 @@ BEGIN
 END
 $t$;
 
-    RETURN replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
+    RETURN replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
         replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
         replace(v_template,
         '@FINISH@', cep._pattern_finish_sql()),
@@ -340,6 +387,41 @@ $t$;
                 'l.stream_id = %s AND l.event_id = s.%I)) AND (NOT p_find OR NOT EXISTS ('
                 'SELECT 1 FROM cep.pattern_late_events AS pl WHERE pl.pattern_id = %s AND '
                 'pl.event_id = s.%I))', s.stream_id, s.id_column, p.pattern_id, s.id_column))),
+        '@LIVE_EVENTS@', format(
+            'SELECT e.*, (%s | %s) AS mask FROM (SELECT %s AS k, %s AS t, s.%I::bigint AS id%s%s '
+            'FROM unnest(v_keys, v_lo) AS kr (k, lo) CROSS JOIN LATERAL (SELECT s.* FROM %s AS s '
+            'WHERE %s AND s.%I >= %s AND s.%I <= %s) AS s%s WHERE kr.lo IS NOT NULL '
+            'AND NOT EXISTS (SELECT 1 FROM cep.late_events AS l WHERE l.stream_id = %s '
+            'AND l.event_id = s.%I)) AS e',
+            v_mask, v_always,
+            CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('s.%I::text', s.key_column) END,
+            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
+                THEN format('pg_catalog.timezone(''UTC'', s.%I)', s.time_column)
+                ELSE format('s.%I', s.time_column) END,
+            s.id_column, v_sel, v_prev_sel, s.source,
+            CASE WHEN s.key_column IS NULL THEN 'true'
+                ELSE format('s.%I = kr.k::%s', s.key_column,
+                    (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a
+                     WHERE a.attrelid = s.source AND a.attname = s.key_column)) END,
+            s.time_column,
+            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
+                THEN 'pg_catalog.timezone(''UTC'', kr.lo)' ELSE 'kr.lo' END,
+            s.time_column,
+            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
+                THEN 'pg_catalog.timezone(''UTC'', p_to)' ELSE 'p_to' END,
+            v_prev_join, s.stream_id, s.id_column)),
+        '@NEXT_EVENT@', format('SELECT min(%s) FROM %s AS s WHERE %s AND s.%I > %s',
+            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
+                THEN format('pg_catalog.timezone(''UTC'', s.%I)', s.time_column)
+                ELSE format('s.%I', s.time_column) END,
+            s.source,
+            CASE WHEN s.key_column IS NULL THEN 'true'
+                ELSE format('s.%I = u.k::%s', s.key_column,
+                    (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a
+                     WHERE a.attrelid = s.source AND a.attname = s.key_column)) END,
+            s.time_column,
+            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
+                THEN 'pg_catalog.timezone(''UTC'', p_to)' ELSE 'p_to' END)),
         '@RELAXED@', CASE WHEN p.contiguity = 'relaxed' THEN 'x.mask <> 0 AND' ELSE '' END),
         '@KEYEXPR@', CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('s.%I::text', s.key_column) END),
         '@SOURCE@', s.source::text),
@@ -460,7 +542,7 @@ AS $fn$
                 st.th_pc := '{}';
                 st.th_path := '{}';
                 st.th_bind := '{}';
-            ELSIF c_within IS NOT NULL THEN
+            ELSIF c_within IS NOT NULL AND cardinality(st.th_run) > 0 THEN
                 -- runs whose window closed before the watermark can take no further event
                 SELECT coalesce(array_agg(u.t ORDER BY u.o), '{}'),
                     coalesce(array_agg(st.th_pc[u.o] ORDER BY u.o), '{}'),
