@@ -45,16 +45,21 @@ BEGIN
         -- A stream without a key keeps one history under the empty key.
         EXECUTE format(
             'INSERT INTO cep.rule_history (stream_id, field, k, n, s, ss) '
-            'SELECT %s, %L, %s, count(t.%I), coalesce(sum(%s), 0), '
-            'coalesce(sum(%s * %s), 0) FROM %s AS t GROUP BY 3 '
+            'SELECT %s, %L, %s, count(t.%I), coalesce(sum(t.%I%s), 0), '
+            'coalesce(sum(t.%I%s * t.%I%s), 0) FROM %s AS t GROUP BY 3 '
             'ON CONFLICT (stream_id, field, k) DO UPDATE SET n = EXCLUDED.n, '
             's = EXCLUDED.s, ss = EXCLUDED.ss',
             s.stream_id, v_field,
             CASE WHEN s.key_column IS NULL THEN quote_literal('')
                 ELSE format('t.%I::text', s.key_column) END,
-            v_field, cep._rule_num(s.source, v_field, format('t.%I', v_field)),
-            cep._rule_num(s.source, v_field, format('t.%I', v_field)),
-            cep._rule_num(s.source, v_field, format('t.%I', v_field)), s.source);
+            v_field,
+            v_field, CASE WHEN cep._rule_num(s.source, v_field, '') LIKE '%text%'
+                THEN '::text::numeric' ELSE '::numeric' END,
+            v_field, CASE WHEN cep._rule_num(s.source, v_field, '') LIKE '%text%'
+                THEN '::text::numeric' ELSE '::numeric' END,
+            v_field, CASE WHEN cep._rule_num(s.source, v_field, '') LIKE '%text%'
+                THEN '::text::numeric' ELSE '::numeric' END,
+            s.source);
         INSERT INTO cep.rule_history_fields (stream_id, field) VALUES (s.stream_id, v_field);
     END LOOP;
 

@@ -64,8 +64,8 @@ COMMENT ON FUNCTION cep._pattern_install(integer) IS
 
 -- Advance a stream's patterns and absence detectors from watermark p_from to p_to.
 CREATE FUNCTION cep._patterns_advance(
-    stream_id integer, p_from timestamptz, p_to timestamptz, p_own bigint [],
-    p_keys text [] DEFAULT NULL, p_lo timestamptz [] DEFAULT NULL, p_nx timestamptz [] DEFAULT NULL
+    stream_id integer, p_from timestamptz, p_to timestamptz, p_own bigint[],
+    p_keys text[] DEFAULT NULL, p_lo timestamptz[] DEFAULT NULL, p_nx timestamptz[] DEFAULT NULL
 )
 RETURNS void
 LANGUAGE plpgsql
@@ -131,7 +131,7 @@ END
 $fn$;
 
 COMMENT ON FUNCTION cep._patterns_advance(
-    integer, timestamptz, timestamptz, bigint [], text [], timestamptz [], timestamptz []
+    integer, timestamptz, timestamptz, bigint[], text[], timestamptz[], timestamptz[]
 ) IS
 'Internal: run a stream''s pattern matchers over the events the watermark reached and fire '
 'the absence detectors whose deadline it passed.';

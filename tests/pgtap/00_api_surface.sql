@@ -28,7 +28,7 @@ SELECT functions_are(
         '_rule_fail', '_rule_field', '_rule_constant', '_rule_window', '_rule_col',
         '_rule_check_keys', '_rule_op', '_rule_compile', '_rule_needs', '_rule_set',
         '_rule_assess_sql', '_rule_section', '_product_step', '_product', '_rules_prepare',
-        '_rules_changed', '_rules_before', '_rules_after', '_rule_horizon', '_fold_rule_log',
+        '_rules_changed', '_rules_before', '_rules_after', '_rule_horizon', '_fold_rule_log', '_rule_num',
         'create_pattern', 'create_absence', 'drop_pattern', 'find_matches', 'set_wall_clock',
         '_pat_fail', '_pat_tokens', '_pat_alt', '_pat_seq', '_pat_nullable', '_pat_emit',
         '_pat_closure', '_pat_compile', '_pat_define_sql', '_pat_row_sql', '_pat_check_define',
