@@ -22,6 +22,8 @@ SELECT cep.create_window('w_hop', 'nokey', 'hopping', '10 minutes', '3 minutes')
 SELECT cep.partition_stream('parted', '1 day');
 SELECT cep.create_window('w_session', 'parted', 'session', '5 minutes',
     aggregates => '{count(*), sum(id), avg(id), min(ts), max(ts)}');
+SELECT cep.create_recommender('rec_plain', 'plain', 'k', 'amt', 'k', unknown_action => 'error');
+SELECT cep.create_recommender('rec_nokey', 'nokey', 'id', 'ts', 'id', '{"1": 1, "2": 0.5}');
 """
 
 CHECK = """

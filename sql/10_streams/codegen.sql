@@ -174,15 +174,25 @@ LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    -- Windows (and later patterns, rules, recommenders) add their set-based sections here;
+    -- Windows, recommenders (and later patterns, rules) add their set-based sections here;
     -- each section reads the batch's on-time rows (time >= v_watermark) from cep_new_rows.
     SELECT coalesce(
-        string_agg(cep._window_section(w.window_id), '' ORDER BY w.window_id),
+        nullif(concat(
+            (
+                SELECT string_agg(cep._window_section(w.window_id), '' ORDER BY w.window_id)
+                FROM cep.windows AS w
+                WHERE w.stream_id = _feature_sections.stream_id
+            ),
+            (
+                SELECT string_agg(cep._recommender_section(r.recommender_id), ''
+                    ORDER BY r.recommender_id)
+                FROM cep.recommenders AS r
+                WHERE r.stream_id = _feature_sections.stream_id
+            )
+        ), ''),
         format('    -- stream %s: no windows, patterns, rules or recommenders defined',
             _feature_sections.stream_id)
     )
-    FROM cep.windows AS w
-    WHERE w.stream_id = _feature_sections.stream_id
 $fn$;
 
 COMMENT ON FUNCTION cep._feature_sections(integer) IS

@@ -4,15 +4,19 @@
 -- there silently; a partition is retired only when wholly older than the retention, and the
 -- retention is never shorter than what the stream's features still need (cep._stream_horizon).
 
--- How far back the stream's features read raw events from the table after ingest. Windows
--- keep their own state, so nothing yet; patterns, rules and recommenders will extend this.
+-- How far back the stream's features still need raw events in the table. Windows keep their
+-- own state, so nothing for them. Recommenders keep theirs too, but the events behind the
+-- current state (horizon plus one expiry bucket) stay, so that the state can be audited
+-- against them and a recommender re-created with the same horizon starts complete.
 CREATE FUNCTION cep._stream_horizon(stream_id integer)
 RETURNS interval
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    SELECT interval '0 seconds' WHERE stream_id IS NOT NULL
+    SELECT coalesce(max(r.horizon + r.bucket), interval '0 seconds')
+    FROM cep.recommenders AS r
+    WHERE r.stream_id = _stream_horizon.stream_id
 $fn$;
 
 COMMENT ON FUNCTION cep._stream_horizon(integer) IS

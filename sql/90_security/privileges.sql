@@ -38,6 +38,12 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump('cep.windows', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.windows_window_id_seq', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.partitioned_streams', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.recommenders', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.recommenders_recommender_id_seq', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_users', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_weights', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_pairs', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_log', '');
     END IF;
 END
 $dump$;

@@ -19,22 +19,32 @@ SELECT functions_are(
         'create_stream', 'drop_stream', 'advance_watermark', 'run_maintenance', 'timeline',
         'create_consumer', 'drop_consumer', 'poll_alerts', 'ack_alerts',
         'create_window', 'drop_window', 'partition_stream', 'metrics',
+        'create_recommender', 'drop_recommender', 'recommend', 'similar_items',
         '_stream_id', '_watermark', '_setting', '_valid_setting', '_ring_doorbell',
         '_raise_alerts', '_consumer_id', '_time_expr', '_parse_aggregates', '_window_ddl',
         '_window_section', '_drop_window_objects', '_window_stats', '_stream_horizon',
         '_refuse_default_partition', '_premake_partitions', '_retire_partitions', '_prom_label',
-        '_compile_ingest', '_feature_sections', '_regenerate_stream', '_sketch_estimate'
+        '_compile_ingest', '_feature_sections', '_regenerate_stream', '_sketch_estimate',
+        '_recommender_id', '_recommender_weight_expr', '_recommender_section',
+        '_drop_recommender_state', '_expire_recommender'
     ],
     'cep has exactly the functions of the API contract and its internals'
 );
 
-SELECT views_are('cep', ARRAY['stream_stats', 'dashboard', 'consumer_stats', 'window_stats']);
+SELECT views_are(
+    'cep',
+    ARRAY[
+        'stream_stats', 'dashboard', 'consumer_stats', 'window_stats', 'user_recommendations',
+        'recommender_stats'
+    ]
+);
 
 SELECT tables_are(
     'cep',
     ARRAY[
         'streams', 'stream_log', 'late_events', 'settings', 'alerts', 'consumers',
-        'consumer_pending', 'consumer_log', 'windows', 'partitioned_streams'
+        'consumer_pending', 'consumer_log', 'windows', 'partitioned_streams', 'recommenders',
+        'recommender_users', 'recommender_weights', 'recommender_pairs', 'recommender_log'
     ]
 );
 
