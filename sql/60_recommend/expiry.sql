@@ -64,11 +64,13 @@ BEGIN
             FROM e
             JOIN cur AS c ON c.u = e.u AND c.i = e.i
         ), up AS (
+            -- Every pair loses (old_i * old_j - new_i * new_j >= 0): the proposed row carries
+            -- that loss, so that it passes the CHECK (dot >= 0) checked before the conflict.
             INSERT INTO cep.recommender_pairs AS p (recommender_id, item_a, item_b, dot)
-            SELECT r.recommender_id, d.a, d.b, sum(d.delta)
+            SELECT r.recommender_id, d.a, d.b, sum(d.loss)
             FROM (
                 SELECT least(x.i, y.i) AS a, greatest(x.i, y.i) AS b,
-                    x.new * y.new - x.old * y.old AS delta
+                    x.old * y.old - x.new * y.new AS loss
                 FROM ch AS x
                 JOIN (
                     SELECT ch.u, ch.i, ch.old, ch.new, true AS changed FROM ch
@@ -79,9 +81,9 @@ BEGIN
                 ) AS y ON y.u = x.u AND (NOT y.changed OR y.i >= x.i)
             ) AS d
             GROUP BY d.a, d.b
-            HAVING sum(d.delta) <> 0
+            HAVING sum(d.loss) <> 0
             ORDER BY d.a, d.b
-            ON CONFLICT (recommender_id, item_a, item_b) DO UPDATE SET dot = p.dot + EXCLUDED.dot
+            ON CONFLICT (recommender_id, item_a, item_b) DO UPDATE SET dot = p.dot - EXCLUDED.dot
             RETURNING p.item_a, p.item_b, p.dot
         )
         SELECT (SELECT coalesce(sum(e.n), 0) FROM e),
