@@ -2,12 +2,15 @@
 -- Invariant: computed on read from the maintained weights and dot products, so results are
 -- always those of the committed state: score(i) = sum over the user's items j of
 -- w(user, j) * cos(i, j), cos(i, j) = dot(i, j) / (|i| |j|); ties ranked by item id (bytewise).
+-- Only the top n are sorted; the cost is one index row per (user's item, co-occurring item).
 
 CREATE FUNCTION cep.recommend(recommender text, user_id text, n integer DEFAULT 10)
 RETURNS TABLE (item_id text, score float8, rank integer, because_of text)
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+-- A few thousand index probes: starting parallel workers costs more than it saves.
+SET max_parallel_workers_per_gather = 0
 AS $fn$
 DECLARE
     v_id integer := cep._recommender_id(recommender);
@@ -26,38 +29,39 @@ BEGIN
         -- w(user, j) / |j| for each of the user's items j
         SELECT m.j, m.w::float8 / sqrt(p.dot::float8) AS wn
         FROM mine AS m
-        JOIN cep.recommender_pairs AS p
+        INNER JOIN cep.recommender_pairs AS p
             ON p.recommender_id = v_id AND p.item_a = m.j AND p.item_b = m.j
-    ), nb AS (
+    ), nb AS MATERIALIZED (
         -- every item i sharing a user with j, with w(user, j) / |j| * dot(i, j)
         SELECT p.item_b AS i, mj.j, mj.wn * p.dot::float8 AS c
         FROM mj
-        JOIN cep.recommender_pairs AS p
+        INNER JOIN cep.recommender_pairs AS p
             ON p.recommender_id = v_id AND p.item_a = mj.j AND p.item_b > mj.j
         UNION ALL
         SELECT p.item_a, mj.j, mj.wn * p.dot::float8
         FROM mj
-        JOIN cep.recommender_pairs AS p
+        INNER JOIN cep.recommender_pairs AS p
             ON p.recommender_id = v_id AND p.item_b = mj.j AND p.item_a < mj.j
-    ), sc AS (
-        -- summed in item order, so that equal inputs give bit-identical scores (exact ties)
-        SELECT nb.i, sum(nb.c ORDER BY nb.j) AS s,
-            (array_agg(nb.j ORDER BY nb.c DESC, nb.j))[1] AS because
-        FROM nb
-        WHERE NOT EXISTS (SELECT 1 FROM mine WHERE mine.j = nb.i)
-        GROUP BY nb.i
     ), ranked AS (
-        SELECT sc.i, sc.s / sqrt(p.dot::float8) AS score, sc.because
-        FROM sc
-        JOIN cep.recommender_pairs AS p
+        SELECT sc.i, sc.s / sqrt(p.dot::float8) AS score
+        FROM (SELECT nb.i, sum(nb.c) AS s FROM nb GROUP BY nb.i) AS sc
+        INNER JOIN cep.recommender_pairs AS p
             ON p.recommender_id = v_id AND p.item_a = sc.i AND p.item_b = sc.i
+        WHERE NOT EXISTS (SELECT 1 FROM mine WHERE mine.j = sc.i)
         ORDER BY 2 DESC, sc.i
         LIMIT n
+    ), why AS (
+        -- the user's item with the largest term of each chosen score
+        SELECT DISTINCT ON (nb.i) nb.i, nb.j
+        FROM nb
+        WHERE nb.i IN (SELECT ranked.i FROM ranked)
+        ORDER BY nb.i, nb.c DESC, nb.j
     )
     SELECT x.i::text, x.score,
         (row_number() OVER (ORDER BY x.score DESC, x.i))::integer,
-        x.because::text
+        why.j::text
     FROM ranked AS x
+    INNER JOIN why ON x.i = why.i
     ORDER BY 3;
 END
 $fn$;
@@ -83,6 +87,7 @@ RETURNS SETOF cep.similar_item
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
+SET max_parallel_workers_per_gather = 0
 AS $fn$
 DECLARE
     v_id integer := cep._recommender_id(recommender);
