@@ -114,7 +114,10 @@ SELECT results_eq(
     'recommend: unseen items ranked, with the item behind each'
 );
 SELECT is(
-    (SELECT round(score::numeric, 9) FROM cep.recommend('r', '1') WHERE item_id = '104'),
+    (
+        SELECT round(score::numeric, 9) FROM cep.recommend('r', '1')
+        WHERE item_id = '104'
+    ),
     round((10 * 10 / sqrt(200 * 1))::numeric, 9),
     'score = sum of w(user, j) * cos(i, j): only 103 shares a user with 104'
 );
