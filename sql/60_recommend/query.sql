@@ -13,8 +13,16 @@ SET search_path = pg_catalog, pg_temp
 SET max_parallel_workers_per_gather = 0
 AS $fn$
 DECLARE
-    v_id integer := cep._recommender_id(recommender);
+    v_id integer;
 BEGIN
+    -- Looked up here rather than by cep._recommender_id: readers may call this function.
+    SELECT r.recommender_id INTO v_id FROM cep.recommenders AS r
+    WHERE r.name = recommend.recommender;
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'recommender % does not exist',
+            coalesce(quote_ident(recommender), 'NULL')
+            USING ERRCODE = '42704', HINT = 'See SELECT name FROM cep.recommenders.';
+    END IF;
     IF n IS NULL OR n <= 0 THEN
         RAISE EXCEPTION 'n must be a positive integer, got %', coalesce(n::text, 'NULL')
             USING ERRCODE = '22023';
@@ -90,8 +98,16 @@ SET search_path = pg_catalog, pg_temp
 SET max_parallel_workers_per_gather = 0
 AS $fn$
 DECLARE
-    v_id integer := cep._recommender_id(recommender);
+    v_id integer;
 BEGIN
+    -- Looked up here rather than by cep._recommender_id: readers may call this function.
+    SELECT r.recommender_id INTO v_id FROM cep.recommenders AS r
+    WHERE r.name = similar_items.recommender;
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'recommender % does not exist',
+            coalesce(quote_ident(recommender), 'NULL')
+            USING ERRCODE = '42704', HINT = 'See SELECT name FROM cep.recommenders.';
+    END IF;
     IF n IS NULL OR n <= 0 THEN
         RAISE EXCEPTION 'n must be a positive integer, got %', coalesce(n::text, 'NULL')
             USING ERRCODE = '22023';
