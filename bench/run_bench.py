@@ -27,11 +27,17 @@ A second part, "Alert delivery" (bench/alert_delivery.py), runs in the same clus
   ingest cost  -- the batch workload into (b) and (e), the same stream with an emulated rule
                   trigger raising an alert for 1% of the events: e/b and the alerts raised.
 
+A third part, "Recommendations" (bench/recommend_bench.py), loads a clickstream (by default
+1M events, 50k users, 5k items) into a plain table and into the same table with one
+recommender, and times cep.recommend and cep.similar_items; --rec-events 0 skips it.
+
 Results are printed and written to bench/results/latest.json. Timings never fail the run (a
 failed correctness check of the alert part does, after the results are written).
 
     .venv/bin/python bench/run_bench.py [--rows N] [--single-rows N] [--repeat R]
                                         [--alerts N] [--alert-batch B]
+                                        [--rec-events N] [--rec-users U] [--rec-items I]
+                                        [--rec-clients C] [--rec-queries Q]
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "demo"))
 
 import alert_delivery  # noqa: E402
+import recommend_bench  # noqa: E402
 import workload  # noqa: E402
 from pgcep_cli import (cpu_count, heading, print_table, server_version,  # noqa: E402
                        subheading, throwaway_cluster)
@@ -491,7 +498,7 @@ def print_report(summary: dict) -> None:
                 [(s["title"], s["variants"]["c"].get("naive_alerts")) for s in summary.values()])
 
 
-def write_json(summary: dict, args, meta: dict, alerts: dict) -> Path:
+def write_json(summary: dict, args, meta: dict, alerts: dict, recs: dict | None) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     gi = RESULTS_DIR / ".gitignore"
     if not gi.exists():
@@ -502,12 +509,15 @@ def write_json(summary: dict, args, meta: dict, alerts: dict) -> Path:
         "parameters": {"rows": args.rows, "single_rows": args.single_rows,
                        "repeat": args.repeat, "seed": args.seed, "clients": CLIENTS,
                        "batch_rows": BATCH_ROWS, "allowed_lateness": ALLOWED_LATENESS,
-                       "alerts": args.alerts, "alert_batch": args.alert_batch},
+                       "alerts": args.alerts, "alert_batch": args.alert_batch,
+                       "rec_events": args.rec_events, "rec_users": args.rec_users,
+                       "rec_items": args.rec_items, "rec_clients": args.rec_clients},
         "environment": meta,
         "cluster_settings": CLUSTER_SETTINGS,
         "targets_b_over_a": TARGETS,
         "workloads": summary,
         "alert_delivery": alerts,
+        "recommendations": recs,
     }
     out.write_text(json.dumps(doc, indent=2) + "\n")
     return out
@@ -529,6 +539,7 @@ def parse_args(argv=None):
                         "(default 100000)")
     p.add_argument("--alert-batch", type=int, default=500,
                    help="alerts per poll_alerts call / transaction (default 500)")
+    recommend_bench.add_arguments(p)
     args = p.parse_args(argv)
     if args.rows < BATCH_ROWS * CLIENTS or args.single_rows < 100 or args.repeat < 1:
         p.error(f"need --rows >= {BATCH_ROWS * CLIENTS}, --single-rows >= 100, --repeat >= 1")
@@ -568,11 +579,17 @@ def main(argv=None) -> int:
         ingest_variants = [VARIANTS[1], ALERTING_VARIANT]       # (b) and (e)
         ingest = alert_delivery.run_ingest_cost(cluster, measure, ingest_variants,
                                                 workloads[0], args.repeat)
+        recs = None
+        if args.rec_events:
+            subheading("Runs: recommendations")
+            recs = recommend_bench.run(cluster, args, recommend_bench.prepare(args))
     summary = summarize(results, workloads)
     print_report(summary)
     alerts = alert_delivery.summarize(drain, ingest, ingest_variants, workloads[0], args)
     alert_delivery.print_report(alerts, heading, subheading, print_table)
-    out = write_json(summary, args, meta, alerts)
+    if recs:
+        recommend_bench.print_report(recs)
+    out = write_json(summary, args, meta, alerts, recs)
     print(f"\nWrote {out.relative_to(HERE.parent)}. "
           f"Total bench time {time.perf_counter() - t_start:.0f} s.")
     print("Targets are reported, not enforced: timings never change the exit code.")

@@ -304,13 +304,16 @@ CLUSTER_OF = "((({0})::int - 1000) / 20)"
 
 def section_recommendations(conn) -> None:
     heading("Recommendations: item-to-item cosine similarity, maintained on ingest")
-    print_query(conn, "SELECT * FROM cep.recommender_stats")
+    print_query(conn, """
+        SELECT recommender, stream, horizon, horizon_start::text, users, items, item_pairs,
+               weight_rows, capped_events
+        FROM cep.recommender_stats""")
     users = [r[0] for r in conn.execute("""
         (SELECT user_id FROM cep.recommender_weights GROUP BY user_id
-         ORDER BY sum(weight) DESC, user_id COLLATE "C" LIMIT 2)
+         ORDER BY sum(weight) DESC, user_id COLLATE "C" LIMIT 1)
         UNION ALL
         (SELECT user_id FROM cep.recommender_weights GROUP BY user_id
-         HAVING count(DISTINCT item_id) BETWEEN 3 AND 5 ORDER BY user_id COLLATE "C" LIMIT 1)
+         HAVING count(DISTINCT item_id) BETWEEN 4 AND 8 ORDER BY user_id COLLATE "C" LIMIT 2)
         """).fetchall()]
     for u in users:
         subheading(f"User {u}: what they did in the last 7 days, and what to show them next")
