@@ -66,12 +66,13 @@ SELECT cep.create_stream('clicks', 'clicks', 'created_at', key_column => 'user_i
                          allowed_lateness => '1 hour');
 SELECT cep.create_recommender('clicks', 'clicks', 'user_id', 'item_id', 'action');
 """
+# Run on its own, the same cluster settings as bench/run_bench.py.
 CLUSTER_SETTINGS = {
     "fsync": "on",
     "full_page_writes": "on",
     "synchronous_commit": "off",
-    "shared_buffers": "512MB",
-    "max_wal_size": "8GB",
+    "shared_buffers": "256MB",
+    "max_wal_size": "4GB",
     "min_wal_size": "2GB",
     "checkpoint_timeout": "30min",
     "timezone": "UTC",

@@ -421,6 +421,9 @@ def test_fanout_cap_counts_and_model(conn):
     for b in batches:
         insert(conn, b)
     assert conn.execute("SELECT capped_events FROM cep.recommender_stats").fetchone()[0] == 4
+    metrics = conn.execute("SELECT cep.metrics()").fetchone()[0].splitlines()
+    assert 'pg_cep_recommender_capped_events_total{recommender="rec"} 4' in metrics
+    assert 'pg_cep_recommender_users{recommender="rec"} 2' in metrics
     w = {("1", "a"): Decimal(11), ("1", "b"): Decimal(1), ("1", "c"): Decimal(1),
          ("2", "d"): Decimal(1), ("2", "a"): Decimal(1)}
     o = Oracle.from_weights(w)
