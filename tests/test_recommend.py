@@ -655,3 +655,30 @@ def test_repeatable_read_writers_of_one_user_succeed_or_retry(server, dbname, co
     insert(b, [(2, 1, "y", "view", at(1))])
     b.commit()
     check_all(conn)
+
+
+@pytest.mark.slow
+def test_dump_and_restore_keeps_recommenders_working(server, dbname, conn):
+    import subprocess
+    setup_stream(conn)
+    create_recommender(conn, horizon="10 minutes", bucket="1 minute")
+    insert(conn, random_events(random.Random(9), 300, 12, 10))
+    maintain(conn)
+    before = check_all(conn)
+    restored = server.new_database(template="template0", prefix="restored")
+    try:
+        dump = subprocess.run(["pg_dump", "-Fc", dbname], env=server.env(dbname),
+                              capture_output=True, check=True).stdout
+        res = subprocess.run(["pg_restore", "--exit-on-error", "-d", restored], input=dump,
+                             env=server.env(restored), capture_output=True)
+        assert res.returncode == 0, res.stderr.decode()
+        with server.connect(restored) as c:
+            assert check_all(c).w == before.w
+            insert(c, random_events(random.Random(10), 100, 12, 10, start_id=1000, t0=400))
+            check_all(c)
+            c.execute("SELECT cep.create_recommender('second', 'clicks', 'user_id', 'item_id', "
+                      "'action')")
+            assert c.execute("SELECT max(recommender_id) FROM cep.recommenders").fetchone()[0] == 2
+            check_all(c, "second")
+    finally:
+        server.drop_database(restored)
