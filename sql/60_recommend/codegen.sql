@@ -96,11 +96,16 @@ $c$,
         FROM b
         GROUP BY b.u, b.i
     ), cur AS (
-        -- the users' weights before this batch (their rows are locked above)
-        SELECT x.user_id AS u, x.item_id AS i, sum(x.weight) AS w
-        FROM cep.recommender_weights AS x
-        WHERE x.recommender_id = %1$s AND x.user_id IN (SELECT bi.u FROM bi)
-        GROUP BY x.user_id, x.item_id
+        -- the users' weights before this batch (their rows are locked above), read user by
+        -- user through the primary key whatever the statistics say
+        SELECT bu.u, x.item_id AS i, sum(x.weight) AS w
+        FROM (SELECT DISTINCT bi.u FROM bi) AS bu
+        CROSS JOIN LATERAL (
+            SELECT y.item_id, y.weight
+            FROM cep.recommender_weights AS y
+            WHERE y.recommender_id = %1$s AND y.user_id = bu.u
+        ) AS x
+        GROUP BY bu.u, x.item_id
     ), fresh AS (
         SELECT bi.u, bi.i, bi.events,
             pg_catalog.row_number() OVER (PARTITION BY bi.u ORDER BY bi.i) AS nth
@@ -111,7 +116,8 @@ $c$,
         -- it (in item order) are not counted
         SELECT f.u, f.i, f.events
         FROM fresh AS f
-        WHERE f.nth + (SELECT count(*) FROM cur AS c WHERE c.u = f.u) > %8$s
+        LEFT JOIN (SELECT c.u, count(*) AS n FROM cur AS c GROUP BY c.u) AS k ON k.u = f.u
+        WHERE f.nth + coalesce(k.n, 0) > %8$s
     ), ch AS (
         SELECT bi.u, bi.i, coalesce(c.w, 0) AS old, coalesce(c.w, 0) + bi.w AS new
         FROM bi
