@@ -31,6 +31,9 @@ A third part, "Risk rules" (bench/rules_bench.py), runs in the same cluster last
 four rules on the stream (f) against (a), (b) and the seed's per-row rule trigger (g), on a
 realistic and a dense workload, batches and single rows; then the cost per event of 10, 100
 and 1000 generated rules; with a correctness guard after every run with rules.
+A fourth part, "Recommendations" (bench/recommend_bench.py), loads a clickstream (by default
+1M events, 50k users, 5k items) into a plain table and into the same table with one
+recommender, and times cep.recommend and cep.similar_items; --rec-events 0 skips it.
 
 Results are printed and written to bench/results/latest.json. Timings never fail the run (a
 failed correctness check of the alert or rules part does, after the results are written).
@@ -40,6 +43,8 @@ failed correctness check of the alert or rules part does, after the results are 
                                         [--rules-rows N] [--rules-single-rows N]
                                         [--rules-repeat R] [--rule-counts 10,100,1000]
                                         [--rules-only | --skip-rules]
+                                        [--rec-events N] [--rec-users U] [--rec-items I]
+                                        [--rec-clients C] [--rec-queries Q]
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ sys.path.insert(0, str(HERE.parent / "demo"))
 
 import alert_delivery  # noqa: E402
 import rules_bench  # noqa: E402
+import recommend_bench  # noqa: E402
 import workload  # noqa: E402
 from pgcep_cli import (cpu_count, heading, print_table, server_version,  # noqa: E402
                        subheading, throwaway_cluster)
@@ -501,7 +507,7 @@ def print_report(summary: dict) -> None:
 
 
 def write_json(summary: dict | None, args, meta: dict, alerts: dict | None,
-               rules: dict | None = None) -> Path:
+               rules: dict | None = None, recs: dict | None = None) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     gi = RESULTS_DIR / ".gitignore"
     if not gi.exists():
@@ -513,13 +519,16 @@ def write_json(summary: dict | None, args, meta: dict, alerts: dict | None,
                        "repeat": args.repeat, "seed": args.seed, "clients": CLIENTS,
                        "batch_rows": BATCH_ROWS, "allowed_lateness": ALLOWED_LATENESS,
                        "alerts": args.alerts, "alert_batch": args.alert_batch,
-                       "rules_only": args.rules_only, "skip_rules": args.skip_rules},
+                       "rules_only": args.rules_only, "skip_rules": args.skip_rules,
+                       "rec_events": args.rec_events, "rec_users": args.rec_users,
+                       "rec_items": args.rec_items, "rec_clients": args.rec_clients},
         "environment": meta,
         "cluster_settings": CLUSTER_SETTINGS,
         "targets_b_over_a": TARGETS,
         "workloads": summary,
         "alert_delivery": alerts,
         "rules": rules,
+        "recommendations": recs,
     }
     out.write_text(json.dumps(doc, indent=2) + "\n")
     return out
@@ -553,6 +562,7 @@ def parse_args(argv=None):
     part.add_argument("--rules-only", action="store_true",
                       help="run only the risk rules part")
     part.add_argument("--skip-rules", action="store_true", help="skip the risk rules part")
+    recommend_bench.add_arguments(p)
     args = p.parse_args(argv)
     if args.rows < BATCH_ROWS * CLIENTS or args.single_rows < 100 or args.repeat < 1:
         p.error(f"need --rows >= {BATCH_ROWS * CLIENTS}, --single-rows >= 100, --repeat >= 1")
@@ -608,6 +618,10 @@ def main(argv=None) -> int:
         if not args.skip_rules:
             subheading("Runs: risk rules")
             rules_raw = rules_bench.run(cluster, args, sys.modules[__name__])
+        recs = None
+        if args.rec_events and not args.rules_only:
+            subheading("Runs: recommendations")
+            recs = recommend_bench.run(cluster, args, recommend_bench.prepare(args))
     if not args.rules_only:
         summary = summarize(results, workloads)
         print_report(summary)
@@ -616,7 +630,9 @@ def main(argv=None) -> int:
     if not args.skip_rules:
         rules = rules_bench.summarize(rules_raw, args)
         rules_bench.print_report(rules, heading, subheading, print_table)
-    out = write_json(summary, args, meta, alerts, rules)
+    if recs:
+        recommend_bench.print_report(recs)
+    out = write_json(summary, args, meta, alerts, rules, recs)
     print(f"\nWrote {out.relative_to(HERE.parent)}. "
           f"Total bench time {time.perf_counter() - t_start:.0f} s.")
     print("Targets are reported, not enforced: timings never change the exit code.")

@@ -7,8 +7,8 @@ of a shop -- and streams a generated, seeded workload into them from two concurr
 with COPY and multi-row INSERTs. Then it prints what pg_cep's monitoring shows: stream_stats,
 the dashboard, the timeline, late events and alerts, plus the ingest throughput observed.
 
-Each section is one function; later features (windows, patterns, rules, recommendations) add
-their definitions to `define_*` and their output to `show_*` sections.
+Each section is one function; features (windows, recommendations, later patterns and rules)
+add their definitions to `define_streams` and their output to a `section_*` function.
 
     .venv/bin/python demo/run_demo.py [--events N] [--seed S] [--rate R] [--keep]
 """
@@ -102,6 +102,13 @@ INSERT INTO cep.rules (stream, name, kind, condition, risk_score) VALUES
    '{"changed": "location", "window": "5 minutes"}', 0.7);
 SELECT cep.set_risk_policy('transactions', 'sum', medium => 0.4, high => 0.7, block => 0.9,
                            block_action => '{"set": {"status": "blocked"}}');
+"""
+
+# The seed's real-time recommendations: item-to-item cosine similarity over 7 days of
+# user-item weights (view 1, like 3, share 5, purchase 10), maintained on ingest.
+RECOMMENDER_SQL = """
+SELECT cep.create_recommender('shop', 'clickstream', 'user_id', 'item_id', 'action',
+    weights => '{"view": 1, "like": 3, "share": 5, "purchase": 10}', horizon => '7 days');
 """
 
 
@@ -255,6 +262,10 @@ def define_streams(conn) -> None:
     print("Risk rules (the seed's four, as data) and the seed's risk policy:")
     print("  " + RULES_SQL.strip().replace("\n", "\n  "))
     conn.execute(RULES_SQL)
+    print("A recommender (the seed's item-to-item collaborative filtering), maintained on "
+          "ingest:")
+    print("  " + RECOMMENDER_SQL.strip().replace("\n", "\n  "))
+    conn.execute(RECOMMENDER_SQL)
 
 
 def section_windows(conn) -> None:
@@ -304,6 +315,79 @@ def section_windows(conn) -> None:
         FROM tx_per_minute AS v FULL JOIN truth USING (window_start)""")
     subheading("cep.window_stats")
     print_query(conn, "SELECT * FROM cep.window_stats")
+
+
+# Item ids are 1000 + position; the generator groups them in clusters of 20 related items.
+CLUSTER_OF = "((({0})::int - 1000) / 20)"
+
+
+def section_recommendations(conn) -> None:
+    heading("Recommendations: item-to-item cosine similarity, maintained on ingest")
+    print_query(conn, """
+        SELECT recommender, stream, horizon, horizon_start::text, users, items, item_pairs,
+               weight_rows, capped_events
+        FROM cep.recommender_stats""")
+    users = [r[0] for r in conn.execute("""
+        (SELECT user_id FROM cep.recommender_weights GROUP BY user_id
+         ORDER BY sum(weight) DESC, user_id COLLATE "C" LIMIT 1)
+        UNION ALL
+        (SELECT user_id FROM cep.recommender_weights GROUP BY user_id
+         HAVING count(DISTINCT item_id) BETWEEN 4 AND 8 ORDER BY user_id COLLATE "C" LIMIT 2)
+        """).fetchall()]
+    for u in users:
+        subheading(f"User {u}: what they did in the last 7 days, and what to show them next")
+        print_query(conn, f"""
+            SELECT item_id, {CLUSTER_OF.format('item_id')} AS cluster, sum(weight) AS weight
+            FROM cep.recommender_weights WHERE user_id = %s
+            GROUP BY item_id ORDER BY weight DESC, item_id COLLATE "C" LIMIT 6""", (u,))
+        print_query(conn, f"""
+            SELECT rank, item_id, {CLUSTER_OF.format('item_id')} AS cluster,
+                   round(score::numeric, 3) AS score,
+                   because_of, {CLUSTER_OF.format('because_of')} AS because_cluster
+            FROM cep.recommend('shop', %s, 5)""", (u,))
+    subheading("Items most similar to the most viewed item (cep.similar_items)")
+    top = conn.execute("""
+        SELECT item_a FROM cep.recommender_pairs WHERE item_a = item_b
+        ORDER BY dot DESC, item_a LIMIT 1""").fetchone()[0]
+    print_query(conn, f"""
+        SELECT rank, item_id, {CLUSTER_OF.format('item_id')} AS cluster,
+               round(similarity::numeric, 4) AS cosine
+        FROM cep.similar_items('shop', %s, 5)""", (top,))
+    subheading("Check: cep.recommend against the seed's batch algorithm recomputed in SQL "
+               "from the raw events")
+    print_query(conn, """
+        WITH w AS (
+            SELECT c.user_id::text AS u, c.item_id::text AS i,
+                   sum(CASE c.action WHEN 'view' THEN 1 WHEN 'like' THEN 3 WHEN 'share' THEN 5
+                                     WHEN 'purchase' THEN 10 ELSE 0 END)::float8 AS w
+            FROM clickstream AS c
+            WHERE NOT EXISTS (SELECT 1 FROM cep.late_events AS l JOIN cep.streams AS s
+                              USING (stream_id)
+                              WHERE s.name = 'clickstream' AND l.event_id = c.id)
+            GROUP BY 1, 2
+        ), norm AS (SELECT i, sqrt(sum(w * w)) AS n FROM w GROUP BY i),
+        asked AS (SELECT unnest(%s::text[]) AS u),
+        truth AS (
+            SELECT a.u, o.i, sum(m.w * x.w * o.w / (ni.n * nj.n)) AS score
+            FROM asked AS a
+            JOIN w AS m ON m.u = a.u
+            JOIN w AS x ON x.i = m.i
+            JOIN w AS o ON o.u = x.u
+            JOIN norm AS ni ON ni.i = o.i
+            JOIN norm AS nj ON nj.i = m.i
+            WHERE NOT EXISTS (SELECT 1 FROM w AS mine WHERE mine.u = a.u AND mine.i = o.i)
+            GROUP BY a.u, o.i
+        ), top AS (
+            SELECT t.*, row_number() OVER (PARTITION BY t.u
+                                           ORDER BY t.score DESC, t.i COLLATE "C") AS rank
+            FROM truth AS t
+        )
+        SELECT count(*) AS recommendations_checked,
+               count(*) FILTER (WHERE r.item_id IS DISTINCT FROM t.i
+                   OR abs(r.score - t.score) > 1e-9) AS mismatches
+        FROM top AS t
+        LEFT JOIN LATERAL cep.recommend('shop', t.u, 5) AS r ON r.rank = t.rank
+        WHERE t.rank <= 5""", (users,))
 
 
 def section_ingest(cluster, events: list[workload.EventBatch],
@@ -509,6 +593,7 @@ def main(argv=None) -> int:
             section_dashboard(conn)
             section_timeline(conn, ingest_started, wall)
             section_windows(conn)
+            section_recommendations(conn)
             section_late_events(conn, feeds)
             section_rules(conn)
             section_alerts(conn)

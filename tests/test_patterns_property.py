@@ -753,7 +753,9 @@ def check_pattern(conn, p: Pat, events, late):
     assert batch == want, explain_diff(p, events, late, "reference", want, "find_matches",
                                        batch)
     assert live == want, explain_diff(p, events, late, "reference", want, "cep.matches", live)
-    assert pattern_alerts(conn, p) == len(live), p.describe()
+    n_alerts = pattern_alerts(conn, p)
+    assert n_alerts == len(live), (f"{p.describe()}: {n_alerts} pattern alerts for "
+                                   f"{len(live)} matches")
     stats = conn.execute(
         "SELECT matches, drops, active_runs FROM cep.pattern_stats WHERE pattern = %s",
         (p.name,)).fetchone()

@@ -49,6 +49,8 @@ SELECT cep.create_pattern('p_parted', 'parted', 'a+ b', '{"a": "k > 0", "b": "k 
 SELECT cep.create_absence('no_confirm', 'plain', 'amt > 100', 'status = ''ok''', '10 minutes');
 INSERT INTO cep.rules (stream, name, condition, risk_score) VALUES
     ('plain', 'r_pattern', '{"pattern": "p_plain"}', 0.5);
+SELECT cep.create_recommender('rec_plain', 'plain', 'k', 'amt', 'k', unknown_action => 'error');
+SELECT cep.create_recommender('rec_nokey', 'nokey', 'id', 'ts', 'id', '{"1": 1, "2": 0.5}');
 """
 
 CHECK = """

@@ -47,10 +47,19 @@ def test_grant_recipe_admin_writer_reader(server, dbname, roles):
             "SELECT pg_get_userbyid(proowner), prosecdef FROM pg_proc "
             "WHERE proname = '_ingest_1'").fetchone()
         assert owner == ("cep_admin", True)
+        admin.execute("CREATE TABLE public.clicks (id bigserial PRIMARY KEY, user_id int, "
+                      "item_id int, action text, created_at timestamptz)")
+        admin.execute("SELECT cep.create_stream('clicks', 'public.clicks', 'created_at')")
+        admin.execute("SELECT cep.create_recommender('shop', 'clicks', 'user_id', 'item_id', "
+                      "'action')")
+        admin.execute("GRANT INSERT ON public.clicks TO cep_writer")
+        admin.execute("GRANT USAGE ON SEQUENCE public.clicks_id_seq TO cep_writer")
 
     with as_role(server, dbname, "cep_writer") as w:
         w.execute("INSERT INTO public.tx (user_id, amount, created_at) "
                   "SELECT g % 5, g, now() FROM generate_series(1, 100) AS g")
+        w.execute("INSERT INTO public.clicks (user_id, item_id, action, created_at) "
+                  "SELECT g % 17, g % 13, 'view', now() FROM generate_series(1, 100) AS g")
         for stmt in [
             "UPDATE cep.stream_log SET events = 0",
             "DELETE FROM cep.alerts",
@@ -62,13 +71,17 @@ def test_grant_recipe_admin_writer_reader(server, dbname, roles):
             "SELECT * FROM cep.stream_stats",
             "SELECT cep.create_consumer('w')",
             "SELECT * FROM cep.poll_alerts('app')",
+            "UPDATE cep.recommender_pairs SET dot = 1",
+            "SELECT * FROM cep.recommend('shop', '1')",
+            "SELECT cep._expire_recommender(1)",
         ]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 w.execute(stmt)
 
     with as_role(server, dbname, "cep_reader") as r:
-        assert r.execute("SELECT events_total FROM cep.stream_stats").fetchone()[0] == 100
-        assert r.execute("SELECT events_last_hour FROM cep.dashboard").fetchone()[0] == 100
+        assert r.execute("SELECT events_total FROM cep.stream_stats WHERE stream = 'tx'"
+                         ).fetchone()[0] == 100
+        assert r.execute("SELECT events_last_hour FROM cep.dashboard").fetchone()[0] == 200
         assert r.execute("SELECT sum(events) FROM cep.timeline('tx')").fetchone()[0] == 100
         assert r.execute("SELECT count(*) FROM cep.alerts").fetchone()[0] == 0
         # A reader runs durable consumers.
@@ -76,6 +89,12 @@ def test_grant_recipe_admin_writer_reader(server, dbname, roles):
         assert r.execute("SELECT count(*) FROM cep.poll_alerts('app')").fetchone()[0] == 0
         assert r.execute("SELECT cep.ack_alerts('app', '{}')").fetchone()[0] == 0
         assert r.execute("SELECT pending FROM cep.consumer_stats").fetchone()[0] == 0
+        # A reader asks for recommendations.
+        assert r.execute("SELECT count(*) FROM cep.recommend('shop', '1', 3)").fetchone()[0] == 3
+        assert r.execute("SELECT count(*) FROM cep.similar_items('shop', '1')").fetchone()[0] > 0
+        assert r.execute("SELECT count(*) FROM cep.user_recommendations WHERE user_id = '2'"
+                         ).fetchone()[0] > 0
+        assert r.execute("SELECT users FROM cep.recommender_stats").fetchone()[0] == 17
         for stmt in [
             "DELETE FROM cep.consumer_pending",
             "UPDATE cep.consumers SET redelivery_timeout = '1 day'",
@@ -86,6 +105,9 @@ def test_grant_recipe_admin_writer_reader(server, dbname, roles):
             "SELECT cep._regenerate_stream(1)",
             "SELECT cep.drop_stream('tx')",
             "SELECT cep.run_maintenance()",
+            "DELETE FROM cep.recommender_weights",
+            "SELECT cep.drop_recommender('shop')",
+            "SELECT cep.create_recommender('x', 'clicks', 'user_id', 'item_id', 'action')",
         ]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 r.execute(stmt)
@@ -128,6 +150,8 @@ def test_planted_lookalikes_are_never_called(conn, schema):
                  "v numeric)")
     conn.execute("SELECT cep.create_stream('ev', 'public.ev', 't', 'k', "
                  "allowed_lateness => '1 minute')")
+    conn.execute("SELECT cep.create_recommender('rec', 'ev', 'k', 'v', 'k', "
+                 "'{\"0\": 1, \"1\": 3, \"2\": 5}', horizon => '1 minute')")
     conn.execute("INSERT INTO public.ev SELECT g, g OPERATOR(pg_catalog.%) 3, pg_catalog.now() OPERATOR(pg_catalog.-) (g OPERATOR(pg_catalog.*) interval '1 second'), g "
                  "FROM pg_catalog.generate_series(1, 10) g")
     conn.execute("INSERT INTO public.ev VALUES (11, 1, pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour', 1)")
@@ -138,6 +162,10 @@ def test_planted_lookalikes_are_never_called(conn, schema):
                  "NULL)::cep.alert_draft])")
     stats = conn.execute("SELECT events_total, late_events FROM cep.stream_stats").fetchone()
     dash = conn.execute("SELECT events_last_hour FROM cep.dashboard").fetchone()[0]
+    conn.execute("SELECT * FROM cep.recommend('rec', '1')").fetchall()
+    conn.execute("SELECT * FROM cep.similar_items('rec', '1')").fetchall()
+    conn.execute("SELECT * FROM cep.user_recommendations").fetchall()
+    conn.execute("SELECT * FROM cep.recommender_stats").fetchall()
     calls = conn.execute("SELECT what FROM public.planted_calls").fetchall()
     assert calls == []
     assert stats == (11, 1)
@@ -195,6 +223,8 @@ def test_everything_works_with_an_empty_search_path(server):
                       "t timestamptz)")
             c.execute("SELECT cep.create_stream('ev', 'public.ev', 't', 'k', "
                       "allowed_lateness => '1 minute')")
+            c.execute("SELECT cep.create_recommender('rec', 'ev', 'k', 'v', 'k', "
+                      "'{\"1\": 1, \"2\": 2}', horizon => '5 minutes')")
             c.execute("INSERT INTO public.ev SELECT g, (g OPERATOR(pg_catalog.%) 4)::text, g, "
                       "pg_catalog.now() OPERATOR(pg_catalog.-) (g OPERATOR(pg_catalog.*) "
                       "interval '1 second') FROM pg_catalog.generate_series(1, 500) AS g")
@@ -202,7 +232,10 @@ def test_everything_works_with_an_empty_search_path(server):
             assert c.execute("SELECT events_total FROM cep.stream_stats").fetchone()[0] == 500
             assert c.execute("SELECT events_last_hour FROM cep.dashboard").fetchone()[0] == 500
             assert c.execute("SELECT sum(events) FROM cep.timeline('ev')").fetchone()[0] == 500
+            c.execute("SELECT * FROM cep.recommend('rec', '1')").fetchall()
+            assert c.execute("SELECT weight_rows FROM cep.recommender_stats").fetchone()[0] == 250
             c.execute("SELECT * FROM cep.run_maintenance()").fetchall()
+            assert c.execute("SELECT weight_rows FROM cep.recommender_stats").fetchone()[0] == 0
             c.execute("SELECT cep.drop_stream('ev')")
             c.execute("DROP EXTENSION pg_cep")
     finally:

@@ -242,6 +242,9 @@ BEGIN
     PERFORM cep._drop_window_objects(w.window_id)
     FROM cep.windows AS w WHERE w.stream_id = s.stream_id;
     DELETE FROM cep.windows AS w WHERE w.stream_id = s.stream_id;
+    PERFORM cep._drop_recommender_state(r.recommender_id)
+    FROM cep.recommenders AS r WHERE r.stream_id = s.stream_id;
+    DELETE FROM cep.recommenders AS r WHERE r.stream_id = s.stream_id;
     DELETE FROM cep.late_events AS l WHERE l.stream_id = s.stream_id;
     DELETE FROM cep.stream_log AS l WHERE l.stream_id = s.stream_id;
     DELETE FROM cep.streams AS st WHERE st.stream_id = s.stream_id;

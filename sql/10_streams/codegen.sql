@@ -176,16 +176,27 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
     -- Each feature adds its set-based sections here: windows read the batch's on-time rows
     -- (time >= v_watermark), patterns advance to the new watermark (before rules, which can
-    -- refer to matches ending at an event), rules assess every row of the batch.
-    SELECT coalesce(nullif(
-        coalesce((
-            SELECT string_agg(cep._window_section(w.window_id), '' ORDER BY w.window_id)
-            FROM cep.windows AS w
-            WHERE w.stream_id = _feature_sections.stream_id
-        ), '') || cep._pattern_section(_feature_sections.stream_id)
-        || cep._rule_section(_feature_sections.stream_id), ''),
+    -- refer to matches ending at an event), rules assess every row of the batch, and
+    -- recommenders fold the batch's on-time rows into their weights.
+    SELECT coalesce(
+        nullif(concat(
+            (
+                SELECT string_agg(cep._window_section(w.window_id), '' ORDER BY w.window_id)
+                FROM cep.windows AS w
+                WHERE w.stream_id = _feature_sections.stream_id
+            ),
+            cep._pattern_section(_feature_sections.stream_id),
+            cep._rule_section(_feature_sections.stream_id),
+            (
+                SELECT string_agg(cep._recommender_section(r.recommender_id), ''
+                    ORDER BY r.recommender_id)
+                FROM cep.recommenders AS r
+                WHERE r.stream_id = _feature_sections.stream_id
+            )
+        ), ''),
         format('    -- stream %s: no windows, patterns, rules or recommenders defined',
-            _feature_sections.stream_id))
+            _feature_sections.stream_id)
+    )
 $fn$;
 
 COMMENT ON FUNCTION cep._feature_sections(integer) IS

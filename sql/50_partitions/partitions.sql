@@ -4,15 +4,22 @@
 -- there silently; a partition is retired only when wholly older than the retention, and the
 -- retention is never shorter than what the stream's features still need (cep._stream_horizon).
 
--- How far back the stream's features read raw events from the table after ingest. Windows
--- keep their own state; rules read their trailing windows from the table.
+-- How far back the stream's features still need raw events in the table. Windows keep their
+-- own state, so nothing for them; rules read their trailing windows from the table.
+-- Recommenders keep their state too, but the events behind it (horizon plus one expiry
+-- bucket) stay, so that the state can be audited against them and a recommender re-created
+-- with the same horizon starts complete.
 CREATE FUNCTION cep._stream_horizon(stream_id integer)
 RETURNS interval
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    SELECT cep._rule_horizon(stream_id)
+    SELECT greatest(cep._rule_horizon(stream_id), (
+        SELECT coalesce(max(r.horizon + r.bucket), interval '0 seconds')
+        FROM cep.recommenders AS r
+        WHERE r.stream_id = _stream_horizon.stream_id
+    ))
 $fn$;
 
 COMMENT ON FUNCTION cep._stream_horizon(integer) IS

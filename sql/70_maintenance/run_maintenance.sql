@@ -160,6 +160,23 @@ BEGIN
     items := v_n;
     RETURN NEXT;
 
+    -- Recommenders: weights of whole buckets older than the horizon (relative to the stream's
+    -- watermark) leave the state with exactly their contributions; the cap log is compacted.
+    SELECT coalesce(sum(cep._expire_recommender(r.recommender_id)), 0) INTO v_n
+    FROM (SELECT x.recommender_id FROM cep.recommenders AS x ORDER BY x.recommender_id) AS r;
+    WITH moved AS (
+        DELETE FROM cep.recommender_log AS l
+        WHERE l.logged_at < v_now - interval '1 minute'
+        RETURNING l.*
+    )
+    INSERT INTO cep.recommender_log (recommender_id, logged_at, capped_events)
+    SELECT m.recommender_id, max(m.logged_at), sum(m.capped_events)
+    FROM moved AS m
+    GROUP BY m.recommender_id;
+    task := 'expire_recommenders';
+    items := v_n;
+    RETURN NEXT;
+
     -- Time partitions: make them ahead, retire the ones past retention.
     SELECT coalesce(sum(cep._premake_partitions(ps.stream_id)), 0) INTO v_n
     FROM cep.partitioned_streams AS ps;
@@ -269,8 +286,8 @@ COMMENT ON FUNCTION cep.run_maintenance() IS
 'Run every periodic duty once and report what was done, one row per task: compaction of the '
 'ingest log, archiving past stats_retention, purging late events past late_event_retention, '
 'purging alerts past alert_retention that every consumer acknowledged, purging windows past '
-'their retention, making partitions ahead and retiring old ones (cep.partition_stream), '
-'compaction of the rule and consumer logs, purging idle rule key locks and risk assessments '
-'past assessment_retention. '
+'their retention, expiring recommender weights older than their horizon, making partitions '
+'ahead and retiring old ones (cep.partition_stream), compaction of the rule and consumer '
+'logs, purging idle rule key locks and risk assessments past assessment_retention. '
 'Idempotent; a concurrent second call skips. Schedule it every minute (pg_cron or any '
 'scheduler).';

@@ -75,6 +75,15 @@ AS $fn$
         SELECT 'pg_cep_window_open', 'gauge', 'Windows not yet final.',
             'window=' || cep._prom_label(w."window"), w.open_windows::float8, 13
         FROM cep.window_stats AS w
+        UNION ALL
+        SELECT 'pg_cep_recommender_users', 'gauge', 'Users with weights in a recommender''s horizon.',
+            'recommender=' || cep._prom_label(r.recommender), r.users::float8, 14
+        FROM cep.recommender_stats AS r
+        UNION ALL
+        SELECT 'pg_cep_recommender_capped_events_total', 'counter',
+            'Events a recommender did not count because of its fan-out cap.',
+            'recommender=' || cep._prom_label(r.recommender), r.capped_events::float8, 15
+        FROM cep.recommender_stats AS r
     ), families AS (
         SELECT m.name, m.kind, m.help, m.ord,
             string_agg(
@@ -94,5 +103,5 @@ $fn$;
 COMMENT ON FUNCTION cep.metrics() IS
 'pg_cep''s monitoring figures in the Prometheus text exposition format (events, late events, '
 'batches, rate, watermark, lag and ingest time per stream; alerts, active keys and NOTIFY '
-'queue; pending alerts per consumer; open windows), for a scraper or an exporter''s custom '
-'query. Runs as the extension owner; grant EXECUTE to the monitoring role.';
+'queue; pending alerts per consumer; open windows; users and capped events per recommender), '
+'for a scraper or an exporter''s custom query. Runs as the extension owner; grant EXECUTE to the monitoring role.';

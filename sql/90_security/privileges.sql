@@ -58,6 +58,12 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump('cep.matches_match_id_seq', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.pattern_log', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.absence_pending', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.recommenders', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.recommenders_recommender_id_seq', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_users', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_weights', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_pairs', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_log', '');
     END IF;
 END
 $dump$;

@@ -19,6 +19,7 @@ SELECT functions_are(
         'create_stream', 'drop_stream', 'advance_watermark', 'run_maintenance', 'timeline',
         'create_consumer', 'drop_consumer', 'poll_alerts', 'ack_alerts',
         'create_window', 'drop_window', 'partition_stream', 'metrics',
+        'create_recommender', 'drop_recommender', 'recommend', 'similar_items',
         '_stream_id', '_watermark', '_setting', '_valid_setting', '_ring_doorbell',
         '_raise_alerts', '_consumer_id', '_time_expr', '_parse_aggregates', '_window_ddl',
         '_window_section', '_drop_window_objects', '_window_stats', '_stream_horizon',
@@ -34,7 +35,9 @@ SELECT functions_are(
         '_pat_closure', '_pat_compile', '_pat_define_sql', '_pat_row_sql', '_pat_check_define',
         '_pattern_function_sql', '_pattern_resolve_sql', '_pattern_finish_sql',
         '_pattern_prepare_stream', '_pattern_install', '_patterns_advance', '_absence_follow_sql',
-        '_absence_rows_sql', '_pattern_section', '_pattern_check_args', '_drop_pattern_objects'
+        '_absence_rows_sql', '_pattern_section', '_pattern_check_args', '_drop_pattern_objects',
+        '_recommender_id', '_recommender_weight_expr', '_recommender_section',
+        '_drop_recommender_state', '_expire_recommender'
     ],
     'cep has exactly the functions of the API contract and its internals'
 );
@@ -43,7 +46,7 @@ SELECT views_are(
     'cep',
     ARRAY[
         'stream_stats', 'dashboard', 'consumer_stats', 'window_stats', 'rule_stats', 'rule_sql',
-        'pattern_stats'
+        'pattern_stats', 'user_recommendations', 'recommender_stats'
     ]
 );
 
@@ -54,7 +57,9 @@ SELECT tables_are(
         'consumer_pending', 'consumer_log', 'windows', 'partitioned_streams', 'rules',
         'rule_versions', 'rule_sets', 'risk_policies', 'risk_assessments', 'rule_keys',
         'rule_history', 'rule_history_fields', 'rule_log', 'patterns', 'pattern_state',
-        'pattern_late_events', 'matches', 'pattern_log', 'absence_pending'
+        'pattern_late_events', 'matches', 'pattern_log', 'absence_pending',
+        'recommenders', 'recommender_users', 'recommender_weights', 'recommender_pairs',
+        'recommender_log'
     ]
 );
 
