@@ -34,21 +34,27 @@ AS $fn$
 DECLARE
     v_rung text := coalesce(current_setting('cep.doorbells_rung', true), '');
     v_mark text := '/' || md5(channel) || '/';
+    v_notify text;
+    v_max_usage text;
 BEGIN
-    IF channel IS NULL
+    -- cheapest checks first: most calls in a transaction find the bell already rung
+    IF channel IS NULL OR strpos(v_rung, v_mark) > 0
         OR coalesce(current_setting('cep.notify', true), '') IN ('off', 'false', '0')
-        OR cep._setting('notify') = 'off'
-        OR strpos(v_rung, v_mark) > 0 THEN
+        -- pg_notify's own argument errors cannot happen past this (no subtransaction needed)
+        OR octet_length(channel) NOT BETWEEN 1 AND 63 OR alert_id IS NULL THEN
         RETURN false;
     END IF;
-    IF pg_notification_queue_usage() >= cep._setting('notify_max_queue_usage')::float8 THEN
+    SELECT max(st.value) FILTER (WHERE st.name = 'notify'),
+        max(st.value) FILTER (WHERE st.name = 'notify_max_queue_usage')
+    INTO v_notify, v_max_usage
+    FROM cep.settings AS st
+    WHERE st.name IN ('notify', 'notify_max_queue_usage');
+    IF v_notify = 'off'
+        OR pg_notification_queue_usage()
+            >= coalesce(v_max_usage, cep._setting('notify_max_queue_usage'))::float8 THEN
         RETURN false;
     END IF;
-    BEGIN
-        PERFORM pg_notify(channel, alert_id::text);
-    EXCEPTION WHEN OTHERS THEN
-        RETURN false;
-    END;
+    PERFORM pg_notify(channel, alert_id::text);
     PERFORM set_config('cep.doorbells_rung', v_rung || v_mark, true);
     RETURN true;
 END

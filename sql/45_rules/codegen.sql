@@ -434,14 +434,16 @@ $l$,
                     'shadow_rules', i.shadow_rules)
             )::cep.alert_draft ORDER BY i.event_time, i.event_id)
             FROM ins AS i
+            JOIN scored AS c ON c.id = i.event_id
             CROSS JOIN LATERAL (
+                -- only the fired rules' positions: the cost does not grow with the rule set
                 SELECT string_agg(r_names[q.p], ', ' ORDER BY q.p) AS names,
                     jsonb_agg(jsonb_build_object('rule_id', r_ids[q.p],
                         'name', r_names[q.p], 'kind', r_kinds[q.p],
                         'score', r_scores[q.p]::float8, 'version', r_versions[q.p])
                         ORDER BY q.p) AS rules
-                FROM unnest(r_ids, r_versions) WITH ORDINALITY AS q (r, v, p)
-                WHERE q.r = ANY (i.triggered_rules)
+                FROM unnest(c.pos) AS q (p)
+                WHERE r_enforce[q.p]
             ) AS d
             WHERE %18$s
         ),
