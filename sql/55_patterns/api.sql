@@ -122,7 +122,8 @@ BEGIN
             INTO v_drafts USING p_to, v_eoi;
             IF v_drafts IS NOT NULL THEN
                 INSERT INTO cep.pattern_log (pattern_id, matches, last_match)
-                VALUES (p.pattern_id, cardinality(v_drafts), p_to);
+                VALUES (p.pattern_id, cardinality(v_drafts),
+                    (SELECT max((d.details ->> 'start_time')::timestamptz) FROM unnest(v_drafts) AS d));
                 PERFORM cep._raise_alerts(s.stream_id, v_drafts);
             END IF;
         END IF;

@@ -151,6 +151,8 @@ DECLARE
     v_keys text [];
     v_done text [] := '{}'::text [];
     v_lo timestamptz [];
+    v_other text [];
+    v_pending boolean := false;
 BEGIN
     IF NOT p_find THEN
         -- The keys to advance: those of this statement's on-time events (p_keys), those with
@@ -182,28 +184,32 @@ BEGIN
         -- timeouts) are skipped while another transaction holds them, which then leaves them
         -- for a later statement -- waiting could deadlock transactions of several statements
         -- on disjoint keys. Advancing the watermark by itself waits for every key.
+        v_other := ARRAY(SELECT u.k FROM unnest(v_keys) AS u (k)
+            EXCEPT SELECT u.k FROM unnest(p_keys) AS u (k));
+        -- (one index probe and lock per key, in key order; never a scan of every key's state)
         WITH l0 AS (
-            SELECT ps.k, ps.pending_t FROM cep.pattern_state AS ps
-            WHERE ps.pattern_id = @PID@ AND ps.k = ANY (p_keys)
-            ORDER BY ps.k
-            FOR NO KEY UPDATE
+            SELECT x.k, x.pending_t
+            FROM unnest(coalesce(p_keys, v_keys)) WITH ORDINALITY AS u (k, o)
+            CROSS JOIN LATERAL (
+                SELECT ps.k, ps.pending_t FROM cep.pattern_state AS ps
+                WHERE ps.pattern_id = @PID@ AND ps.k = u.k
+                FOR NO KEY UPDATE
+            ) AS x
         ), o AS (
-            SELECT ps.k, ps.pending_t FROM cep.pattern_state AS ps
-            WHERE ps.pattern_id = @PID@ AND ps.k = ANY (v_keys) AND NOT ps.k = ANY (coalesce(p_keys, '{}'))
-                AND p_keys IS NOT NULL
-            ORDER BY ps.k
-            FOR NO KEY UPDATE SKIP LOCKED
-        ), w AS (
-            SELECT ps.k, ps.pending_t FROM cep.pattern_state AS ps
-            WHERE ps.pattern_id = @PID@ AND ps.k = ANY (v_keys) AND p_keys IS NULL
-            ORDER BY ps.k
-            FOR NO KEY UPDATE
+            SELECT x.k, x.pending_t
+            FROM unnest(v_other) WITH ORDINALITY AS u (k, o)
+            CROSS JOIN LATERAL (
+                SELECT ps.k, ps.pending_t FROM cep.pattern_state AS ps
+                WHERE ps.pattern_id = @PID@ AND ps.k = u.k AND p_keys IS NOT NULL
+                FOR NO KEY UPDATE SKIP LOCKED
+            ) AS x
         ), l AS (
-            SELECT * FROM l0 UNION ALL SELECT * FROM o UNION ALL SELECT * FROM w
+            SELECT * FROM l0 UNION ALL SELECT * FROM o
         )
         SELECT array_agg(l.k ORDER BY l.k),
-            array_agg(least(b.lo, CASE WHEN l.pending_t <= p_to THEN l.pending_t END) ORDER BY l.k)
-        INTO v_keys, v_lo
+            array_agg(least(b.lo, CASE WHEN l.pending_t <= p_to THEN l.pending_t END) ORDER BY l.k),
+            coalesce(bool_or(l.pending_t IS NOT NULL), false)
+        INTO v_keys, v_lo, v_pending
         FROM l
         LEFT JOIN unnest(p_keys, p_lo) AS b (k, lo) ON b.k = l.k;
     END IF;
@@ -211,15 +217,20 @@ BEGIN
     -- The events of the keys that need the matcher (an event that can start a match, or open
     -- runs), with the key's state row, read after the locks above.
     FOR e IN
-        SELECT x.*, ps AS st_row
+        SELECT x.*, ps.st AS st_row
         FROM (
             SELECT x0.*, bool_or((x0.mask & c_first) <> 0) OVER (PARTITION BY x0.k) AS starts
             FROM (SELECT x.* FROM (@EVENTS@) AS x WHERE @RELAXED@ p_find
                 UNION ALL
                 SELECT x.* FROM (@LIVE_EVENTS@) AS x WHERE @RELAXED@ NOT p_find) AS x0
         ) AS x
-        LEFT JOIN cep.pattern_state AS ps ON ps.pattern_id = @PID@ AND ps.k = x.k AND NOT p_find
-        WHERE p_find OR x.starts OR ps.active
+        LEFT JOIN LATERAL (
+            -- one index probe per key's event (OFFSET 0: never a scan of every key's state)
+            SELECT o FROM cep.pattern_state AS o
+            WHERE o.pattern_id = @PID@ AND o.k = x.k AND NOT p_find
+            OFFSET 0
+        ) AS ps (st) ON true
+        WHERE p_find OR x.starts OR (ps.st).active
         ORDER BY x.k, x.t, x.id
     LOOP
         IF v_key IS DISTINCT FROM e.k THEN
@@ -326,6 +337,7 @@ BEGIN
 
     IF NOT p_find THEN
         -- Events beyond the watermark wait: the key remembers its first one (pending_t).
+        IF v_pending OR EXISTS (SELECT 1 FROM unnest(p_nx) AS n (nx) WHERE n.nx IS NOT NULL) THEN
         UPDATE cep.pattern_state AS ps
         SET pending_t = b.pending_t
         FROM (
@@ -336,10 +348,16 @@ BEGIN
                     ELSE (@NEXT_EVENT@)
                 END AS pending_t
             FROM unnest(v_keys) AS u (k)
-            JOIN cep.pattern_state AS o ON o.pattern_id = @PID@ AND o.k = u.k
+            CROSS JOIN LATERAL (
+                SELECT x.pending_t FROM cep.pattern_state AS x
+                WHERE x.pattern_id = @PID@ AND x.k = u.k
+                OFFSET 0
+            ) AS o
             LEFT JOIN unnest(p_keys, p_nx) AS n (k, nx) ON n.k = u.k
+            WHERE o.pending_t IS NOT NULL OR n.nx IS NOT NULL
         ) AS b
         WHERE ps.pattern_id = @PID@ AND ps.k = b.k AND ps.pending_t IS DISTINCT FROM b.pending_t;
+        END IF;
         -- Keys with no event taken whose runs time out or end with the input.
         FOR st IN
             SELECT ps.* FROM cep.pattern_state AS ps
@@ -390,7 +408,7 @@ $t$;
         '@LIVE_EVENTS@', format(
             'SELECT e.*, (%s | %s) AS mask FROM (SELECT %s AS k, %s AS t, s.%I::bigint AS id%s%s '
             'FROM unnest(v_keys, v_lo) AS kr (k, lo) CROSS JOIN LATERAL (SELECT s.* FROM %s AS s '
-            'WHERE %s AND s.%I >= %s AND s.%I <= %s) AS s%s WHERE kr.lo IS NOT NULL '
+            'WHERE %s AND s.%I >= %s AND s.%I <= %s OFFSET 0) AS s%s WHERE kr.lo IS NOT NULL '
             'AND NOT EXISTS (SELECT 1 FROM cep.late_events AS l WHERE l.stream_id = %s '
             'AND l.event_id = s.%I)) AS e',
             v_mask, v_always,
@@ -410,7 +428,7 @@ $t$;
             CASE WHEN s.time_type = 'timestamp without time zone'::regtype
                 THEN 'pg_catalog.timezone(''UTC'', p_to)' ELSE 'p_to' END,
             v_prev_join, s.stream_id, s.id_column)),
-        '@NEXT_EVENT@', format('SELECT min(%s) FROM %s AS s WHERE %s AND s.%I > %s',
+        '@NEXT_EVENT@', format('SELECT %s FROM %s AS s WHERE %s AND s.%I > %s ORDER BY %s LIMIT 1',
             CASE WHEN s.time_type = 'timestamp without time zone'::regtype
                 THEN format('pg_catalog.timezone(''UTC'', s.%I)', s.time_column)
                 ELSE format('s.%I', s.time_column) END,
@@ -421,7 +439,10 @@ $t$;
                      WHERE a.attrelid = s.source AND a.attname = s.key_column)) END,
             s.time_column,
             CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-                THEN 'pg_catalog.timezone(''UTC'', p_to)' ELSE 'p_to' END)),
+                THEN 'pg_catalog.timezone(''UTC'', p_to)' ELSE 'p_to' END,
+            -- ordered by an expression: the (key, time) index finds the rows, never a walk
+            -- along the time index
+            format('s.%I + interval ''0 seconds''', s.time_column))),
         '@RELAXED@', CASE WHEN p.contiguity = 'relaxed' THEN 'x.mask <> 0 AND' ELSE '' END),
         '@KEYEXPR@', CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('s.%I::text', s.key_column) END),
         '@SOURCE@', s.source::text),
