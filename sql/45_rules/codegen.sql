@@ -327,14 +327,15 @@ BEGIN
 
     IF v_stateful THEN
         v_lock := format($l$
-    -- rules: lock the statement's keys in key order before reading their history (an update,
-    -- so that a REPEATABLE READ writer of the same key fails with 40001 instead of reading stale)
+    -- rules: lock the statement's keys in key order before reading their history (ON CONFLICT
+    -- locks the row even when its WHERE leaves it unchanged; last_seen moves hourly at most)
     INSERT INTO cep.rule_keys AS kk (stream_id, k, last_seen)
     SELECT %1$s, e.k, max(e.t)
     FROM (SELECT %2$s AS k, %3$s AS t FROM cep_new_rows AS n) AS e
     GROUP BY e.k
     ORDER BY e.k
-    ON CONFLICT (stream_id, k) DO UPDATE SET last_seen = greatest(kk.last_seen, EXCLUDED.last_seen);
+    ON CONFLICT (stream_id, k) DO UPDATE SET last_seen = EXCLUDED.last_seen
+    WHERE kk.last_seen < EXCLUDED.last_seen - interval '1 hour';
 $l$,
             s.stream_id,
             CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('n.%I::text', s.key_column) END,

@@ -201,6 +201,7 @@ BEGIN
         SELECT o.stream_id, o.k
         FROM cep.rule_keys AS o
         WHERE o.last_seen < cep._watermark(o.stream_id) - cep._rule_horizon(o.stream_id)
+            - interval '1 hour'
         LIMIT 50000
     );
     GET DIAGNOSTICS v_n = ROW_COUNT;
