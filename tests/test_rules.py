@@ -520,3 +520,39 @@ def test_indexed_threshold_rules_equal_direct_evaluation(conn):
         want = sorted(ids[n] for n, field, op, v in rules
                       if x[field] is not None and ops[op](Decimal(str(x[field])), Decimal(str(v))))
         assert fired == want, (amount, f)
+
+
+def test_serializable_writers_of_one_key_get_40001(conn, connect):
+    """Under SERIALIZABLE the second of two overlapping writers of a key cannot commit a
+    trailing count that ignores the first one's row (README "Isolation levels")."""
+    setup(conn)
+    conn.execute(
+        "INSERT INTO cep.rules (stream, name, condition, risk_score) "
+        "SELECT 'tx', 'c' || i, jsonb_build_object('metric', 'count', 'window', '1 day', "
+        "'op', '>', 'value', i), 0.01 FROM generate_series(0, 5) AS i")
+    tx(conn, [(7, 1, "a", 0)])
+    a, b = connect(autocommit=False), connect(autocommit=False)
+    for c in (a, b):
+        c.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        c.execute("SELECT 1")
+    tx(a, [(7, 1, "a", 1)])
+    outcome = {}
+
+    def second():
+        try:
+            tx(b, [(7, 1, "a", 2)])
+            b.commit()
+            outcome["b"] = "committed"
+        except psycopg.Error as exc:
+            outcome["b"] = exc.sqlstate
+            b.rollback()
+
+    t = threading.Thread(target=second)
+    t.start()
+    t.join(0.5)
+    a.commit()
+    t.join(10)
+    assert outcome == {"b": "40001"}
+    counts = [r[0] for r in conn.execute(
+        "SELECT cardinality(triggered_rules) FROM cep.risk_assessments ORDER BY event_id")]
+    assert counts == [1, 2]
