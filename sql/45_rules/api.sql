@@ -103,7 +103,6 @@ BEGIN
         SELECT x.* FROM cep.streams AS x WHERE x.name = ANY (streams) ORDER BY x.stream_id
         FOR UPDATE
     LOOP
-        PERFORM cep._rules_prepare(s.stream_id);
         SELECT coalesce(array_agg(r.rule_id ORDER BY r.rule_id), '{}'),
             coalesce(array_agg(r.version ORDER BY r.rule_id), '{}')
         INTO v_ids, v_versions
@@ -115,10 +114,13 @@ BEGIN
         ) THEN
             CONTINUE;
         END IF;
-        IF v_old.rule_set_id IS NULL OR v_old.rule_ids <> v_ids OR v_old.versions <> v_versions THEN
-            INSERT INTO cep.rule_sets (stream_id, rule_ids, versions)
-            VALUES (s.stream_id, v_ids, v_versions);
-        END IF;
+        -- The compiled rule set already is these versions (e.g. pg_restore loading cep.rules
+        -- after cep.rule_sets, with the restored ingest function): nothing to do.
+        CONTINUE WHEN v_old.rule_set_id IS NOT NULL AND v_old.rule_ids = v_ids
+            AND v_old.versions = v_versions;
+        PERFORM cep._rules_prepare(s.stream_id);
+        INSERT INTO cep.rule_sets (stream_id, rule_ids, versions)
+        VALUES (s.stream_id, v_ids, v_versions);
         PERFORM cep._regenerate_stream(s.stream_id);
     END LOOP;
 END
@@ -328,7 +330,12 @@ BEGIN
     SET combine = EXCLUDED.combine, medium = EXCLUDED.medium, high = EXCLUDED.high,
         block = EXCLUDED.block, block_action = EXCLUDED.block_action,
         alert_level = EXCLUDED.alert_level, log_all = EXCLUDED.log_all, updated_at = now();
-    PERFORM cep._rules_changed(ARRAY[s.name]);
+    PERFORM 1 FROM cep.streams AS x WHERE x.stream_id = s.stream_id FOR UPDATE;
+    -- a first policy with log_all needs a (possibly empty) rule set to compile
+    IF (cep._rule_set(s.stream_id)).rule_set_id IS NULL THEN
+        PERFORM cep._rules_changed(ARRAY[s.name]);
+    END IF;
+    PERFORM cep._regenerate_stream(s.stream_id);
 END
 $fn$;
 
