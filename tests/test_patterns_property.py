@@ -1259,3 +1259,34 @@ def test_sessions_on_disjoint_keys_neither_wait_nor_deadlock(server, dbname, hav
         assert not errors, {k: str(v).splitlines()[0] for k, v in errors.items()}
         conn.execute("SELECT cep.advance_watermark('s')::text")
         check_pattern(conn, p, all_events(conn), late_ids(conn))
+
+
+def test_a_writer_does_not_wait_for_a_session_that_advanced_its_key(server, dbname,
+                                                                    have_engine):
+    """Session 2 (key 2) keeps a transaction open after a statement that moved the watermark
+    past session 1's committed event (key 1, t=58): session 1's next statement on key 1 must
+    not wait for session 2's commit (design.md, principle 5), and nothing is lost."""
+    p = Pat("wait", "c+ d", {"c": sym_is("c"), "d": sym_is("d")}, contiguity="strict")
+    opts = "-c lock_timeout=3s"
+    with server.connect(dbname) as conn, \
+            server.connect(dbname, autocommit=False, options=opts) as s1, \
+            server.connect(dbname, autocommit=False, options=opts) as s2:
+        setup_stream(conn, "5 seconds")
+        p.create(conn)
+        insert(s2.cursor(), [_ev(1, 2, 50, "x")], "insert")
+        insert(s1.cursor(), [_ev(2, 1, 58, "c")], "insert")
+        s1.commit()
+        insert(s2.cursor(), [_ev(3, 2, 70, "x")], "insert")     # watermark 65 (uncommitted)
+        try:
+            insert(s1.cursor(), [_ev(4, 1, 66, "c"), _ev(5, 1, 67, "c")], "insert")
+            s1.commit()
+        except psycopg.Error as exc:
+            s1.rollback()
+            s2.commit()
+            pytest.fail(f"session 1 waited for session 2: {str(exc).splitlines()[0]}")
+        s2.commit()
+        insert(s1.cursor(), [_ev(6, 1, 94, "d")], "insert")
+        s1.commit()
+        conn.execute("SELECT cep.advance_watermark('s')::text")
+        got = check_pattern(conn, p, all_events(conn), late_ids(conn))
+        assert [m[3] for m in got] == [[2, 4, 5, 6]]
