@@ -211,7 +211,10 @@ def test_out_of_order_arrivals_are_matched_in_event_time_order(conn):
     put(conn, 1, "a", start=0)
     put(conn, 1, "b", start=60)
     assert live(conn, "p") == []           # not final before the watermark reaches them
-    put(conn, 2, "x", start=3600)          # any key moves the watermark
+    put(conn, 2, "x", start=3600)          # any key moves the watermark ...
+    assert live(conn, "p") == []           # ... but a writer advances only its own keys
+    tasks = dict(conn.execute("SELECT * FROM cep.run_maintenance()").fetchall())
+    assert tasks["advance_patterns"] == 1
     ids = ids_of(conn, 1)
     assert live(conn, "p") == [("1", ids, ["a", "b", "c"])]
     put(conn, 1, "a", start=30)            # late now: counted, never matched

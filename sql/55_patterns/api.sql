@@ -88,7 +88,11 @@ BEGIN
             EXECUTE format($q$
                 WITH due AS (
                     DELETE FROM cep.absence_pending AS a
-                    WHERE a.pattern_id = %1$s AND (a.deadline < $1 OR $2)
+                    WHERE (a.pattern_id, a.event_id) IN (
+                        SELECT x.pattern_id, x.event_id FROM cep.absence_pending AS x
+                        WHERE x.pattern_id = %1$s AND (x.deadline < $1 OR $2)
+                        FOR UPDATE%9$s
+                    )
                     RETURNING a.*
                 ), missed AS (
                     SELECT d.* FROM due AS d
@@ -118,7 +122,9 @@ BEGIN
                 cep._absence_rows_sql(s, p),
                 cep._absence_follow_sql(s, 'd.k', 'd.start_time', 'd.deadline'),
                 (SELECT d.sql FROM cep._pat_define_sql(p.expected_condition, s.source, '{}', 'expected') AS d),
-                s.stream_id, p.name, s.name, p.within)
+                s.stream_id, p.name, s.name, p.within,
+                -- a writer skips starts another transaction is firing (never waits for it)
+                CASE WHEN p_own IS NOT NULL THEN ' SKIP LOCKED' ELSE '' END)
             INTO v_drafts USING p_to, v_eoi;
             IF v_drafts IS NOT NULL THEN
                 INSERT INTO cep.pattern_log (pattern_id, matches, last_match)

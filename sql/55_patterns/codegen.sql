@@ -151,7 +151,6 @@ DECLARE
     v_keys text [];
     v_done text [] := '{}'::text [];
     v_lo timestamptz [];
-    v_other text [];
     v_pending boolean := false;
 BEGIN
     IF NOT p_find THEN
@@ -160,16 +159,22 @@ BEGIN
         -- with the input. Their state rows are locked in key order (a key first seen gets
         -- one): a session advancing one of these keys makes this one wait for its commit, and
         -- the statements below then see its events and runs (READ COMMITTED).
-        SELECT array_agg(DISTINCT y.k ORDER BY y.k) INTO v_keys
-        FROM (
-            SELECT u.k FROM unnest(p_keys) AS u (k)
-            UNION
-            SELECT ps.k FROM cep.pattern_state AS ps
-            WHERE ps.pattern_id = @PID@ AND ps.pending_t <= p_to
-            UNION
-            SELECT ps.k FROM cep.pattern_state AS ps
-            WHERE ps.pattern_id = @PID@ AND ps.active AND (p_eoi OR ps.deadline < p_to)
-        ) AS y;
+        -- A writer advances only its own keys, so that sessions writing different keys never
+        -- wait for each other's commit (design principle 5). Keys whose events wait for the
+        -- watermark or whose runs time out are advanced by cep.advance_watermark and
+        -- cep.run_maintenance (p_keys NULL), which wait for every key they need.
+        IF p_keys IS NOT NULL THEN
+            v_keys := p_keys;
+        ELSE
+            SELECT array_agg(DISTINCT y.k ORDER BY y.k) INTO v_keys
+            FROM (
+                SELECT ps.k FROM cep.pattern_state AS ps
+                WHERE ps.pattern_id = @PID@ AND ps.pending_t <= p_to
+                UNION
+                SELECT ps.k FROM cep.pattern_state AS ps
+                WHERE ps.pattern_id = @PID@ AND ps.active AND (p_eoi OR ps.deadline < p_to)
+            ) AS y;
+        END IF;
         IF v_keys IS NULL THEN
             RETURN;
         END IF;
@@ -178,33 +183,17 @@ BEGIN
         WHERE NOT EXISTS (SELECT 1 FROM cep.pattern_state AS o WHERE o.pattern_id = @PID@ AND o.k = u.k)
         ORDER BY u.k
         ON CONFLICT (pattern_id, k) DO NOTHING;
+        -- lock the keys in key order (one index probe each, never a scan of every key's state);
         -- per key, the earliest event to take: this statement's first on-time event of the key
         -- or the key's first event still waiting for the watermark
-        -- This statement's keys are waited for; other keys (events waiting for the watermark,
-        -- timeouts) are skipped while another transaction holds them, which then leaves them
-        -- for a later statement -- waiting could deadlock transactions of several statements
-        -- on disjoint keys. Advancing the watermark by itself waits for every key.
-        v_other := ARRAY(SELECT u.k FROM unnest(v_keys) AS u (k)
-            EXCEPT SELECT u.k FROM unnest(p_keys) AS u (k));
-        -- (one index probe and lock per key, in key order; never a scan of every key's state)
-        WITH l0 AS (
+        WITH l AS (
             SELECT x.k, x.pending_t
-            FROM unnest(coalesce(p_keys, v_keys)) WITH ORDINALITY AS u (k, o)
+            FROM unnest(v_keys) WITH ORDINALITY AS u (k, o)
             CROSS JOIN LATERAL (
                 SELECT ps.k, ps.pending_t FROM cep.pattern_state AS ps
                 WHERE ps.pattern_id = @PID@ AND ps.k = u.k
                 FOR NO KEY UPDATE
             ) AS x
-        ), o AS (
-            SELECT x.k, x.pending_t
-            FROM unnest(v_other) WITH ORDINALITY AS u (k, o)
-            CROSS JOIN LATERAL (
-                SELECT ps.k, ps.pending_t FROM cep.pattern_state AS ps
-                WHERE ps.pattern_id = @PID@ AND ps.k = u.k AND p_keys IS NOT NULL
-                FOR NO KEY UPDATE SKIP LOCKED
-            ) AS x
-        ), l AS (
-            SELECT * FROM l0 UNION ALL SELECT * FROM o
         )
         SELECT array_agg(l.k ORDER BY l.k),
             array_agg(least(b.lo, CASE WHEN l.pending_t <= p_to THEN l.pending_t END) ORDER BY l.k),

@@ -229,6 +229,19 @@ BEGIN
     items := v_n;
     RETURN NEXT;
 
+    -- Patterns and absence detectors: keys whose events waited for the watermark, runs that
+    -- timed out and absence deadlines that passed, at the current watermark (writers only
+    -- advance their own keys).
+    SELECT count(cep._patterns_advance(x.stream_id, x.w, x.w, NULL)) INTO v_n
+    FROM (
+        SELECT DISTINCT p.stream_id, cep._watermark(p.stream_id) AS w
+        FROM cep.patterns AS p
+    ) AS x
+    WHERE isfinite(x.w);
+    task := 'advance_patterns';
+    items := v_n;
+    RETURN NEXT;
+
     -- Patterns: counters folded per minute; state rows of keys without open runs dropped
     -- an hour past the watermark (they only remember how far the key was processed).
     WITH moved AS (
@@ -289,6 +302,7 @@ COMMENT ON FUNCTION cep.run_maintenance() IS
 'purging alerts past alert_retention that every consumer acknowledged, purging windows past '
 'their retention, expiring recommender weights older than their horizon, making partitions '
 'ahead and retiring old ones (cep.partition_stream), compaction of the rule and consumer '
-'logs, purging idle rule key locks and risk assessments past assessment_retention. '
+'logs, purging idle rule key locks and risk assessments past assessment_retention, advancing '
+'patterns and absence detectors whose keys wait for the watermark. '
 'Idempotent; a concurrent second call skips. Schedule it every minute (pg_cron or any '
 'scheduler).';
