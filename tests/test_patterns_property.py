@@ -20,7 +20,12 @@ relaxed contiguity, both after_match modes). This file
       the reference over the non-late events, with one 'pattern' alert per match;
     * the late events are those of a Python model of the watermark rules (serial workloads);
     * for symbol-only DEFINEs the reference agrees with `regex` over the string of symbols;
-- checks that patterns the contract rejects are rejected by the engine too.
+- checks that patterns the contract rejects are rejected by the engine too;
+- keeps the minimal reproductions of what the random workloads found (several conditions
+  reading different columns of one variable, self references, an event committed behind
+  another session's watermark, sessions on disjoint keys waiting for or deadlocking with each
+  other). Events the engine skips for a pattern only (cep.pattern_late_events) while they are
+  not late for the stream are reported as such.
 
 Every failure message carries a reproduction: pattern, DEFINE, options, the events of the key
 that differs, expected and actual matches.
