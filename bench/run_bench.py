@@ -35,6 +35,11 @@ A fourth part, "Recommendations" (bench/recommend_bench.py), loads a clickstream
 1M events, 50k users, 5k items) into a plain table and into the same table with one
 recommender, and times cep.recommend and cep.similar_items; --rec-events 0 skips it.
 
+The "Patterns" part (bench/patterns_bench.py) runs after the recommendations: a clickstream of
+10k users into a plain table, the stream, and the stream with login browse+ purchase (ratio to
+plain INSERT) and with 5 and 20 active patterns, with a live = find_matches = reference guard
+(a failure gives exit code 1); then cep.find_matches over 1M stored events (--find-events);
+--patterns-only runs just it, --skip-patterns skips it.
 Results are printed and written to bench/results/latest.json. Timings never fail the run (a
 failed correctness check of the alert or rules part does, after the results are written).
 
@@ -45,6 +50,10 @@ failed correctness check of the alert or rules part does, after the results are 
                                         [--rules-only | --skip-rules]
                                         [--rec-events N] [--rec-users U] [--rec-items I]
                                         [--rec-clients C] [--rec-queries Q]
+                                        [--patterns-only | --skip-patterns]
+                                        [--pattern-events N] [--pattern-users U]
+                                        [--pattern-repeat R] [--pattern-counts 1,5,20]
+                                        [--find-events N]
 """
 
 from __future__ import annotations
@@ -66,6 +75,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "demo"))
 
 import alert_delivery  # noqa: E402
+import patterns_bench  # noqa: E402
 import rules_bench  # noqa: E402
 import recommend_bench  # noqa: E402
 import workload  # noqa: E402
@@ -563,7 +573,9 @@ def parse_args(argv=None):
                       help="run only the risk rules part")
     part.add_argument("--skip-rules", action="store_true", help="skip the risk rules part")
     recommend_bench.add_arguments(p)
+    patterns_bench.add_arguments(p, part)
     args = p.parse_args(argv)
+    patterns_bench.check_args(p, args)
     if args.rows < BATCH_ROWS * CLIENTS or args.single_rows < 100 or args.repeat < 1:
         p.error(f"need --rows >= {BATCH_ROWS * CLIENTS}, --single-rows >= 100, --repeat >= 1")
     if args.alerts < 1000 or not 1 <= args.alert_batch <= 100_000:
@@ -583,6 +595,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.patterns_only:
+        return patterns_bench.main_only(args, sys.modules[__name__])
     t_start = time.perf_counter()
     heading("pg_cep insert-path benchmark")
     workloads = [] if args.rules_only else prepare_workloads(args)
@@ -622,6 +636,11 @@ def main(argv=None) -> int:
         if args.rec_events and not args.rules_only:
             subheading("Runs: recommendations")
             recs = recommend_bench.run(cluster, args, recommend_bench.prepare(args))
+        patterns_raw = None
+        if not (args.rules_only or args.skip_patterns):
+            subheading("Runs: patterns")
+            pattern_data = patterns_bench.prepare(args)
+            patterns_raw = patterns_bench.run(cluster, args, pattern_data)
     if not args.rules_only:
         summary = summarize(results, workloads)
         print_report(summary)
@@ -632,7 +651,13 @@ def main(argv=None) -> int:
         rules_bench.print_report(rules, heading, subheading, print_table)
     if recs:
         recommend_bench.print_report(recs)
+    patterns = None
+    if patterns_raw is not None:
+        patterns = patterns_bench.summarize(patterns_raw, args, pattern_data)
+        patterns_bench.print_report(patterns)
     out = write_json(summary, args, meta, alerts, rules, recs)
+    if patterns is not None:
+        patterns_bench.add_to_json(out, patterns, args)
     print(f"\nWrote {out.relative_to(HERE.parent)}. "
           f"Total bench time {time.perf_counter() - t_start:.0f} s.")
     print("Targets are reported, not enforced: timings never change the exit code.")
@@ -641,6 +666,8 @@ def main(argv=None) -> int:
         failed.append("Alert delivery verification failed")
     if rules is not None and not rules["verified"]:
         failed.append("Risk rules correctness guard failed")
+    if patterns is not None and not patterns["verified"]:
+        failed.append("Patterns correctness guard failed")
     if failed:
         print(f"{'; '.join(failed)}: exit code 1.", file=sys.stderr)
         return 1

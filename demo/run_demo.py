@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """`make demo`: pg_cep end to end on a throwaway cluster, in about a minute.
 
-Starts a private PostgreSQL 15 cluster (never the system one), installs pg_cep, registers two
-application tables as streams -- card `transactions` (the fraud use case) and a `clickstream`
-of a shop -- and streams a generated, seeded workload into them from two concurrent clients
-with COPY and multi-row INSERTs. Then it prints what pg_cep's monitoring shows: stream_stats,
-the dashboard, the timeline, late events and alerts, plus the ingest throughput observed.
+Starts a private PostgreSQL 15 cluster (never the system one), installs pg_cep, registers
+application tables as streams -- card `transactions` (the fraud use case), a `clickstream` of
+a shop and the `payments` of its purchases -- and streams a generated, seeded workload into
+them from concurrent clients (one per stream) with COPY and multi-row INSERTs. Then it prints
+what pg_cep's monitoring shows: stream_stats, the dashboard, the timeline, late events and
+alerts, plus the ingest throughput observed, and what the features found (windows,
+recommendations, patterns, risk rules).
 
 Each section is one function; features (windows, recommendations, later patterns and rules)
 add their definitions to `define_streams` and their output to a `section_*` function.
@@ -23,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -110,6 +113,81 @@ RECOMMENDER_SQL = """
 SELECT cep.create_recommender('shop', 'clickstream', 'user_id', 'item_id', 'action',
     weights => '{"view": 1, "like": 3, "share": 5, "purchase": 10}', horizon => '7 days');
 """
+
+# Patterns on the clickstream (matched on ingest, in event-time order per user, once the
+# watermark reaches the events). The clickstream has no login action: a session starts with a
+# user's first event after 30 minutes without one (PREV(created_at): the user's previous event).
+PATTERNS_SQL = """
+SELECT cep.create_pattern('browse_to_buy', 'clickstream', 'login browse+ purchase',
+    '{"login":
+        "PREV(created_at) IS NULL OR created_at - PREV(created_at) > interval ''30 minutes''",
+      "browse": "action IN (''view'', ''like'', ''share'')",
+      "purchase": "action = ''purchase''"}',
+    within => '30 minutes');
+SELECT cep.create_pattern('liked_shared_bought', 'clickstream', 'PERMUTE(liked, shared) bought',
+    '{"liked": "action = ''like''", "shared": "action = ''share''",
+      "bought": "action = ''purchase''"}',
+    within => '30 minutes');
+"""
+
+# Payments of the clickstream's purchases, one order each: a payment a few seconds after the
+# purchase, then (usually) a confirmation; the absence detector reports payments that no
+# confirmation of the same order followed within 10 minutes.
+PAYMENTS_SQL = f"""
+CREATE TABLE payments (
+    id bigserial PRIMARY KEY,
+    order_id int NOT NULL,
+    user_id int NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('payment', 'confirmation')),
+    amount numeric(12,2) NOT NULL,
+    created_at timestamptz NOT NULL
+);
+CREATE INDEX ON payments (order_id, created_at);
+SELECT cep.create_stream('payments', 'payments', 'created_at',
+                         key_column => 'order_id', allowed_lateness => '{ALLOWED_LATENESS}');
+SELECT cep.create_absence('payment_unconfirmed', 'payments', 'kind = ''payment''',
+                          'kind = ''confirmation''', '10 minutes');
+"""
+
+
+def payments(clicks: workload.EventBatch, seed: int) -> workload.EventBatch:
+    """One order per purchase of the clickstream that is at least 45 minutes old: a payment
+    2-30 s after it; a confirmation 3 s - 8 min after the payment for 97% of the orders, 12-40
+    minutes after it for 1%, none for 2%. In time order."""
+    rng = np.random.default_rng(seed + 3)
+    buy = clicks.data["action"] == "purchase"
+    t_buy = clicks.created_at_us[buy]
+    users = clicks.data["user_id"][buy]
+    old = t_buy < clicks.created_at_us.max() - 45 * 60 * workload.US
+    t_buy, users = t_buy[old], users[old]
+    o = np.argsort(t_buy, kind="stable")
+    t_buy, users = t_buy[o], users[o]
+    n = len(t_buy)
+    order = np.arange(1, n + 1)
+    t_pay = t_buy + rng.integers(2, 30, size=n) * workload.US
+    outcome = rng.choice(3, size=n, p=[0.97, 0.01, 0.02])   # confirmed / late / never
+    delay = np.where(outcome == 0,
+                     np.clip(rng.exponential(40.0, size=n), 3, 480),
+                     rng.uniform(12 * 60, 40 * 60, size=n))
+    t_conf = t_pay + (delay * workload.US).astype(np.int64)
+    conf = outcome != 2
+    amount = np.round(np.maximum(1.0, rng.lognormal(np.log(45.0), 0.8, size=n)), 2)
+    t = np.concatenate([t_pay, t_conf[conf]])
+    kind = np.array(["payment"] * n + ["confirmation"] * int(conf.sum()), dtype=object)
+    s = np.argsort(t, kind="stable")
+    facts = {
+        "orders (purchases at least 45 min old)": n,
+        "confirmed within 10 minutes": int((outcome == 0).sum()),
+        "confirmed after 12-40 minutes": int((outcome == 1).sum()),
+        "never confirmed": int((outcome == 2).sum()),
+        "expected absences": int((outcome != 0).sum()),
+    }
+    return workload.EventBatch(
+        table="payments", columns=["order_id", "user_id", "kind", "amount", "created_at"],
+        data={"order_id": np.concatenate([order, order[conf]])[s],
+              "user_id": np.concatenate([users, users[conf]])[s],
+              "kind": kind[s], "amount": np.concatenate([amount, amount[conf]])[s]},
+        created_at_us=t[s], facts=facts)
 
 
 # -- ingest -----------------------------------------------------------------------------------
@@ -223,13 +301,15 @@ def section_workload(args, now_us: int) -> list[workload.EventBatch]:
     heading("1. Workload (generated, seed %d)" % args.seed)
     tx = workload.transactions(args.events, args.seed, now_us)
     clicks = workload.clickstream(max(1, args.events // 2), args.seed, now_us)
+    pay = payments(clicks, args.seed)
     print("Event times cover the last 24 hours and are replayed as fast as the database "
           "takes them.\nEvents arrive in time order with a few seconds of jitter; a few are "
-          "delayed by 20 min to 3 h.")
-    for ev in (tx, clicks):
+          "delayed by 20 min to 3 h.\nPayments (for the absence pattern) are derived from the "
+          "clickstream's purchases and arrive in time order.")
+    for ev in (tx, clicks, pay):
         subheading(ev.table)
         print_table(["fact", "value"], [(k, v) for k, v in ev.facts.items()])
-    return [tx, clicks]
+    return [tx, clicks, pay]
 
 
 def section_setup(cluster) -> psycopg.Connection:
@@ -266,6 +346,13 @@ def define_streams(conn) -> None:
           "ingest:")
     print("  " + RECOMMENDER_SQL.strip().replace("\n", "\n  "))
     conn.execute(RECOMMENDER_SQL)
+    print("Patterns on the clickstream (a session starts after 30 minutes without an event), "
+          "matched on ingest:")
+    print("  " + PATTERNS_SQL.strip().replace("\n", "\n  "))
+    conn.execute(PATTERNS_SQL)
+    print("Payments and an absence pattern (a payment with no confirmation within 10 minutes):")
+    print("  " + PAYMENTS_SQL.strip().replace("\n", "\n  "))
+    conn.execute(PAYMENTS_SQL)
 
 
 def section_windows(conn) -> None:
@@ -390,6 +477,90 @@ def section_recommendations(conn) -> None:
         WHERE t.rank <= 5""", (users,))
 
 
+def section_patterns(conn, payments_ev: workload.EventBatch) -> None:
+    heading("Patterns: sequences, PERMUTE and absence, matched on ingest")
+    print("A match is final once the stream's watermark has passed it; the demo's input ends "
+          "here, so:")
+    for stream in ("clickstream", "payments"):
+        sql = f"SELECT cep.advance_watermark('{stream}')"
+        t = time.perf_counter()
+        conn.execute(sql)
+        print(f"  {sql};   -- end of input ({time.perf_counter() - t:.1f} s)")
+    subheading("Matches per pattern (cep.matches)")
+    print_query(conn, """
+        SELECT p.name AS pattern, p.kind, s.name AS stream,
+               coalesce(p.pattern, format('%s, then no %s within %s', p.start_condition,
+                                          p.expected_condition, p.within)) AS definition,
+               count(m.match_id) AS matches, count(DISTINCT m.partition_key) AS keys,
+               round(avg(cardinality(m.event_ids)), 1) AS avg_events,
+               max(m.last_time - m.first_time) FILTER (WHERE p.kind = 'pattern') AS longest
+        FROM cep.patterns AS p
+        JOIN cep.streams AS s USING (stream_id)
+        LEFT JOIN cep.matches AS m ON m.pattern_id = p.pattern_id
+        GROUP BY p.pattern_id, s.name ORDER BY p.pattern_id""")
+    for name in ("browse_to_buy", "liked_shared_bought"):
+        subheading(f"Examples of {name}: each event's action and the variable it was bound to")
+        print_query(conn, """
+            SELECT m.partition_key AS user_id, m.first_time, m.last_time - m.first_time AS took,
+                   array_to_string(m.classifiers, ' ') AS classifiers,
+                   (SELECT string_agg(c.action, ' ' ORDER BY u.o)
+                    FROM unnest(m.event_ids) WITH ORDINALITY AS u (id, o)
+                    JOIN clickstream AS c ON c.id = u.id) AS actions
+            FROM cep.matches AS m WHERE m.pattern = %s
+            ORDER BY cardinality(m.event_ids) BETWEEN 4 AND 7 DESC, m.match_id LIMIT 4""",
+                    (name,))
+    subheading("Examples of payment_unconfirmed: the payment, and its confirmation if one came")
+    print_query(conn, """
+        SELECT order_id, user_id, amount, paid_at, coalesce(confirmed_after::text, 'never')
+               AS confirmed_after
+        FROM (
+            SELECT m.partition_key AS order_id, p.user_id, p.amount, m.first_time AS paid_at,
+                   c.confirmed_after,
+                   row_number() OVER (PARTITION BY c.confirmed_after IS NULL
+                                      ORDER BY m.match_id) AS n
+            FROM cep.matches AS m
+            JOIN payments AS p ON p.id = m.event_ids[1]
+            CROSS JOIN LATERAL (
+                SELECT min(x.created_at) - m.first_time AS confirmed_after FROM payments AS x
+                WHERE x.order_id = p.order_id AND x.kind = 'confirmation') AS c
+            WHERE m.pattern = 'payment_unconfirmed'
+        ) AS e
+        WHERE n <= 3 ORDER BY confirmed_after NULLS FIRST, paid_at""")
+    f = payments_ev.facts
+    print(f"Expected from the generator: {f['expected absences']} ({f['never confirmed']} never "
+          f"confirmed, {f['confirmed after 12-40 minutes']} confirmed after 12-40 minutes).")
+    subheading("cep.pattern_stats")
+    print_query(conn, """
+        SELECT pattern, stream, kind, active_runs, keys_with_runs, events, matches, drops,
+               late_events, last_match
+        FROM cep.pattern_stats ORDER BY pattern_id""")
+    subheading("Alerts raised by the patterns")
+    print_query(conn, """
+        SELECT source_kind, source_name, severity, count(*) AS alerts
+        FROM cep.alerts WHERE source_kind IN ('pattern', 'absence')
+        GROUP BY 1, 2, 3 ORDER BY 1, 2""")
+    subheading("Check: live matches (cep.matches) against cep.find_matches over the stored "
+               "events")
+    print_query(conn, """
+        WITH live AS (
+            SELECT pattern, event_ids FROM cep.matches
+        ), batch AS MATERIALIZED (
+            SELECT p.name AS pattern, f.event_ids
+            FROM cep.patterns AS p CROSS JOIN LATERAL cep.find_matches(p.name) AS f
+        )
+        SELECT p.name AS pattern,
+               (SELECT count(*) FROM live WHERE live.pattern = p.name) AS live_matches,
+               (SELECT count(*) FROM batch WHERE batch.pattern = p.name) AS find_matches,
+               (SELECT count(*) FROM (
+                    (SELECT event_ids FROM live WHERE live.pattern = p.name
+                     EXCEPT ALL SELECT event_ids FROM batch WHERE batch.pattern = p.name)
+                    UNION ALL
+                    (SELECT event_ids FROM batch WHERE batch.pattern = p.name
+                     EXCEPT ALL SELECT event_ids FROM live WHERE live.pattern = p.name)
+                ) AS d) AS mismatches
+        FROM cep.patterns AS p ORDER BY p.pattern_id""")
+
+
 def section_ingest(cluster, events: list[workload.EventBatch],
                    rate: float) -> tuple[list[Feed], float]:
     heading("3. Streaming the events")
@@ -402,7 +573,7 @@ def section_ingest(cluster, events: list[workload.EventBatch],
     wall = run_feeds(cluster.dsn(DBNAME), feeds, rate)
     total = sum(len(f.events) for f in feeds)
     print(f"Done: {total:,} events in {wall:.1f} s "
-          f"= {human_rate(total / wall)} events/s over both streams.")
+          f"= {human_rate(total / wall)} events/s over all streams.")
     return feeds, wall
 
 
@@ -549,7 +720,7 @@ def section_throughput(conn, feeds: list[Feed], wall: float) -> None:
         rows.append((f.events.table, n, f.copies, f.inserts, round(f.seconds, 2),
                      round(n / f.seconds), per_event, per_batch))
     total = sum(len(f.events) for f in feeds)
-    rows.append(("both (concurrently)", total, sum(f.copies for f in feeds),
+    rows.append(("all (concurrently)", total, sum(f.copies for f in feeds),
                  sum(f.inserts for f in feeds), round(wall, 2), round(total / wall), None, None))
     print_table(["stream", "events", "COPY stmts", "INSERT stmts", "seconds", "events/s",
                  "pg_cep µs/event", "pg_cep µs/stmt"], rows)
@@ -568,7 +739,7 @@ def parse_args(argv=None):
                         "default 200000")
     p.add_argument("--seed", type=int, default=42, help="RNG seed (default 42)")
     p.add_argument("--rate", type=float, default=0.0,
-                   help="pace the replay at this many events/s over both streams "
+                   help="pace the replay at this many events/s over all streams "
                         "(default 0: as fast as possible)")
     p.add_argument("--keep", action="store_true",
                    help="leave the cluster running and print how to connect")
@@ -594,6 +765,7 @@ def main(argv=None) -> int:
             section_timeline(conn, ingest_started, wall)
             section_windows(conn)
             section_recommendations(conn)
+            section_patterns(conn, events[2])
             section_late_events(conn, feeds)
             section_rules(conn)
             section_alerts(conn)
