@@ -34,6 +34,11 @@ and 1000 generated rules; with a correctness guard after every run with rules.
 A fourth part, "Recommendations" (bench/recommend_bench.py), loads a clickstream (by default
 1M events, 50k users, 5k items) into a plain table and into the same table with one
 recommender, and times cep.recommend and cep.similar_items; --rec-events 0 skips it.
+A fifth part, "Full fraud profile" (bench/fraud_bench.py), runs after the recommendations: two
+windows, the seed's four rules, one pattern and alerting on one stream, against the plain table
+and the seed's per-row design, in 1000-row batches and single rows from 2 and 8 clients, with
+single-row latency and the cost of each feature inside the ingest function; --fraud-only runs
+just it, --skip-fraud skips it.
 
 The "Patterns" part (bench/patterns_bench.py) runs after the recommendations: a clickstream of
 10k users into a plain table, the stream, and the stream with login browse+ purchase (ratio to
@@ -50,6 +55,8 @@ failed correctness check of the alert or rules part does, after the results are 
                                         [--rules-only | --skip-rules]
                                         [--rec-events N] [--rec-users U] [--rec-items I]
                                         [--rec-clients C] [--rec-queries Q]
+                                        [--fraud-rows N] [--fraud-single-rows N]
+                                        [--fraud-repeat R] [--fraud-only | --skip-fraud]
                                         [--patterns-only | --skip-patterns]
                                         [--pattern-events N] [--pattern-users U]
                                         [--pattern-repeat R] [--pattern-counts 1,5,20]
@@ -75,6 +82,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "demo"))
 
 import alert_delivery  # noqa: E402
+import fraud_bench  # noqa: E402
 import patterns_bench  # noqa: E402
 import rules_bench  # noqa: E402
 import recommend_bench  # noqa: E402
@@ -574,8 +582,10 @@ def parse_args(argv=None):
     part.add_argument("--skip-rules", action="store_true", help="skip the risk rules part")
     recommend_bench.add_arguments(p)
     patterns_bench.add_arguments(p, part)
+    fraud_bench.add_arguments(p, part)
     args = p.parse_args(argv)
     patterns_bench.check_args(p, args)
+    fraud_bench.check_args(p, args)
     if args.rows < BATCH_ROWS * CLIENTS or args.single_rows < 100 or args.repeat < 1:
         p.error(f"need --rows >= {BATCH_ROWS * CLIENTS}, --single-rows >= 100, --repeat >= 1")
     if args.alerts < 1000 or not 1 <= args.alert_batch <= 100_000:
@@ -597,6 +607,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.patterns_only:
         return patterns_bench.main_only(args, sys.modules[__name__])
+    if args.fraud_only:
+        return fraud_bench.main_only(args, sys.modules[__name__])
     t_start = time.perf_counter()
     heading("pg_cep insert-path benchmark")
     workloads = [] if args.rules_only else prepare_workloads(args)
@@ -636,6 +648,11 @@ def main(argv=None) -> int:
         if args.rec_events and not args.rules_only:
             subheading("Runs: recommendations")
             recs = recommend_bench.run(cluster, args, recommend_bench.prepare(args))
+        fraud = None
+        if not (args.rules_only or args.skip_fraud):
+            subheading("Runs: full fraud profile")
+            fraud = fraud_bench.summarize(fraud_bench.run(cluster, args, sys.modules[__name__]),
+                                          args)
         patterns_raw = None
         if not (args.rules_only or args.skip_patterns):
             subheading("Runs: patterns")
@@ -651,6 +668,8 @@ def main(argv=None) -> int:
         rules_bench.print_report(rules, heading, subheading, print_table)
     if recs:
         recommend_bench.print_report(recs)
+    if fraud:
+        fraud_bench.print_report(fraud, heading, subheading, print_table)
     patterns = None
     if patterns_raw is not None:
         patterns = patterns_bench.summarize(patterns_raw, args, pattern_data)
@@ -658,6 +677,8 @@ def main(argv=None) -> int:
     out = write_json(summary, args, meta, alerts, rules, recs)
     if patterns is not None:
         patterns_bench.add_to_json(out, patterns, args)
+    if fraud:
+        fraud_bench.add_to_json(out, fraud)
     print(f"\nWrote {out.relative_to(HERE.parent)}. "
           f"Total bench time {time.perf_counter() - t_start:.0f} s.")
     print("Targets are reported, not enforced: timings never change the exit code.")
@@ -668,6 +689,8 @@ def main(argv=None) -> int:
         failed.append("Risk rules correctness guard failed")
     if patterns is not None and not patterns["verified"]:
         failed.append("Patterns correctness guard failed")
+    if fraud is not None and not fraud["verified"]:
+        failed.append("Fraud profile correctness guard failed")
     if failed:
         print(f"{'; '.join(failed)}: exit code 1.", file=sys.stderr)
         return 1
