@@ -462,9 +462,6 @@ def test_compaction_keeps_rule_and_pattern_figures(rules_patterns):
     assert {r[0]: r[2:4] for r in rules} == {n: w[:2] for n, w in want.items()}
 
 
-@pytest.mark.xfail(strict=True, reason="pattern matcher logs the last_time of the match it "
-                   "reported last (key order), not the latest one, per statement "
-                   "(sql/55_patterns/codegen.sql: v_last_match := st.r_bend_t[1])")
 def test_pattern_last_match_is_the_latest_match_of_a_statement(conn):
     """One statement completes a match for key 1 at 12:10 and one for key 2 at 12:02; key 2 is
     processed after key 1. last_match is the event time of the latest match: 12:10."""

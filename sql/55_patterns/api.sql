@@ -34,12 +34,15 @@ DECLARE
     v_fn name := format('_pattern_%s', pattern_id);
     v_ddl text;
 BEGIN
+    -- force_custom_plan: the best plans of the matcher's statements depend on the batch
+    -- (generic plans would scan every key's state)
     v_ddl := format(
         'CREATE OR REPLACE FUNCTION cep.%I(p_from timestamptz, p_to timestamptz, p_eoi boolean, '
         'p_find boolean, p_own bigint [], p_keys text [], p_lo timestamptz [], p_nx timestamptz []) '
         'RETURNS TABLE (partition_key text, first_time timestamptz, '
         'last_time timestamptz, event_ids bigint [], classifiers text []) LANGUAGE plpgsql '
-        'SET search_path = pg_catalog, pg_temp SET TimeZone = ''UTC'' SET jit = off AS %L',
+        'SET search_path = pg_catalog, pg_temp SET TimeZone = ''UTC'' SET jit = off '
+        'SET plan_cache_mode = force_custom_plan AS %L',
         v_fn, cep._pattern_function_sql(pattern_id));
     BEGIN
         EXECUTE v_ddl;

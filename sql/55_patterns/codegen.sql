@@ -152,6 +152,7 @@ DECLARE
     v_done text [] := '{}'::text [];
     v_lo timestamptz [];
     v_pending boolean := false;
+    v_behind boolean := false;
 BEGIN
     IF NOT p_find THEN
         -- The keys to advance: those of this statement's on-time events (p_keys), those with
@@ -187,20 +188,32 @@ BEGIN
         -- per key, the earliest event to take: this statement's first on-time event of the key
         -- or the key's first event still waiting for the watermark
         WITH l AS (
-            SELECT x.k, x.pending_t
+            SELECT x.k, x.pending_t, x.upto_t, x.upto_id
             FROM unnest(v_keys) WITH ORDINALITY AS u (k, o)
             CROSS JOIN LATERAL (
-                SELECT ps.k, ps.pending_t FROM cep.pattern_state AS ps
+                SELECT ps.k, ps.pending_t, ps.upto_t, ps.upto_id FROM cep.pattern_state AS ps
                 WHERE ps.pattern_id = @PID@ AND ps.k = u.k
                 FOR NO KEY UPDATE
             ) AS x
         )
         SELECT array_agg(l.k ORDER BY l.k),
             array_agg(least(b.lo, CASE WHEN l.pending_t <= p_to THEN l.pending_t END) ORDER BY l.k),
-            coalesce(bool_or(l.pending_t IS NOT NULL), false)
-        INTO v_keys, v_lo, v_pending
+            coalesce(bool_or(l.pending_t IS NOT NULL), false),
+            coalesce(bool_or(b.nx IS NOT NULL AND (b.nx, 0) <= (l.upto_t, l.upto_id)), false)
+        INTO v_keys, v_lo, v_pending, v_behind
         FROM l
-        LEFT JOIN unnest(p_keys, p_lo) AS b (k, lo) ON b.k = l.k;
+        LEFT JOIN unnest(p_keys, p_lo, p_nx) AS b (k, lo, nx) ON b.k = l.k;
+        IF v_behind THEN
+            -- This statement's events beyond the watermark that another session (which
+            -- committed while this one waited for the key) already processed past: late.
+            INSERT INTO cep.pattern_late_events (pattern_id, event_id, event_time, partition_key)
+            SELECT @PID@, e.id, e.t, e.k
+            FROM (@OWN_EVENTS@) AS e
+            JOIN cep.pattern_state AS ps ON ps.pattern_id = @PID@ AND ps.k = e.k
+            WHERE e.t > p_to AND (e.t, e.id) <= (ps.upto_t, ps.upto_id);
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+            v_late := v_late + v_n;
+        END IF;
     END IF;
 
     -- The events of the keys that need the matcher (an event that can start a match, or open
@@ -370,7 +383,7 @@ BEGIN
 END
 $t$;
 
-    RETURN replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
+    RETURN replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
         replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
         replace(v_template,
         '@FINISH@', cep._pattern_finish_sql()),
@@ -432,6 +445,13 @@ $t$;
             -- ordered by an expression: the (key, time) index finds the rows, never a walk
             -- along the time index
             format('s.%I + interval ''0 seconds''', s.time_column))),
+        '@OWN_EVENTS@', format('SELECT %s AS k, %s AS t, s.%I::bigint AS id FROM %s AS s '
+            'WHERE s.%I = ANY (p_own)',
+            CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('s.%I::text', s.key_column) END,
+            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
+                THEN format('pg_catalog.timezone(''UTC'', s.%I)', s.time_column)
+                ELSE format('s.%I', s.time_column) END,
+            s.id_column, s.source, s.id_column)),
         '@RELAXED@', CASE WHEN p.contiguity = 'relaxed' THEN 'x.mask <> 0 AND' ELSE '' END),
         '@KEYEXPR@', CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('s.%I::text', s.key_column) END),
         '@SOURCE@', s.source::text),
@@ -494,7 +514,7 @@ AS $fn$
                         last_time, event_ids, classifiers, last_event_id)
                     VALUES (%1$L, %2$s, %3$L, v_key, st.r_st[1], st.r_bend_t[1], v_ids, v_cls,
                         st.r_bend_id[1]);
-                    v_last_match := st.r_bend_t[1];
+                    v_last_match := greatest(v_last_match, st.r_bend_t[1]);
                     v_drafts := v_drafts || ROW('pattern', %1$L, %3$L, v_key, st.r_bend_id[1],
                         'high', NULL, pg_catalog.format('pattern %%s matched for key %%s: %%s events from %%s to %%s',
                             %1$L, v_key, cardinality(v_ids), st.r_st[1], st.r_bend_t[1]),
@@ -561,6 +581,14 @@ AS $fn$
                 INTO n_run, n_pc, n_path, n_bind
                 FROM unnest(st.th_run) WITH ORDINALITY AS u (t, o)
                 WHERE st.r_st[array_position(st.r_no, u.t)] + c_within >= p_to;
+                IF cardinality(n_run) < cardinality(st.th_run) AND NOT p_find
+                    AND (st.upto_t IS NULL OR (st.upto_t, st.upto_id) < (p_to, -1::bigint)) THEN
+                    -- runs ended on the assumption that no event before the watermark is to
+                    -- come: one that still arrives (a concurrent writer's, late in serial
+                    -- order) must count as late, not extend or start runs behind them
+                    st.upto_t := p_to;
+                    st.upto_id := -1;
+                END IF;
                 st.th_run := n_run;
                 st.th_pc := n_pc;
                 st.th_path := n_path;
