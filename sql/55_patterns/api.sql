@@ -156,10 +156,8 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
     SELECT CASE WHEN s.key_column IS NULL THEN 'true'
             ELSE format('e.kraw = (%s)::%s', key, format_type(a.atttypid, NULL)) END
-        || CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-            THEN format(' AND e.traw >= pg_catalog.timezone(''UTC'', %1$s) '
-                'AND e.traw <= pg_catalog.timezone(''UTC'', %2$s)', start, deadline)
-            ELSE format(' AND e.traw >= %s AND e.traw <= %s', start, deadline) END
+        || format(' AND e.traw >= %s AND e.traw <= %s',
+            cep._stream_raw_time_sql(s, start), cep._stream_raw_time_sql(s, deadline))
     FROM pg_catalog.pg_attribute AS a
     WHERE a.attrelid = s.source AND a.attname = coalesce(s.key_column, s.time_column)
 $fn$;
@@ -175,12 +173,10 @@ STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
     SELECT format('SELECT %s AS k, %s AS kraw, s.%I AS traw, %s AS t, s.%I::bigint AS id%s FROM %s AS s',
-        CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('s.%I::text', s.key_column) END,
+        cep._stream_key_sql(s, 's'),
         CASE WHEN s.key_column IS NULL THEN 'NULL::text' ELSE format('s.%I', s.key_column) END,
         s.time_column,
-        CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-            THEN format('pg_catalog.timezone(''UTC'', s.%I)', s.time_column)
-            ELSE format('s.%I', s.time_column) END,
+        cep._stream_time_sql(s, 's'),
         s.id_column,
         (SELECT coalesce(string_agg(format(', s.%I AS %I', a.attname, 'c:' || a.attname), ''
             ORDER BY a.attnum), '')
@@ -363,10 +359,8 @@ BEGIN
     IF backfill THEN
         EXECUTE format('SELECT array_agg(x.k ORDER BY x.k), array_agg(x.lo ORDER BY x.k) '
             'FROM (SELECT %s AS k, min(%s) AS lo FROM %s AS s GROUP BY 1) AS x',
-            CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('s.%I::text', s.key_column) END,
-            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-                THEN format('pg_catalog.timezone(''UTC'', s.%I)', s.time_column)
-                ELSE format('s.%I', s.time_column) END,
+            cep._stream_key_sql(s, 's'),
+            cep._stream_time_sql(s, 's'),
             s.source)
         INTO v_keys, v_los;
         -- every key with stored events, from its first one

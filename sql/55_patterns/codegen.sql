@@ -8,6 +8,49 @@
 -- every stored event, end of input, nothing written) and the live matches (state in
 -- cep.pattern_state, matches in cep.matches).
 
+-- The SQL of a stream's key as text (the empty string without a key column) and of its time
+-- as timestamptz (a timestamp column holds UTC) over row alias ALIAS; and of a timestamptz
+-- expression in the time column's own type, for comparisons the (key, time) index serves.
+CREATE FUNCTION cep._stream_key_sql(s cep.streams, alias text)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT CASE WHEN s.key_column IS NULL THEN '''''::text'
+        ELSE format('%s.%I::text', alias, s.key_column) END
+$fn$;
+
+COMMENT ON FUNCTION cep._stream_key_sql(cep.streams, text) IS
+'Internal: SQL of a stream''s key as text over a row alias (the empty string without a key).';
+
+CREATE FUNCTION cep._stream_time_sql(s cep.streams, alias text)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT CASE WHEN s.time_type = 'timestamp without time zone'::regtype
+        THEN format('pg_catalog.timezone(''UTC'', %s.%I)', alias, s.time_column)
+        ELSE format('%s.%I', alias, s.time_column) END
+$fn$;
+
+COMMENT ON FUNCTION cep._stream_time_sql(cep.streams, text) IS
+'Internal: SQL of a stream''s event time as timestamptz over a row alias.';
+
+CREATE FUNCTION cep._stream_raw_time_sql(s cep.streams, expr text)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT CASE WHEN s.time_type = 'timestamp without time zone'::regtype
+        THEN format('pg_catalog.timezone(''UTC'', %s)', expr) ELSE expr END
+$fn$;
+
+COMMENT ON FUNCTION cep._stream_raw_time_sql(cep.streams, text) IS
+'Internal: SQL of a timestamptz expression in the type of a stream''s time column.';
+
 CREATE FUNCTION cep._pattern_function_sql(pattern_id integer)
 RETURNS text
 LANGUAGE plpgsql
@@ -35,6 +78,8 @@ DECLARE
     v_always integer := 0;
     v_template text;
     v_col name;
+    v_phs text [];
+    v_vals text [];
 BEGIN
     SELECT * INTO STRICT p FROM cep.patterns AS x WHERE x.pattern_id = _pattern_function_sql.pattern_id;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = p.stream_id;
@@ -383,102 +428,110 @@ BEGIN
 END
 $t$;
 
-    RETURN replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
-        replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
-        replace(v_template,
-        '@FINISH@', cep._pattern_finish_sql()),
-        '@RESOLVE@', cep._pattern_resolve_sql(p, s)),
-        '@EVENTS@', format(
+    -- Fill the placeholders in this order (@FINISH@ contains @RESOLVE@).
+    SELECT array_agg(x.ph ORDER BY x.o), array_agg(x.val ORDER BY x.o) INTO v_phs, v_vals
+    FROM unnest(ARRAY[
+        '@FINISH@',
+        '@RESOLVE@',
+        '@EVENTS@',
+        '@LIVE_EVENTS@',
+        '@NEXT_EVENT@',
+        '@OWN_EVENTS@',
+        '@RELAXED@',
+        '@DYN@',
+        '@BIND@',
+        '@X@',
+        '@START@',
+        '@OFF@',
+        '@LEN@',
+        '@ITEMS@',
+        '@VARS@',
+        '@FIRST@',
+        '@WITHIN@',
+        '@SKIP_PAST@',
+        '@CAP@',
+        '@NAME@',
+        '@STREAM@',
+        '@PID@',
+        '@SID@'
+    ], ARRAY[
+        cep._pattern_finish_sql(),
+        cep._pattern_resolve_sql(p, s),
+        format(
             'SELECT e.*, (%s | %s) AS mask FROM (SELECT %s AS k, %s AS t, s.%I::bigint AS id%s%s '
             'FROM %s AS s%s WHERE s.%I >= %s AND s.%I <= %s%s) AS e',
             v_mask, v_always,
-            CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('s.%I::text', s.key_column) END,
-            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-                THEN format('pg_catalog.timezone(''UTC'', s.%I)', s.time_column)
-                ELSE format('s.%I', s.time_column) END,
+            cep._stream_key_sql(s, 's'),
+            cep._stream_time_sql(s, 's'),
             s.id_column, v_sel, v_prev_sel, s.source, v_prev_join,
             s.time_column,
-            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-                THEN 'pg_catalog.timezone(''UTC'', p_from)' ELSE 'p_from' END,
+            cep._stream_raw_time_sql(s, 'p_from'),
             s.time_column,
-            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-                THEN 'pg_catalog.timezone(''UTC'', p_to)' ELSE 'p_to' END,
+            cep._stream_raw_time_sql(s, 'p_to'),
             format(' AND (NOT p_find OR NOT EXISTS (SELECT 1 FROM cep.late_events AS l WHERE '
                 'l.stream_id = %s AND l.event_id = s.%I)) AND (NOT p_find OR NOT EXISTS ('
                 'SELECT 1 FROM cep.pattern_late_events AS pl WHERE pl.pattern_id = %s AND '
-                'pl.event_id = s.%I))', s.stream_id, s.id_column, p.pattern_id, s.id_column))),
-        '@LIVE_EVENTS@', format(
+                'pl.event_id = s.%I))', s.stream_id, s.id_column, p.pattern_id, s.id_column)),
+        format(
             'SELECT e.*, (%s | %s) AS mask FROM (SELECT %s AS k, %s AS t, s.%I::bigint AS id%s%s '
             'FROM unnest(v_keys, v_lo) AS kr (k, lo) CROSS JOIN LATERAL (SELECT s.* FROM %s AS s '
             'WHERE %s AND s.%I >= %s AND s.%I <= %s OFFSET 0) AS s%s WHERE kr.lo IS NOT NULL '
             'AND NOT EXISTS (SELECT 1 FROM cep.late_events AS l WHERE l.stream_id = %s '
             'AND l.event_id = s.%I)) AS e',
             v_mask, v_always,
-            CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('s.%I::text', s.key_column) END,
-            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-                THEN format('pg_catalog.timezone(''UTC'', s.%I)', s.time_column)
-                ELSE format('s.%I', s.time_column) END,
+            cep._stream_key_sql(s, 's'),
+            cep._stream_time_sql(s, 's'),
             s.id_column, v_sel, v_prev_sel, s.source,
             CASE WHEN s.key_column IS NULL THEN 'true'
                 ELSE format('s.%I = kr.k::%s', s.key_column,
                     (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a
                      WHERE a.attrelid = s.source AND a.attname = s.key_column)) END,
             s.time_column,
-            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-                THEN 'pg_catalog.timezone(''UTC'', kr.lo)' ELSE 'kr.lo' END,
+            cep._stream_raw_time_sql(s, 'kr.lo'),
             s.time_column,
-            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-                THEN 'pg_catalog.timezone(''UTC'', p_to)' ELSE 'p_to' END,
-            v_prev_join, s.stream_id, s.id_column)),
-        '@NEXT_EVENT@', format('SELECT %s FROM %s AS s WHERE %s AND s.%I > %s ORDER BY %s LIMIT 1',
-            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-                THEN format('pg_catalog.timezone(''UTC'', s.%I)', s.time_column)
-                ELSE format('s.%I', s.time_column) END,
+            cep._stream_raw_time_sql(s, 'p_to'),
+            v_prev_join, s.stream_id, s.id_column),
+        format('SELECT %s FROM %s AS s WHERE %s AND s.%I > %s ORDER BY %s LIMIT 1',
+            cep._stream_time_sql(s, 's'),
             s.source,
             CASE WHEN s.key_column IS NULL THEN 'true'
                 ELSE format('s.%I = u.k::%s', s.key_column,
                     (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a
                      WHERE a.attrelid = s.source AND a.attname = s.key_column)) END,
             s.time_column,
-            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-                THEN 'pg_catalog.timezone(''UTC'', p_to)' ELSE 'p_to' END,
+            cep._stream_raw_time_sql(s, 'p_to'),
             -- ordered by an expression: the (key, time) index finds the rows, never a walk
             -- along the time index
-            format('s.%I + interval ''0 seconds''', s.time_column))),
-        '@OWN_EVENTS@', format('SELECT %s AS k, %s AS t, s.%I::bigint AS id FROM %s AS s '
+            format('s.%I + interval ''0 seconds''', s.time_column)),
+        format('SELECT %s AS k, %s AS t, s.%I::bigint AS id FROM %s AS s '
             'WHERE s.%I = ANY (p_own)',
-            CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('s.%I::text', s.key_column) END,
-            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-                THEN format('pg_catalog.timezone(''UTC'', s.%I)', s.time_column)
-                ELSE format('s.%I', s.time_column) END,
-            s.id_column, s.source, s.id_column)),
-        '@RELAXED@', CASE WHEN p.contiguity = 'relaxed' THEN 'x.mask <> 0 AND' ELSE '' END),
-        '@KEYEXPR@', CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('s.%I::text', s.key_column) END),
-        '@SOURCE@', s.source::text),
-        '@TIMECOL@', quote_ident(s.time_column)),
-        '@FROM@', CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-            THEN 'pg_catalog.timezone(''UTC'', p_from)' ELSE 'p_from' END),
-        '@TO@', CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-            THEN 'pg_catalog.timezone(''UTC'', p_to)' ELSE 'p_to' END),
-        '@DYN@', CASE WHEN v_dyn = '' THEN '(e.mask >> (v_var - 1)) & 1 = 1'
-            ELSE format(E'CASE v_var%s\n                        ELSE (e.mask >> (v_var - 1)) & 1 = 1\n                    END', v_dyn) END),
-        '@BIND@', CASE WHEN v_bind = '' THEN 'b'
-            ELSE format(E'CASE v_var%s\n                            ELSE b\n                        END', v_bind) END),
-        '@X@', quote_literal(translate((v_prog -> 'x')::text, '[]', '{}')) || '::integer []'),
-        '@START@', quote_literal(translate((v_prog -> 'start')::text, '[]', '{}')) || '::integer []'),
-        '@OFF@', quote_literal(translate((v_prog -> 'off')::text, '[]', '{}')) || '::integer []'),
-        '@LEN@', quote_literal(translate((v_prog -> 'len')::text, '[]', '{}')) || '::integer []'),
-        '@ITEMS@', quote_literal(translate((v_prog -> 'items')::text, '[]', '{}')) || '::integer []'),
-        '@VARS@', quote_literal(p.variables) || '::text []'),
-        '@FIRST@', (v_first | 0)::text),
-        '@WITHIN@', coalesce(quote_literal(p.within) || '::interval', 'NULL')),
-        '@SKIP_PAST@', (p.after_match = 'skip_past_last_row')::text),
-        '@CAP@', p.max_runs::text),
-        '@NAME@', quote_literal(p.name)),
-        '@STREAM@', quote_literal(s.name)),
-        '@PID@', p.pattern_id::text),
-        '@SID@', s.stream_id::text),
-        '@PNAME@', quote_literal(p.name));
+            cep._stream_key_sql(s, 's'),
+            cep._stream_time_sql(s, 's'),
+            s.id_column, s.source, s.id_column),
+        CASE WHEN p.contiguity = 'relaxed' THEN 'x.mask <> 0 AND' ELSE '' END,
+        CASE WHEN v_dyn = '' THEN '(e.mask >> (v_var - 1)) & 1 = 1'
+            ELSE format(E'CASE v_var%s\n                        ELSE (e.mask >> (v_var - 1)) & 1 = 1\n                    END', v_dyn) END,
+        CASE WHEN v_bind = '' THEN 'b'
+            ELSE format(E'CASE v_var%s\n                            ELSE b\n                        END', v_bind) END,
+        quote_literal(translate((v_prog -> 'x')::text, '[]', '{}')) || '::integer []',
+        quote_literal(translate((v_prog -> 'start')::text, '[]', '{}')) || '::integer []',
+        quote_literal(translate((v_prog -> 'off')::text, '[]', '{}')) || '::integer []',
+        quote_literal(translate((v_prog -> 'len')::text, '[]', '{}')) || '::integer []',
+        quote_literal(translate((v_prog -> 'items')::text, '[]', '{}')) || '::integer []',
+        quote_literal(p.variables) || '::text []',
+        (v_first | 0)::text,
+        coalesce(quote_literal(p.within) || '::interval', 'NULL'),
+        (p.after_match = 'skip_past_last_row')::text,
+        p.max_runs::text,
+        quote_literal(p.name),
+        quote_literal(s.name),
+        p.pattern_id::text,
+        s.stream_id::text
+    ]) WITH ORDINALITY AS x (ph, val, o);
+    FOR v_i IN 1 .. cardinality(v_phs) LOOP
+        v_template := replace(v_template, v_phs[v_i], v_vals[v_i]);
+    END LOOP;
+    RETURN v_template;
 END
 $fn$;
 

@@ -36,6 +36,7 @@ SELECT functions_are(
         '_pattern_function_sql', '_pattern_resolve_sql', '_pattern_finish_sql',
         '_pattern_prepare_stream', '_pattern_install', '_patterns_advance', '_absence_follow_sql',
         '_absence_rows_sql', '_pattern_section', '_pattern_check_args', '_drop_pattern_objects',
+        '_stream_key_sql', '_stream_time_sql', '_stream_raw_time_sql',
         '_recommender_id', '_recommender_weight_expr', '_recommender_section',
         '_drop_recommender_state', '_expire_recommender'
     ],
