@@ -622,12 +622,20 @@ def have_engine(server):
     return True
 
 
-def setup_stream(conn, lateness="0 seconds", table="public.t", stream="s"):
+def setup_stream(conn, lateness="0 seconds", table="public.t", stream="s", mode="sync"):
     conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, k integer NOT NULL, "
                  "ts timestamptz NOT NULL, sym text, val integer)")
     conn.execute("SELECT cep.create_stream(%s, %s::regclass, time_column => 'ts', "
-                 "key_column => 'k', allowed_lateness => %s::interval)",
-                 (stream, table, lateness))
+                 "key_column => 'k', allowed_lateness => %s::interval, mode => %s)",
+                 (stream, table, lateness, mode))
+
+
+def process(conn, rng=None, stream="s"):
+    """An asynchronous stream's queue: all of it, or (with RNG) a random piece or none."""
+    if rng is None:
+        conn.execute("SELECT cep.process_stream(%s, 1000000)", (stream,))
+    elif rng.random() < 0.5:
+        conn.execute("SELECT cep.process_stream(%s, %s)", (stream, rng.choice([1, 4, 30])))
 
 
 def insert(cur, rows, how, table="public.t"):
@@ -943,10 +951,11 @@ def regex_crosscheck(p: Pat, events, late):
     assert got == want, p.describe()
 
 
-def run_serial(conn, rng, rows, model, pats, check_every=True):
+def run_serial(conn, rng, rows, model, pats, check_every=True, mode="sync"):
     """Random statements (COPY or INSERT, 1..25 rows, any keys) in random transactions, some
     rolled back (their rows are retried), some statements undone by a savepoint. After each
-    transaction the live matches must be final ones: a subset of the reference at the end."""
+    transaction the live matches must be final ones: a subset of the reference at the end.
+    MODE 'async': the queue is processed in random pieces, inside transactions too."""
     i, force_commit = 0, False
     snapshots = []
     while i < len(rows):
@@ -970,12 +979,16 @@ def run_serial(conn, rng, rows, model, pats, check_every=True):
                 else:
                     insert(cur, s, how)
                     model.statement(s)
+                if mode == "async":
+                    process(conn, rng)
         force_commit = rollback
         if rollback:
             model.restore(snap)
         else:
             i = j
             if check_every:
+                if mode == "async":
+                    process(conn)
                 snapshots.append({p.name: live_matches(conn, p) for p in pats})
     return snapshots
 
@@ -1004,13 +1017,13 @@ def gen_workload(seed, concurrent=False):
     return rng, lateness_s, keys, rows, pats
 
 
-def _workload(server, seed, concurrent=False):
+def _workload(server, seed, concurrent=False, mode="sync"):
     rng, lateness_s, keys, rows, pats = gen_workload(seed, concurrent)
     n_keys = len(keys)
     db = server.new_database()
     try:
         with server.connect(db) as conn:
-            setup_stream(conn, f"{lateness_s} seconds")
+            setup_stream(conn, f"{lateness_s} seconds", mode=mode)
             for p in pats:
                 try:
                     p.create(conn)
@@ -1019,7 +1032,9 @@ def _workload(server, seed, concurrent=False):
             model = Model(sec(lateness_s))
             snapshots = []
             if not concurrent:
-                snapshots = run_serial(conn, rng, rows, model, pats)
+                snapshots = run_serial(conn, rng, rows, model, pats, mode=mode)
+                if mode == "async":
+                    process(conn)
                 assert late_ids(conn) == model.late
                 late = model.late
             else:
@@ -1027,6 +1042,8 @@ def _workload(server, seed, concurrent=False):
                 parts = [[r for r in rows if r["k"] in half],
                          [r for r in rows if r["k"] not in half]]
                 errors = []
+
+                done = threading.Event()
 
                 def writer(part, wseed):
                     wrng = random.Random(wseed)
@@ -1037,12 +1054,28 @@ def _workload(server, seed, concurrent=False):
                     except BaseException as exc:   # pragma: no cover - reported below
                         errors.append(exc)
 
+                def processor():
+                    # asynchronous: a third session applies the queue while the writers run
+                    try:
+                        with server.connect(db, autocommit=True) as c:
+                            while not done.is_set():
+                                c.execute("SELECT cep.process_stream('s', 20)")
+                    except BaseException as exc:   # pragma: no cover - reported below
+                        errors.append(exc)
+
                 ts = [threading.Thread(target=writer, args=(part, seed * 10 + w))
                       for w, part in enumerate(parts)]
+                pt = threading.Thread(target=processor)
+                if mode == "async":
+                    pt.start()
                 for t in ts:
                     t.start()
                 for t in ts:
                     t.join()
+                done.set()
+                if mode == "async":
+                    pt.join()
+                    process(conn)
                 assert not errors, errors
                 late = late_ids(conn)
                 if lateness_s >= 3600:
@@ -1065,6 +1098,17 @@ def _workload(server, seed, concurrent=False):
 @pytest.mark.parametrize("seed", range(32))
 def test_random_streams_live_equals_batch_equals_reference(server, have_engine, seed):
     _workload(server, seed)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_async_streams_live_equals_batch_equals_reference(server, have_engine, seed):
+    """The same workloads on an asynchronous stream, its queue applied in random pieces."""
+    _workload(server, seed, mode="async")
+
+
+@pytest.mark.parametrize("seed", range(100, 108))
+def test_async_concurrent_writers_and_a_processing_session(server, have_engine, seed):
+    _workload(server, seed, concurrent=True, mode="async")
 
 
 @pytest.mark.parametrize("seed", range(100, 116))

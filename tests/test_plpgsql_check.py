@@ -51,6 +51,8 @@ INSERT INTO cep.rules (stream, name, condition, risk_score) VALUES
     ('plain', 'r_pattern', '{"pattern": "p_plain"}', 0.5);
 SELECT cep.create_recommender('rec_plain', 'plain', 'k', 'amt', 'k', unknown_action => 'error');
 SELECT cep.create_recommender('rec_nokey', 'nokey', 'id', 'ts', 'id', '{"1": 1, "2": 0.5}');
+SELECT cep.set_stream_mode('plain', 'async');
+SELECT cep.set_stream_mode('parted', 'async');
 """
 
 CHECK = """
@@ -86,6 +88,9 @@ def test_plpgsql_check_finds_nothing(conn):
         "SELECT count(*) FROM pg_proc WHERE pronamespace = 'cep'::regnamespace "
         "AND proname ~ '^_ingest_[0-9]+$'").fetchone()[0]
     assert generated == 3 and checked > generated
+    # asynchronous streams: the writer-side trigger body and the processing function
+    assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname ~ '^_process_[0-9]+$'"
+                        ).fetchone()[0] == 2
     assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname ~ '^_pattern_[0-9]+$'").fetchone()[0] == 3
     findings = conn.execute(CHECK).fetchall()
     assert findings == [], "\n".join(f"{fn}: {line}" for fn, line in findings)

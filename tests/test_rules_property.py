@@ -53,13 +53,13 @@ SEED_RULES = [
 
 # -- plumbing --------------------------------------------------------------------------------
 
-def setup_stream(conn, table="tx", stream="tx"):
+def setup_stream(conn, table="tx", stream="tx", mode="sync"):
     """The stream's table, registered with cep.create_stream; returns an empty model of it."""
     cols = ", ".join(f"{c} {t}" + (" NOT NULL" if c in ("user_id", "created_at") else "")
                      for c, t in zip(COLS, TYPES))
     conn.execute(f"CREATE TABLE public.{table} ({cols}, PRIMARY KEY (id))")
     conn.execute("SELECT cep.create_stream(%s, %s::regclass, time_column => 'created_at', "
-                 "key_column => 'user_id')", (stream, f"public.{table}"))
+                 "key_column => 'user_id', mode => %s)", (stream, f"public.{table}", mode))
     return Stream(KINDS)
 
 
@@ -602,9 +602,19 @@ def mutate(conn, model, rnd, events, names):
     return f"{what} of rule {rule.rule_id}"
 
 
-def run_random_workload(conn, seed: int):
+def process_some(conn, rnd, stream="tx"):
+    """An asynchronous stream's queue, processed in a random number of calls of random size."""
+    while rnd.random() < 0.7:
+        if not conn.execute("SELECT cep.process_stream(%s, %s)",
+                            (stream, rnd.choice([1, 5, 40, 1000]))).fetchone()[0]:
+            break
+
+
+def run_random_workload(conn, seed: int, mode: str = "sync"):
+    """MODE 'async': the same statements, queued and applied by cep.process_stream at random
+    moments (inside and between transactions), must give the reference's results too."""
     rnd = random.Random(seed)
-    model = setup_stream(conn)
+    model = setup_stream(conn, mode=mode)
     keys = [f"u{i}" for i in range(rnd.randint(3, 6))]
     events = gen_events(rnd, rnd.randint(60, 200), keys, ts(rnd.choice(BASES)))
     # statements: single rows and batches up to 50, grouped into transactions of 1 to 4
@@ -649,26 +659,36 @@ def run_random_workload(conn, seed: int):
                 insert(conn, s)
                 if not rollback:
                     model.ingest(s)
+                if mode == "async" and rnd.random() < 0.2:
+                    process_some(conn, rnd)
         if rollback:
             log.append(f"txn {ti} rolled back")
+        if mode == "async":
+            process_some(conn, rnd)
+    if mode == "async":
+        conn.execute("SELECT cep.process_stream('tx', 1000000)")
+        assert conn.execute("SELECT count(*) FROM cep.stream_queue").fetchone()[0] == 0
     check(conn, model, context=context())
     return model
 
 
-@pytest.mark.parametrize("timezone", ["UTC", "Pacific/Kiritimati", "America/St_Johns"])
+@pytest.mark.parametrize("timezone, mode", [
+    ("UTC", "sync"), ("Pacific/Kiritimati", "sync"), ("America/St_Johns", "sync"),
+    ("UTC", "async"), ("America/St_Johns", "async")])
 @settings(max_examples=int(os.environ.get("PGCEP_RULE_EXAMPLES", "8")), deadline=None,
           phases=[Phase.explicit, Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @example(seed=1)
 @given(seed=st.integers(0, 2**32 - 1))
-def test_random_streams_and_rules_match_reference(server, timezone, seed):
+def test_random_streams_and_rules_match_reference(server, timezone, mode, seed):
     """Random streams, rule sets, policies and changes; the session TimeZone of the writer
-    and of every rule change must not matter."""
+    and of every rule change must not matter, nor whether the stream is synchronous or
+    asynchronous (processed later, in random pieces)."""
     db = server.new_database()
     try:
         with server.connect(db) as conn:
             conn.execute(sql.SQL("SET TimeZone = {}").format(sql.Literal(timezone)))
-            run_random_workload(conn, seed)
+            run_random_workload(conn, seed, mode)
     finally:
         server.drop_database(db)
 

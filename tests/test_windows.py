@@ -50,7 +50,7 @@ REGIONS = ["north", "south", "east", "west"]
 
 # -- stream and window plumbing ----------------------------------------------------------------
 
-def setup_stream(conn, lateness="0 seconds", table="public.ev", stream="ev"):
+def setup_stream(conn, lateness="0 seconds", table="public.ev", stream="ev", mode="sync"):
     conn.execute(f"""
         CREATE TABLE {table} (
             id bigint PRIMARY KEY,
@@ -63,7 +63,7 @@ def setup_stream(conn, lateness="0 seconds", table="public.ev", stream="ev"):
         )""")
     conn.execute(
         "SELECT cep.create_stream(%s, %s::regclass, 'created_at', 'user_id', "
-        "allowed_lateness => %s::interval)", (stream, table, lateness))
+        "allowed_lateness => %s::interval, mode => %s)", (stream, table, lateness, mode))
 
 
 def at(sec: float = 0, us: int = 0) -> dt.datetime:
@@ -521,16 +521,28 @@ def gen_events(rng, n, n_keys, lateness_s, late_share, first_id=1):
     return rows
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
 @settings(max_examples=15, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1))
-def test_random_workloads_match_oracles(server, seed):
+def test_random_workloads_match_oracles(server, mode, seed):
+    """MODE 'async': the same statements are queued, and cep.process_stream applies them in
+    random pieces at random moments (inside transactions and savepoints too); before every
+    check the queue is drained, and the results must equal the same oracles."""
     rng = random.Random(seed)
     lateness_s = rng.choice([0, 5, 30])
+
+    def settle(conn, everything=True):
+        if mode == "async":
+            while conn.execute("SELECT cep.process_stream('ev', %s)",
+                               (1_000_000 if everything else rng.choice([1, 3, 50]),)
+                               ).fetchone()[0] and not everything and rng.random() < 0.5:
+                pass
+
     db = server.new_database()
     try:
         with server.connect(db) as conn:
-            setup_stream(conn, f"{lateness_s} seconds")
+            setup_stream(conn, f"{lateness_s} seconds", mode=mode)
             wins = random_windows(conn, rng)
             model = Model(sec(lateness_s))
             rows = gen_events(rng, rng.randint(20, 220), rng.randint(1, 5), lateness_s, 0.05)
@@ -554,18 +566,23 @@ def test_random_workloads_match_oracles(server, seed):
                                 insert(cur, s)
                                 model.statement(s)
                                 if rng.random() < 0.5:
+                                    settle(conn)
                                     check_all(conn, wins, model.events, model.watermark)
                             model.restore(sp)
                         else:
                             insert(cur, s)
                             model.statement(s)
+                        if rng.random() < 0.2:
+                            settle(conn, everything=False)
                     if rng.random() < 0.3:  # the transaction sees its own uncommitted windows
+                        settle(conn)
                         check_all(conn, wins, model.events, model.watermark)
                 force_commit = rollback
                 if rollback:
                     model.restore(snap)
                 else:
                     i = j
+                settle(conn)
                 assert late_ids(conn) == model.late
                 check_all(conn, wins, model.events, model.watermark)
             # End of stream: everything becomes final; maintenance purges nothing within
@@ -579,6 +596,7 @@ def test_random_workloads_match_oracles(server, seed):
             tail = gen_events(rng, 3, 2, 0, 0, first_id=len(rows) + 1)
             insert(conn, tail)
             model.statement(tail)
+            settle(conn)
             assert late_ids(conn) == model.late
             after = check_all(conn, wins, model.events, model.watermark)
             assert {k: srt(v) for k, v in after.items()} == {k: srt(v) for k, v in before.items()}

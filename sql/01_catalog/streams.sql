@@ -20,6 +20,7 @@ CREATE TABLE cep.streams (
     ingest_function name NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
     wall_clock boolean NOT NULL DEFAULT FALSE,
+    mode text NOT NULL DEFAULT 'sync',
     CONSTRAINT streams_pkey PRIMARY KEY (stream_id),
     CONSTRAINT streams_name_key UNIQUE (name),
     CONSTRAINT streams_source_key UNIQUE (source),
@@ -33,7 +34,8 @@ CREATE TABLE cep.streams (
         allowed_lateness >= '0 seconds' AND allowed_lateness < '100 years'
     ),
     CONSTRAINT streams_skew_check CHECK (max_future_skew >= '0 seconds'),
-    CONSTRAINT streams_channel_check CHECK (octet_length(notify_channel) BETWEEN 1 AND 63)
+    CONSTRAINT streams_channel_check CHECK (octet_length(notify_channel) BETWEEN 1 AND 63),
+    CONSTRAINT streams_mode_check CHECK (mode IN ('sync', 'async'))
 );
 
 COMMENT ON TABLE cep.streams IS

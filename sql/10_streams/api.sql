@@ -51,7 +51,8 @@ CREATE FUNCTION cep.create_stream(
     allowed_lateness interval DEFAULT '0 seconds',
     max_future_skew interval DEFAULT '1 day',
     notify boolean DEFAULT TRUE,
-    notify_channel text DEFAULT 'cep_alerts'
+    notify_channel text DEFAULT 'cep_alerts',
+    mode text DEFAULT 'sync'
 )
 RETURNS integer
 LANGUAGE plpgsql
@@ -87,6 +88,10 @@ BEGIN
     END IF;
     IF notify IS NULL OR notify_channel IS NULL OR octet_length(notify_channel) NOT BETWEEN 1 AND 63 THEN
         RAISE EXCEPTION 'notify and notify_channel (1 to 63 bytes) must not be NULL'
+            USING ERRCODE = '22023';
+    END IF;
+    IF mode IS NULL OR mode NOT IN ('sync', 'async') THEN
+        RAISE EXCEPTION 'mode must be ''sync'' or ''async'', got %', coalesce(quote_literal(mode), 'NULL')
             USING ERRCODE = '22023';
     END IF;
 
@@ -167,10 +172,10 @@ BEGIN
 
     INSERT INTO cep.streams (
         name, source, time_column, time_type, key_column, id_column, allowed_lateness,
-        max_future_skew, checked_columns, notify, notify_channel, ingest_function
+        max_future_skew, checked_columns, notify, notify_channel, ingest_function, mode
     ) VALUES (
         name, source, time_column, v_time_type, key_column, v_id_column, allowed_lateness,
-        max_future_skew, v_checked, notify, notify_channel, 'pending'
+        max_future_skew, v_checked, notify, notify_channel, 'pending', create_stream.mode
     ) RETURNING stream_id INTO v_stream_id;
     UPDATE cep.streams AS s SET ingest_function = format('_ingest_%s', v_stream_id)
     WHERE s.stream_id = v_stream_id;
@@ -193,12 +198,14 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep.create_stream(text, regclass, name, name, name, interval, interval, boolean, text) IS
+COMMENT ON FUNCTION cep.create_stream(text, regclass, name, name, name, interval, interval, boolean, text, text) IS
 'Register an existing (plain or range-partitioned) table as event stream NAME: events are '
 'ordered by (time_column, id_column) per key_column; an AFTER INSERT statement trigger '
-'processes every INSERT or COPY as one set. Rows with a NULL time, key or id, an infinite '
-'time, a time more than max_future_skew ahead of now(), or NaN/Infinity in a numeric column '
-'make the whole statement fail. Returns the stream id.';
+'processes every INSERT or COPY as one set, in the writer''s transaction (mode ''sync'') or, '
+'with mode ''async'', queues the statement''s event ids for cep.process_stream. Rows with a '
+'NULL time, key or id, an infinite time, a time more than max_future_skew ahead of now(), or '
+'NaN/Infinity in a numeric column make the whole statement fail in both modes. Returns the '
+'stream id.';
 
 CREATE FUNCTION cep.drop_stream(name text)
 RETURNS void
@@ -239,6 +246,8 @@ BEGIN
         EXECUTE format('DROP TRIGGER IF EXISTS cep_stream_ingest ON %s', s.source);
     END IF;
     EXECUTE format('DROP FUNCTION IF EXISTS cep.%I()', s.ingest_function);
+    EXECUTE format('DROP FUNCTION IF EXISTS cep.%I(bigint [])', format('_process_%s', s.stream_id));
+    DELETE FROM cep.stream_queue AS q WHERE q.stream_id = s.stream_id;
     PERFORM cep._drop_window_objects(w.window_id)
     FROM cep.windows AS w WHERE w.stream_id = s.stream_id;
     DELETE FROM cep.windows AS w WHERE w.stream_id = s.stream_id;
@@ -268,6 +277,9 @@ BEGIN
         RAISE EXCEPTION 'to_time must be a time or ''infinity'', got %',
             coalesce(to_time::text, 'NULL') USING ERRCODE = '22023';
     END IF;
+    -- An asynchronous stream's queued statements arrived before this declaration.
+    PERFORM cep._process_queue(v_id, NULL, true)
+    FROM cep.streams AS x WHERE x.stream_id = v_id AND x.mode = 'async';
     v_old := cep._watermark(v_id);
     IF to_time > v_old THEN
         INSERT INTO cep.stream_log (stream_id, batches, events, watermark)

@@ -24,6 +24,100 @@ $fn$;
 COMMENT ON FUNCTION cep._time_expr(integer) IS
 'Internal: SQL text of a stream''s event time as timestamptz over the row alias n.';
 
+-- The checks every inserted row must pass, as CASE branches naming the first problem
+-- ('SQLSTATE:message') and as one condition that any problem makes true, over the batch alias e;
+-- and the checked numeric columns as a select list over n.
+CREATE FUNCTION cep._compile_checks(
+    stream_id integer, OUT bad_case text, OUT bad_any text, OUT cols text
+)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    s cep.streams;
+    v_col name;
+BEGIN
+    SELECT * INTO STRICT s FROM cep.streams AS st WHERE st.stream_id = _compile_checks.stream_id;
+    cols := '';
+    -- Reasons an event is refused, checked in this order; the first match names the problem.
+    bad_case := format(
+        'WHEN e.t IS NULL THEN %L ', format('23502:time column %I is NULL', s.time_column));
+    IF s.key_column IS NOT NULL THEN
+        bad_case := bad_case || format(
+            'WHEN e.k IS NULL THEN %L ', format('23502:key column %I is NULL', s.key_column));
+    END IF;
+    bad_case := bad_case
+        || format('WHEN e.id IS NULL THEN %L ', format('23502:id column %I is NULL', s.id_column))
+        || format('WHEN NOT pg_catalog.isfinite(e.t) THEN %L ',
+            format('22008:time column %I is infinite', s.time_column))
+        || format('WHEN e.t > v_limit THEN %L ',
+            format('22008:time column %I is more than %s ahead of now()',
+                s.time_column, s.max_future_skew));
+    bad_any := 'e.t IS NULL OR e.id IS NULL OR NOT pg_catalog.isfinite(e.t) OR e.t > v_limit';
+    IF s.key_column IS NOT NULL THEN
+        bad_any := bad_any || ' OR e.k IS NULL';
+    END IF;
+    FOREACH v_col IN ARRAY s.checked_columns LOOP
+        cols := cols || format(', n.%I', v_col);
+        bad_case := bad_case || format(
+            'WHEN e.%I IN (''NaN'', ''Infinity'', ''-Infinity'') THEN %L ',
+            v_col, format('22003:column %I is NaN or infinite', v_col));
+        bad_any := bad_any || format(' OR e.%I IN (''NaN'', ''Infinity'', ''-Infinity'')', v_col);
+    END LOOP;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._compile_checks(integer) IS
+'Internal: the row checks of a stream''s generated ingest code (CASE branches naming the '
+'first problem, one condition for any problem) and its checked numeric columns.';
+
+-- The batch of a stream as (t, k, id, checked columns) over the rows relation n.
+CREATE FUNCTION cep._batch_sql(stream_id integer)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT format('(SELECT %s AS t, %s AS k, n.%I::bigint AS id%s FROM cep_new_rows AS n)',
+        cep._time_expr(s.stream_id),
+        CASE WHEN s.key_column IS NULL THEN 'NULL::text' ELSE format('n.%I::text', s.key_column) END,
+        s.id_column, (cep._compile_checks(s.stream_id)).cols)
+    FROM cep.streams AS s
+    WHERE s.stream_id = _batch_sql.stream_id
+$fn$;
+
+COMMENT ON FUNCTION cep._batch_sql(integer) IS
+'Internal: SQL of a stream''s batch as (t, k, id, checked columns) over cep_new_rows.';
+
+-- The statement-rejection block shared by the synchronous and the asynchronous writer path.
+CREATE FUNCTION cep._reject_sql(stream_id integer)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT format($r$
+    IF v_bad > 0 THEN
+        SELECT CASE %2$s END, e.id INTO v_reason, v_bad_id
+        FROM %4$s AS e
+        WHERE %3$s
+        LIMIT 1;
+        RAISE EXCEPTION 'pg_cep: stream %%: %%', %1$L, pg_catalog.substr(v_reason, 7)
+            USING ERRCODE = pg_catalog.substr(v_reason, 1, 5),
+            DETAIL = pg_catalog.format('%%s of %%s rows refused; first event id %%s',
+                v_bad, v_events, coalesce(v_bad_id::text, 'NULL')),
+            HINT = 'The whole statement was rolled back; fix or drop the offending rows.';
+    END IF;
+$r$, s.name, c.bad_case, c.bad_any, cep._batch_sql(s.stream_id))
+    FROM cep.streams AS s
+    CROSS JOIN LATERAL cep._compile_checks(s.stream_id) AS c
+    WHERE s.stream_id = _reject_sql.stream_id
+$fn$;
+
+COMMENT ON FUNCTION cep._reject_sql(integer) IS
+'Internal: the generated block that refuses a statement with a bad row, naming the problem.';
+
 CREATE FUNCTION cep._compile_ingest(stream_id integer)
 RETURNS text
 LANGUAGE plpgsql
@@ -32,53 +126,16 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     s cep.streams;
-    v_time_expr text;
-    v_key_expr text;
-    v_cols text := '';
-    v_bad_case text;
-    v_bad_any text;
-    v_col name;
     v_sections text;
 BEGIN
     SELECT * INTO STRICT s FROM cep.streams AS st WHERE st.stream_id = _compile_ingest.stream_id;
     v_sections := cep._feature_sections(s.stream_id);
 
-    -- A column without time zone holds UTC wall-clock time, whatever the session TimeZone.
-    v_time_expr := cep._time_expr(s.stream_id);
-    v_key_expr := CASE WHEN s.key_column IS NULL THEN 'NULL::text'
-        ELSE format('n.%I::text', s.key_column) END;
-
-    -- Reasons an event is refused, checked in this order; the first match names the problem.
-    v_bad_case := format(
-        'WHEN e.t IS NULL THEN %L ', format('23502:time column %I is NULL', s.time_column));
-    IF s.key_column IS NOT NULL THEN
-        v_bad_case := v_bad_case || format(
-            'WHEN e.k IS NULL THEN %L ', format('23502:key column %I is NULL', s.key_column));
-    END IF;
-    v_bad_case := v_bad_case
-        || format('WHEN e.id IS NULL THEN %L ', format('23502:id column %I is NULL', s.id_column))
-        || format('WHEN NOT pg_catalog.isfinite(e.t) THEN %L ',
-            format('22008:time column %I is infinite', s.time_column))
-        || format('WHEN e.t > v_limit THEN %L ',
-            format('22008:time column %I is more than %s ahead of now()',
-                s.time_column, s.max_future_skew));
-    v_bad_any := 'e.t IS NULL OR e.id IS NULL OR NOT pg_catalog.isfinite(e.t) OR e.t > v_limit';
-    IF s.key_column IS NOT NULL THEN
-        v_bad_any := v_bad_any || ' OR e.k IS NULL';
-    END IF;
-    FOREACH v_col IN ARRAY s.checked_columns LOOP
-        v_cols := v_cols || format(', n.%I', v_col);
-        v_bad_case := v_bad_case || format(
-            'WHEN e.%I IN (''NaN'', ''Infinity'', ''-Infinity'') THEN %L ',
-            v_col, format('22003:column %I is NaN or infinite', v_col));
-        v_bad_any := v_bad_any || format(' OR e.%I IN (''NaN'', ''Infinity'', ''-Infinity'')', v_col);
-    END LOOP;
-
     RETURN format($body$
--- Generated by pg_cep for stream %2$s; do not edit: cep._regenerate_stream(%2$s) rebuilds it.
+-- Generated by pg_cep for stream %1$s; do not edit: cep._regenerate_stream(%1$s) rebuilds it.
 DECLARE
     v_started timestamptz := pg_catalog.clock_timestamp();
-    v_limit timestamptz := pg_catalog.now() + %3$L::interval;
+    v_limit timestamptz := pg_catalog.now() + %2$L::interval;
     v_watermark timestamptz;
     v_events bigint;
     v_late bigint;
@@ -93,18 +150,18 @@ BEGIN
     SELECT coalesce(w.watermark, '-infinity'),
         count(*),
         count(*) FILTER (WHERE e.t < coalesce(w.watermark, '-infinity')),
-        count(*) FILTER (WHERE %4$s),
+        count(*) FILTER (WHERE %3$s),
         min(e.t) FILTER (WHERE e.t >= coalesce(w.watermark, '-infinity')),
         max(e.t),
         array_agg(DISTINCT (pg_catalog.hashtext(e.k) & 4095)::smallint)
             FILTER (WHERE e.t >= coalesce(w.watermark, '-infinity') AND e.k IS NOT NULL)
     INTO v_watermark, v_events, v_late, v_bad, v_min, v_max, v_sketch
-    FROM %13$s AS e
+    FROM %7$s AS e
     LEFT JOIN (
         -- ORDER BY + LIMIT on the (stream_id, watermark DESC) index, and enable_seqscan off
         -- on this function: the cached plan stays an index probe however the table grew.
         SELECT l.watermark FROM cep.stream_log AS l
-        WHERE l.stream_id = %2$s
+        WHERE l.stream_id = %1$s
         ORDER BY l.watermark DESC
         LIMIT 1
     ) AS w ON true
@@ -114,39 +171,22 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    IF v_bad > 0 THEN
-        SELECT CASE %9$s END, e.id INTO v_reason, v_bad_id
-        FROM %13$s AS e
-        WHERE %4$s
-        LIMIT 1;
-        RAISE EXCEPTION 'pg_cep: stream %%: %%', %1$L, pg_catalog.substr(v_reason, 7)
-            USING ERRCODE = pg_catalog.substr(v_reason, 1, 5),
-            DETAIL = pg_catalog.format('%%s of %%s rows refused; first event id %%s',
-                v_bad, v_events, coalesce(v_bad_id::text, 'NULL')),
-            HINT = 'The whole statement was rolled back; fix or drop the offending rows.';
-    END IF;
-
+%4$s
     IF v_late > 0 THEN
         INSERT INTO cep.late_events (stream_id, event_id, event_time, partition_key, watermark)
-        SELECT %2$s, e.id, e.t, e.k, v_watermark
-        FROM %13$s AS e
+        SELECT %1$s, e.id, e.t, e.k, v_watermark
+        FROM %7$s AS e
         WHERE e.t < v_watermark;
     END IF;
 
-%10$s%12$s    RETURN NULL;
+%5$s%6$s    RETURN NULL;
 END
 $body$,
-        s.name,                      -- 1
-        s.stream_id,                 -- 2
-        s.max_future_skew,           -- 3
-        v_bad_any,                   -- 4
-        v_time_expr,                 -- 5
-        v_key_expr,                  -- 6
-        s.id_column,                 -- 7
-        v_cols,                      -- 8
-        v_bad_case,                  -- 9
-        v_sections,                  -- 10
-        s.allowed_lateness,          -- 11
+        s.stream_id,                 -- 1
+        s.max_future_skew,           -- 2
+        (cep._compile_checks(s.stream_id)).bad_any,  -- 3
+        cep._reject_sql(s.stream_id),  -- 4
+        v_sections,                  -- 5
         format($log$
     v_micros := (extract(epoch FROM pg_catalog.clock_timestamp() - v_started) * 1000000)::bigint;
     INSERT INTO cep.stream_log (
@@ -157,16 +197,72 @@ $body$,
         greatest(v_watermark, v_max - %2$L::interval),
         v_micros, v_micros, v_sketch
     );
-$log$, s.stream_id, s.allowed_lateness),  -- 12
-        -- 13: the batch as (t, k, id, checked columns), read by every statement above
-        format('(SELECT %s AS t, %s AS k, n.%I::bigint AS id%s FROM cep_new_rows AS n)',
-            v_time_expr, v_key_expr, s.id_column, v_cols)
+$log$, s.stream_id, s.allowed_lateness),  -- 6
+        -- 7: the batch as (t, k, id, checked columns), read by every statement above
+        cep._batch_sql(s.stream_id)
     );
 END
 $fn$;
 
 COMMENT ON FUNCTION cep._compile_ingest(integer) IS
 'Internal: the PL/pgSQL body of a stream''s generated ingest function, built from the catalog.';
+
+-- The writer-side body of an asynchronous stream: the same checks refuse a bad statement, and
+-- the statement's event ids go to cep.stream_queue as one row; the generated processing
+-- function cep._process_<id>(ids) later runs the body above over those rows.
+CREATE FUNCTION cep._compile_enqueue(stream_id integer)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT format($body$
+-- Generated by pg_cep for asynchronous stream %1$s; do not edit.
+DECLARE
+    v_limit timestamptz := pg_catalog.now() + %2$L::interval;
+    v_events bigint;
+    v_bad bigint;
+    v_ids pg_catalog.int8multirange;
+    v_reason text;
+    v_bad_id bigint;
+BEGIN
+    SELECT count(*), count(*) FILTER (WHERE %3$s),
+        pg_catalog.range_agg(pg_catalog.int8range(e.id, e.id, '[]'))
+    INTO v_events, v_bad, v_ids
+    FROM %5$s AS e;
+
+    IF v_events = 0 THEN
+        RETURN NULL;
+    END IF;
+%4$s
+    INSERT INTO cep.stream_queue (stream_id, ids, events) VALUES (%1$s, v_ids, v_events);
+    RETURN NULL;
+END
+$body$,
+        s.stream_id, s.max_future_skew, (cep._compile_checks(s.stream_id)).bad_any,
+        cep._reject_sql(s.stream_id), cep._batch_sql(s.stream_id))
+    FROM cep.streams AS s
+    WHERE s.stream_id = _compile_enqueue.stream_id
+$fn$;
+
+COMMENT ON FUNCTION cep._compile_enqueue(integer) IS
+'Internal: the PL/pgSQL body of an asynchronous stream''s trigger function: refuse bad rows, '
+'queue the statement''s event ids.';
+
+-- The rows of one queued statement, standing in for the transition table in cep._process_<id>.
+CREATE FUNCTION cep._queued_rows_sql(stream_id integer)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT format('(SELECT src.* FROM %s AS src WHERE src.%I = ANY (p_ids))', s.source, s.id_column)
+    FROM cep.streams AS s
+    WHERE s.stream_id = _queued_rows_sql.stream_id
+$fn$;
+
+COMMENT ON FUNCTION cep._queued_rows_sql(integer) IS
+'Internal: SQL of the source rows of one queued statement (ids p_ids) of an asynchronous stream.';
 
 CREATE FUNCTION cep._feature_sections(stream_id integer)
 RETURNS text
@@ -209,33 +305,68 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    v_function name;
+    s cep.streams;
+    v_process name := format('_process_%s', stream_id);
+    v_name name;
+    v_args text;
     v_ddl text;
+    v_comment text;
 BEGIN
-    SELECT s.ingest_function INTO STRICT v_function
-    FROM cep.streams AS s WHERE s.stream_id = _regenerate_stream.stream_id;
-    -- (jit = off: JIT would compile these short statements for far longer than they run)
-    v_ddl := format(
-        'CREATE OR REPLACE FUNCTION cep.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
-        'SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET TimeZone = ''UTC'' '
-        'SET jit = off SET extra_float_digits = 1 '
-        'AS %L',
-        v_function, cep._compile_ingest(stream_id));
-    BEGIN
-        EXECUTE v_ddl;
-    EXCEPTION WHEN object_not_in_prerequisite_state THEN
-        -- Inside ALTER EXTENSION UPDATE a script may only replace the extension's own
-        -- members; generated functions are deliberately not members (pg_dump must dump
-        -- them), so lend membership for the replacement and take it back.
-        EXECUTE format('ALTER EXTENSION pg_cep ADD FUNCTION cep.%I()', v_function);
-        EXECUTE v_ddl;
-        EXECUTE format('ALTER EXTENSION pg_cep DROP FUNCTION cep.%I()', v_function);
-    END;
-    EXECUTE format('REVOKE ALL ON FUNCTION cep.%I() FROM PUBLIC', v_function);
-    EXECUTE format('COMMENT ON FUNCTION cep.%I() IS %L', v_function,
-        format('Generated ingest function of pg_cep stream %s.', stream_id));
+    SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _regenerate_stream.stream_id;
+    IF s.mode = 'async' AND to_regprocedure(format('cep.%I(bigint [])', v_process)) IS NOT NULL THEN
+        -- Statements queued before this change are applied with the definitions they were
+        -- queued under (a synchronous stream would have applied them already); callers that
+        -- backfill from the table (new windows, recommenders) hold a lock that keeps writers
+        -- out, so the backfill then covers exactly the processed rows.
+        PERFORM cep._process_queue(s.stream_id, NULL, true);
+    END IF;
+    FOREACH v_name IN ARRAY ARRAY[s.ingest_function, v_process] LOOP
+        -- (jit = off: JIT would compile these short statements for far longer than they run)
+        IF v_name = s.ingest_function THEN
+            v_args := '';
+            v_ddl := format(
+                'CREATE OR REPLACE FUNCTION cep.%I() RETURNS trigger LANGUAGE plpgsql '
+                'SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off '
+                'SET TimeZone = ''UTC'' SET jit = off SET extra_float_digits = 1 AS %L',
+                v_name,
+                CASE s.mode WHEN 'async' THEN cep._compile_enqueue(s.stream_id)
+                    ELSE cep._compile_ingest(s.stream_id) END);
+            v_comment := CASE s.mode WHEN 'async'
+                THEN format('Generated ingest function of pg_cep asynchronous stream %s: checks '
+                    'and queues each statement.', stream_id)
+                ELSE format('Generated ingest function of pg_cep stream %s.', stream_id) END;
+        ELSIF s.mode = 'async' THEN
+            v_args := 'bigint []';
+            v_ddl := format(
+                'CREATE OR REPLACE FUNCTION cep.%I(p_ids bigint []) RETURNS integer '
+                'LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp '
+                'SET enable_seqscan = off SET TimeZone = ''UTC'' SET jit = off '
+                'SET extra_float_digits = 1 AS %L',
+                v_name,
+                replace(cep._compile_ingest(s.stream_id), 'cep_new_rows',
+                    cep._queued_rows_sql(s.stream_id)));
+            v_comment := format('Generated processing function of pg_cep asynchronous stream '
+                '%s: applies one queued statement.', stream_id);
+        ELSE
+            EXECUTE format('DROP FUNCTION IF EXISTS cep.%I(bigint [])', v_name);
+            CONTINUE;
+        END IF;
+        BEGIN
+            EXECUTE v_ddl;
+        EXCEPTION WHEN object_not_in_prerequisite_state THEN
+            -- Inside ALTER EXTENSION UPDATE a script may only replace the extension's own
+            -- members; generated functions are deliberately not members (pg_dump must dump
+            -- them), so lend membership for the replacement and take it back.
+            EXECUTE format('ALTER EXTENSION pg_cep ADD FUNCTION cep.%I(%s)', v_name, v_args);
+            EXECUTE v_ddl;
+            EXECUTE format('ALTER EXTENSION pg_cep DROP FUNCTION cep.%I(%s)', v_name, v_args);
+        END;
+        EXECUTE format('REVOKE ALL ON FUNCTION cep.%I(%s) FROM PUBLIC', v_name, v_args);
+        EXECUTE format('COMMENT ON FUNCTION cep.%I(%s) IS %L', v_name, v_args, v_comment);
+    END LOOP;
 END
 $fn$;
 
 COMMENT ON FUNCTION cep._regenerate_stream(integer) IS
-'Internal: rebuild a stream''s generated ingest function from the catalog.';
+'Internal: rebuild a stream''s generated ingest function (and, for an asynchronous stream, '
+'its processing function) from the catalog.';

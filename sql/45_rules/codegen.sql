@@ -158,6 +158,8 @@ BEGIN
     v_ev := v_ev || ' FROM ' || batch;
     v_key_pred := CASE WHEN s.key_column IS NULL THEN 'true'
         ELSE format('s.%I = e.kraw', s.key_column) END;
+    -- (asynchronous: rows queued after the statement being applied are not there yet for it)
+    v_key_pred := v_key_pred || cep._processed_sql(s, 's');
 
     -- Trailing metrics and changes: the events of each assessed event's widest window.
     FOR v_need IN

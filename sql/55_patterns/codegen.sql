@@ -130,7 +130,8 @@ BEGIN
             ' ORDER BY s2.%I DESC, s2.%I DESC LIMIT 1) AS pv ON true',
             (SELECT string_agg(format('s2.%I', c), ', ') FROM unnest(v_prevs) AS c),
             s.source,
-            CASE WHEN s.key_column IS NULL THEN 'true' ELSE format('s2.%I = s.%I', s.key_column, s.key_column) END,
+            (CASE WHEN s.key_column IS NULL THEN 'true' ELSE format('s2.%I = s.%I', s.key_column, s.key_column) END)
+                || cep._processed_sql(s, 's2'),
             s.time_column, s.id_column, s.time_column, s.id_column, s.stream_id, s.id_column,
             s.time_column, s.id_column);
     END IF;
@@ -471,7 +472,8 @@ $t$;
             format(' AND (NOT p_find OR NOT EXISTS (SELECT 1 FROM cep.late_events AS l WHERE '
                 'l.stream_id = %s AND l.event_id = s.%I)) AND (NOT p_find OR NOT EXISTS ('
                 'SELECT 1 FROM cep.pattern_late_events AS pl WHERE pl.pattern_id = %s AND '
-                'pl.event_id = s.%I))', s.stream_id, s.id_column, p.pattern_id, s.id_column)),
+                'pl.event_id = s.%I))', s.stream_id, s.id_column, p.pattern_id, s.id_column)
+                || cep._processed_sql(s, 's')),
         format(
             'SELECT e.*, (%s | %s) AS mask FROM (SELECT %s AS k, %s AS t, s.%I::bigint AS id%s%s '
             'FROM unnest(v_keys, v_lo) AS kr (k, lo) CROSS JOIN LATERAL (SELECT s.* FROM %s AS s '
@@ -482,10 +484,11 @@ $t$;
             cep._stream_key_sql(s, 's'),
             cep._stream_time_sql(s, 's'),
             s.id_column, v_sel, v_prev_sel, s.source,
-            CASE WHEN s.key_column IS NULL THEN 'true'
+            (CASE WHEN s.key_column IS NULL THEN 'true'
                 ELSE format('s.%I = kr.k::%s', s.key_column,
                     (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a
-                     WHERE a.attrelid = s.source AND a.attname = s.key_column)) END,
+                     WHERE a.attrelid = s.source AND a.attname = s.key_column)) END)
+                || cep._processed_sql(s, 's'),
             s.time_column,
             cep._stream_raw_time_sql(s, 'kr.lo'),
             s.time_column,
@@ -494,10 +497,11 @@ $t$;
         format('SELECT %s FROM %s AS s WHERE %s AND s.%I > %s ORDER BY %s LIMIT 1',
             cep._stream_time_sql(s, 's'),
             s.source,
-            CASE WHEN s.key_column IS NULL THEN 'true'
+            (CASE WHEN s.key_column IS NULL THEN 'true'
                 ELSE format('s.%I = u.k::%s', s.key_column,
                     (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a
-                     WHERE a.attrelid = s.source AND a.attname = s.key_column)) END,
+                     WHERE a.attrelid = s.source AND a.attname = s.key_column)) END)
+                || cep._processed_sql(s, 's'),
             s.time_column,
             cep._stream_raw_time_sql(s, 'p_to'),
             -- ordered by an expression: the (key, time) index finds the rows, never a walk

@@ -23,6 +23,16 @@ BEGIN
         RETURN;
     END IF;
 
+    -- Queued statements of asynchronous streams, up to 100000 events per stream per call (a
+    -- stream another session is processing is skipped).
+    SELECT coalesce(sum(p.events), 0) INTO v_n
+    FROM cep.streams AS s
+    CROSS JOIN LATERAL cep._process_queue(s.stream_id, 100000, false) AS p
+    WHERE s.mode = 'async';
+    task := 'process_streams';
+    items := v_n;
+    RETURN NEXT;
+
     -- Fold ingest-log rows older than the previous minute into one row per stream and minute.
     WITH moved AS (
         DELETE FROM cep.stream_log AS l
@@ -297,7 +307,8 @@ END
 $fn$;
 
 COMMENT ON FUNCTION cep.run_maintenance() IS
-'Run every periodic duty once and report what was done, one row per task: compaction of the '
+'Run every periodic duty once and report what was done, one row per task: processing of the '
+'queued statements of asynchronous streams (up to 100000 events per stream), compaction of the '
 'ingest log, archiving past stats_retention, purging late events past late_event_retention, '
 'purging alerts past alert_retention that every consumer acknowledged, purging windows past '
 'their retention, expiring recommender weights older than their horizon, making partitions '

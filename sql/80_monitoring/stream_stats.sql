@@ -41,7 +41,11 @@ SELECT
     q.ingest_micros_p50,
     q.ingest_micros_p99,
     q.ingest_micros_per_event_p50,
-    q.ingest_micros_per_event_p99
+    q.ingest_micros_per_event_p99,
+    s.mode,
+    coalesce(b.statements, 0)::bigint AS backlog_statements,
+    coalesce(b.events, 0)::bigint AS backlog_events,
+    clock_timestamp() - b.oldest AS processing_lag
 FROM cep.streams AS s
 LEFT JOIN LATERAL (
     SELECT
@@ -70,13 +74,25 @@ LEFT JOIN LATERAL (
     WHERE
         l.stream_id = s.stream_id AND NOT l.compacted AND l.events > 0
         AND l.logged_at >= clock_timestamp() - interval '5 minutes'
-) AS q ON TRUE;
+) AS q ON TRUE
+LEFT JOIN LATERAL (
+    -- Asynchronous streams: the statements waiting for cep.process_stream.
+    SELECT
+        count(*) AS statements,
+        sum(w.events) AS events,
+        min(w.queued_at) AS oldest
+    FROM cep.stream_queue AS w
+    WHERE w.stream_id = s.stream_id
+) AS b ON TRUE;
 
 COMMENT ON VIEW cep.stream_stats IS
 'One row per stream: events_total, events_last_minute, events_per_second (last minute), '
 'last_event_time, watermark, lag (wall clock minus the newest event time), late_events, '
 'batches_total, the ingest time per event and per batch in microseconds, and the p50/p99 of '
-'the ingest time per statement and per event over the statements of the last five minutes.';
+'the ingest time per statement and per event over the statements of the last five minutes; '
+'for asynchronous streams (mode) the backlog waiting for cep.process_stream (statements, '
+'events) and processing_lag, the age of the oldest waiting statement (NULL when none waits). '
+'Ingest figures of an asynchronous stream measure its processing.';
 
 CREATE VIEW cep.dashboard AS
 WITH recent AS (

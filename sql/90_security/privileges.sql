@@ -64,6 +64,8 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_weights', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_pairs', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_log', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.stream_queue', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.stream_queue_seq_seq', '');
     END IF;
 END
 $dump$;

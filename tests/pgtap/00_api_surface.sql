@@ -38,7 +38,9 @@ SELECT functions_are(
         '_absence_rows_sql', '_pattern_section', '_pattern_check_args', '_drop_pattern_objects',
         '_stream_key_sql', '_stream_time_sql', '_stream_raw_time_sql',
         '_recommender_id', '_recommender_weight_expr', '_recommender_section',
-        '_drop_recommender_state', '_expire_recommender'
+        '_drop_recommender_state', '_expire_recommender',
+        'process_stream', 'set_stream_mode', '_process_queue', '_unprocessed', '_compile_checks',
+        '_batch_sql', '_reject_sql', '_compile_enqueue', '_queued_rows_sql', '_processed_sql'
     ],
     'cep has exactly the functions of the API contract and its internals'
 );
@@ -60,7 +62,7 @@ SELECT tables_are(
         'rule_history', 'rule_history_fields', 'rule_log', 'patterns', 'pattern_state',
         'pattern_late_events', 'matches', 'pattern_log', 'absence_pending',
         'recommenders', 'recommender_users', 'recommender_weights', 'recommender_pairs',
-        'recommender_log'
+        'recommender_log', 'stream_queue'
     ]
 );
 
@@ -80,7 +82,8 @@ SELECT columns_are(
         'stream', 'events_total', 'events_last_minute', 'events_per_second', 'last_event_time',
         'watermark', 'lag', 'late_events', 'batches_total', 'ingest_micros_per_event',
         'ingest_micros_per_batch', 'last_ingest_at', 'allowed_lateness', 'ingest_micros_p50',
-        'ingest_micros_p99', 'ingest_micros_per_event_p50', 'ingest_micros_per_event_p99'
+        'ingest_micros_p99', 'ingest_micros_per_event_p50', 'ingest_micros_per_event_p99',
+        'mode', 'backlog_statements', 'backlog_events', 'processing_lag'
     ]
 );
 
