@@ -225,12 +225,16 @@ BEGIN
         IF v_keys IS NULL THEN
             RETURN;
         END IF;
+        -- This statement's keys: each row created if missing and locked in one step, in key
+        -- order (ON CONFLICT locks the row its WHERE leaves unchanged). A row that
+        -- cep.run_maintenance purges meanwhile is waited for and created again: a separate
+        -- existence check and lock would find it gone and skip the key's events.
         INSERT INTO cep.pattern_state AS ps (pattern_id, k)
         SELECT @PID@, u.k FROM unnest(p_keys) AS u (k)
-        WHERE NOT EXISTS (SELECT 1 FROM cep.pattern_state AS o WHERE o.pattern_id = @PID@ AND o.k = u.k)
         ORDER BY u.k
-        ON CONFLICT (pattern_id, k) DO NOTHING;
-        -- lock the keys in key order (one index probe each, never a scan of every key's state);
+        ON CONFLICT (pattern_id, k) DO UPDATE SET k = excluded.k WHERE false;
+        -- lock the keys in key order (a writer holds its own already; one index probe each,
+        -- never a scan of every key's state);
         -- per key, the earliest event to take: this statement's first on-time event of the key
         -- or the key's first event still waiting for the watermark
         WITH l AS (

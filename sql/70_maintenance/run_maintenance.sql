@@ -252,8 +252,11 @@ BEGIN
     items := v_n;
     RETURN NEXT;
 
-    -- Patterns: counters folded per minute; state rows of keys without open runs dropped
-    -- an hour past the watermark (they only remember how far the key was processed).
+    -- Patterns: counters folded per minute; state rows of keys without open runs and without
+    -- events waiting for the watermark (pending_t) dropped an hour past the watermark (they
+    -- only remember how far the key was processed). A row a writer holds is skipped, and a
+    -- row is locked before it is deleted, so the conditions hold for its latest version (a
+    -- writer that committed meanwhile may have opened runs or left events waiting).
     WITH moved AS (
         DELETE FROM cep.pattern_log AS l
         WHERE l.logged_at < date_trunc('minute', v_now) - interval '1 minute'
@@ -277,9 +280,10 @@ BEGIN
         FROM cep.pattern_state AS o
         JOIN cep.patterns AS p ON p.pattern_id = o.pattern_id
         JOIN cep.streams AS s ON s.stream_id = p.stream_id
-        WHERE NOT o.active
+        WHERE NOT o.active AND o.pending_t IS NULL
             AND o.upto_t < cep._watermark(s.stream_id) - s.allowed_lateness - interval '1 hour'
         LIMIT 50000
+        FOR UPDATE OF o SKIP LOCKED
     );
     GET DIAGNOSTICS v_n = ROW_COUNT;
     task := 'purge_pattern_state';
