@@ -437,3 +437,33 @@ def test_crash_during_processing_keeps_state_and_queue_consistent(cluster_factor
                    AND w.t > e.t - interval '10 minutes' AND (w.t, w.id) <= (e.t, e.id)) > 50
         """).fetchone()[0]
         assert c.execute("SELECT count(*) FROM cep.risk_assessments").fetchone()[0] == want > 0
+
+
+def test_absence_ignores_events_queued_after_the_deadline_passed(server):
+    """A not followed by B within 10 minutes: B arrives (late) in a statement queued after the
+    one whose events moved the watermark past the deadline; like the synchronous stream, the
+    asynchronous one fires, whether or not B is already in the table at that moment."""
+    fired = {}
+    for mode in ("sync", "async"):
+        db = server.new_database()
+        try:
+            with server.connect(db) as conn:
+                conn.execute("CREATE TABLE public.pay (id bigint PRIMARY KEY, k integer NOT NULL, "
+                             "kind text NOT NULL, t timestamptz NOT NULL)")
+                conn.execute("SELECT cep.create_stream('pay', 'public.pay', 't', 'k', mode => %s)",
+                             (mode,))
+                conn.execute("SELECT cep.create_absence('unconfirmed', 'pay', 'kind = ''pay''', "
+                             "'kind = ''ok''', '10 minutes')")
+                for i, kind, minutes in ((1, "pay", 0), (2, "other", 20), (3, "ok", 5),
+                                         (4, "pay", 30), (5, "ok", 35)):
+                    conn.execute("INSERT INTO public.pay VALUES (%s, 1, %s, %s)",
+                                 (i, kind, BASE + dt.timedelta(minutes=minutes)))
+                conn.execute("SELECT cep.advance_watermark('pay')")
+                fired[mode] = conn.execute(
+                    "SELECT event_ids FROM cep.matches ORDER BY match_id").fetchall()
+                late = conn.execute("SELECT event_id FROM cep.late_events").fetchall()
+                assert late == [(3,)]
+        finally:
+            server.drop_database(db)
+    assert fired["sync"] == [([1],)]
+    assert fired["async"] == fired["sync"]
