@@ -165,6 +165,11 @@ def snapshot(conn) -> dict[str, list[str]]:
     return out
 
 
+def diff(rel, a, b):
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    return f"{rel}: {len(a)} vs {len(b)} rows; only sync {only_a[:3]}; only async {only_b[:3]}"
+
+
 def test_async_equals_sync_on_the_full_profile(server):
     """Windows, rules (with a rule change), blocking, patterns, recommendations, alerts and late
     events: the asynchronous run equals the synchronous one, row for row."""
@@ -183,7 +188,7 @@ def test_async_equals_sync_on_the_full_profile(server):
     assert len(sync["cep.late_events"]) > 5 and len(sync["recommend"]) > 50
     assert any('"status": "blocked"' in r for r in sync["public.tx"])
     for rel in sync:
-        assert asyn[rel] == sync[rel], rel
+        assert asyn[rel] == sync[rel], diff(rel, sync[rel], asyn[rel])
 
 
 @pytest.mark.parametrize("seed", [11, 12])
@@ -198,7 +203,8 @@ def test_mode_switches_on_the_way_change_nothing(server, seed):
         finally:
             server.drop_database(db)
     for rel in results["sync"]:
-        assert results["async"][rel] == results["sync"][rel], rel
+        assert results["async"][rel] == results["sync"][rel], diff(
+            rel, results["sync"][rel], results["async"][rel])
 
 
 def setup_small(conn, mode="async"):

@@ -665,10 +665,17 @@ def run_random_workload(conn, seed: int, mode: str = "sync"):
             log.append(f"txn {ti} rolled back")
         if mode == "async":
             process_some(conn, rnd)
+        if rnd.random() < 0.25:
+            # maintenance moves the purge floor of metric buckets: older (late) events then
+            # read raw rows below it
+            conn.execute("SELECT * FROM cep.run_maintenance()")
     if mode == "async":
         conn.execute("SELECT cep.process_stream('tx', 1000000)")
         assert conn.execute("SELECT count(*) FROM cep.stream_queue").fetchone()[0] == 0
     check(conn, model, context=context())
+    model.bucket_series, model.purged_series = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE floor > '-infinity') "
+        "FROM cep.rule_bucket_series").fetchone()
     return model
 
 
@@ -697,7 +704,7 @@ def test_random_workloads_fire_every_kind_of_rule(server):
     """The generator is not vacuous: within a dozen workloads every kind of leaf holds somewhere,
     every level occurs, and alerts, blocks and shadow hits all occur."""
     want = {"metric", "changed", "time_of_day", "anomaly", "field", "alert", "shadow",
-            "blocked", "low", "medium", "high"}
+            "blocked", "low", "medium", "high", "bucketed metric", "purged buckets"}
     seen: set = set()
     for seed in range(101, 113):
         db = server.new_database()
@@ -710,6 +717,8 @@ def test_random_workloads_fire_every_kind_of_rule(server):
             seen |= {a.level} | ({"blocked"} if a.blocked else set()) | (
                 {"shadow"} if a.shadow_rules else set())
         seen |= ({"alert"} if m.alerts else set()) | set(m.ev.true_leaves)
+        seen |= ({"bucketed metric"} if m.bucket_series else set()) | (
+            {"purged buckets"} if m.purged_series else set())
         if seen >= want:
             break
     assert seen >= want, f"never seen: {want - seen}"

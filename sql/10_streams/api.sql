@@ -226,6 +226,11 @@ BEGIN
     DELETE FROM cep.rule_keys AS r WHERE r.stream_id = s.stream_id;
     DELETE FROM cep.rule_history AS r WHERE r.stream_id = s.stream_id;
     DELETE FROM cep.rule_history_fields AS r WHERE r.stream_id = s.stream_id;
+    DELETE FROM cep.rule_buckets AS r
+    WHERE r.series_id IN (SELECT f.series_id FROM cep.rule_bucket_series AS f WHERE f.stream_id = s.stream_id);
+    DELETE FROM cep.rule_bucket_keys AS r
+    WHERE r.series_id IN (SELECT f.series_id FROM cep.rule_bucket_series AS f WHERE f.stream_id = s.stream_id);
+    DELETE FROM cep.rule_bucket_series AS r WHERE r.stream_id = s.stream_id;
     DELETE FROM cep.rule_log AS r WHERE r.stream_id = s.stream_id;
     PERFORM cep._drop_pattern_objects(p.pattern_id)
     FROM cep.patterns AS p WHERE p.stream_id = s.stream_id;

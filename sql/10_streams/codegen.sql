@@ -321,13 +321,16 @@ BEGIN
         PERFORM cep._process_queue(s.stream_id, NULL, true);
     END IF;
     FOREACH v_name IN ARRAY ARRAY[s.ingest_function, v_process] LOOP
-        -- (jit = off: JIT would compile these short statements for far longer than they run)
+        -- (jit = off: JIT would compile these short statements for far longer than they run;
+        -- generic plans: planning the larger statements, e.g. a rule set's assessment, costs
+        -- more than running them, and their shape does not depend on the parameters)
         IF v_name = s.ingest_function THEN
             v_args := '';
             v_ddl := format(
                 'CREATE OR REPLACE FUNCTION cep.%I() RETURNS trigger LANGUAGE plpgsql '
                 'SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off '
-                'SET TimeZone = ''UTC'' SET jit = off SET extra_float_digits = 1 AS %L',
+                'SET TimeZone = ''UTC'' SET jit = off SET extra_float_digits = 1 '
+                'SET plan_cache_mode = force_generic_plan AS %L',
                 v_name,
                 CASE s.mode WHEN 'async' THEN cep._compile_enqueue(s.stream_id)
                     ELSE cep._compile_ingest(s.stream_id) END);
@@ -341,14 +344,16 @@ BEGIN
                 'CREATE OR REPLACE FUNCTION cep.%I(p_ids bigint []) RETURNS integer '
                 'LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp '
                 'SET enable_seqscan = off SET TimeZone = ''UTC'' SET jit = off '
-                'SET extra_float_digits = 1 AS %L',
+                'SET extra_float_digits = 1 SET plan_cache_mode = force_generic_plan AS %L',
                 v_name,
                 replace(cep._compile_ingest(s.stream_id), 'cep_new_rows',
                     cep._queued_rows_sql(s.stream_id)));
             v_comment := format('Generated processing function of pg_cep asynchronous stream '
                 '%s: applies one queued statement.', stream_id);
         ELSE
-            EXECUTE format('DROP FUNCTION IF EXISTS cep.%I(bigint [])', v_name);
+            IF to_regprocedure(format('cep.%I(bigint [])', v_name)) IS NOT NULL THEN
+                EXECUTE format('DROP FUNCTION cep.%I(bigint [])', v_name);
+            END IF;
             CONTINUE;
         END IF;
         BEGIN

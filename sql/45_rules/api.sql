@@ -7,6 +7,7 @@ CREATE FUNCTION cep._rules_prepare(stream_id integer)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET extra_float_digits = 1
 AS $fn$
 DECLARE
     s cep.streams;
@@ -63,6 +64,28 @@ BEGIN
         INSERT INTO cep.rule_history_fields (stream_id, field) VALUES (s.stream_id, v_field);
     END LOOP;
 
+    -- Bucket series of trailing metrics: forgotten when no active rule reads them, made
+    -- (empty: keys get buckets when they become dense) when a rule needs one that is missing.
+    DELETE FROM cep.rule_bucket_series AS f
+    WHERE f.stream_id = s.stream_id
+        AND NOT EXISTS (
+            SELECT 1 FROM cep.rules AS r CROSS JOIN LATERAL cep._rule_needs(r.condition) AS n
+            WHERE r.stream = s.name AND r.active AND n.kind = 'metric'
+                AND coalesce(n.field, '') = f.field
+                AND cep._rule_bucket_width(n.fn, n.secs) = f.width
+        );
+    DELETE FROM cep.rule_bucket_keys AS k
+    WHERE NOT EXISTS (SELECT 1 FROM cep.rule_bucket_series AS f WHERE f.series_id = k.series_id);
+    DELETE FROM cep.rule_buckets AS b
+    WHERE NOT EXISTS (SELECT 1 FROM cep.rule_bucket_series AS f WHERE f.series_id = b.series_id);
+    INSERT INTO cep.rule_bucket_series (stream_id, field, width)
+    SELECT DISTINCT s.stream_id, coalesce(n.field, '')::name, cep._rule_bucket_width(n.fn, n.secs)
+    FROM cep.rules AS r
+    CROSS JOIN LATERAL cep._rule_needs(r.condition) AS n
+    WHERE r.stream = s.name AND r.active AND n.kind = 'metric'
+        AND cep._rule_bucket_width(n.fn, n.secs) IS NOT NULL
+    ON CONFLICT ON CONSTRAINT rule_bucket_series_key DO NOTHING;
+
     -- Trailing metrics read the key's recent rows: make sure an index on (key, time) exists.
     IF s.key_column IS NOT NULL AND EXISTS (
         SELECT 1 FROM cep.rules AS r CROSS JOIN LATERAL cep._rule_needs(r.condition) AS n
@@ -85,7 +108,7 @@ $fn$;
 
 COMMENT ON FUNCTION cep._rules_prepare(integer) IS
 'Internal: build what a stream''s active rules read (per-key histories from the stored rows, '
-'an index on (key, time)) before their code is compiled.';
+'bucket series of trailing metrics, an index on (key, time)) before their code is compiled.';
 
 -- Recompile the rules of the named streams: new rule set, rebuilt ingest function.
 CREATE FUNCTION cep._rules_changed(streams text[])

@@ -79,6 +79,14 @@ DECLARE
     v_arr text;
     v_le text;
     v_lt text;
+    v_width interval;
+    v_fin text := '';
+    v_joins text := '';
+    v_nb integer := 0;
+    v_tie text;
+    v_val text;
+    v_raw_col text;
+    v_sid integer;
 BEGIN
     SELECT * INTO STRICT rs FROM cep.rule_sets AS r WHERE r.rule_set_id = _rule_assess_sql.rule_set_id;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = rs.stream_id;
@@ -161,7 +169,13 @@ BEGIN
     -- (asynchronous: rows queued after the statement being applied are not there yet for it)
     v_key_pred := v_key_pred || cep._processed_sql(s, 's');
 
-    -- Trailing metrics and changes: the events of each assessed event's widest window.
+    v_tie := CASE WHEN batch_in_table
+        THEN format('NOT (s.%I = e.traw AND s.%I > e.id AND s.%I IN (SELECT x.id FROM ev AS x))',
+            s.time_column, s.id_column, s.id_column)
+        ELSE format('s.%I <> e.id', s.id_column) END;
+
+    -- Trailing metrics and changes: the events of each assessed event's widest window, or for
+    -- bucketed metrics the raw rows of the window's two ends and the buckets in between.
     FOR v_need IN
         SELECT DISTINCT n.*
         FROM unnest(rs.rule_ids, rs.versions) AS u (rule_id, version)
@@ -186,7 +200,90 @@ BEGIN
             WHEN 'changed' THEN
                 v_mx := v_mx || format(E',\n            bool_or(w.%1$I <> e.%1$I) FILTER (WHERE %2$s) AS %3$I',
                     'c:' || v_need.field, v_traw_w, v_need.col);
+                v_fin := v_fin || format(', a.%I', v_need.col);
+            WHEN 'metric' THEN
+                v_width := cep._rule_bucket_width(v_need.fn, v_need.secs);
+                v_sid := NULL;
+                SELECT f.series_id INTO v_sid FROM cep.rule_bucket_series AS f
+                WHERE f.stream_id = s.stream_id AND f.field = coalesce(v_need.field, '')
+                    AND f.width = v_width;
+                IF v_sid IS NULL THEN
+                    v_width := NULL;  -- (no series: raw rows only)
+                END IF;
             ELSE
+                NULL;
+        END CASE;
+        IF v_need.kind = 'metric' AND v_width IS NOT NULL THEN
+            -- (t - window, t] = raw rows in (t - window, lo) + buckets in [lo, hi) + raw rows
+            -- in [hi, t]: hi is the start of t's bucket, lo the first bucket wholly inside the
+            -- window, or the series' purge floor if later (raw rows stand in for purged buckets)
+            v_nb := v_nb + 1;
+            v_val := cep._rule_bucket_value(s.source, coalesce(v_need.field, ''), 's');
+            v_raw_col := CASE WHEN v_need.field IS NULL THEN '1::pg_catalog.numeric'
+                ELSE replace(cep._rule_bucket_value(s.source, v_need.field, 'w'),
+                    format('w.%I', v_need.field), format('w.%I', 'c:' || v_need.field)) END;
+            v_joins := v_joins || format($j$
+        CROSS JOIN LATERAL (
+            SELECT least(greatest(
+                    pg_catalog.date_bin(%1$L::interval, e.t - make_interval(secs => %2$s),
+                        '2000-01-01 00:00:00+00') + %1$L::interval,
+                    (SELECT f.floor FROM cep.rule_bucket_series AS f WHERE f.series_id = %3$s),
+                    coalesce((SELECT kf.floor FROM cep.rule_bucket_keys AS kf
+                        WHERE kf.series_id = %3$s AND kf.k = e.k), 'infinity')),
+                    pg_catalog.date_bin(%1$L::interval, e.t, '2000-01-01 00:00:00+00')) AS lo,
+                pg_catalog.date_bin(%1$L::interval, e.t, '2000-01-01 00:00:00+00') AS hi
+        ) AS g%5$s
+        CROSS JOIN LATERAL (
+            SELECT count(%6$s) AS c, sum(%6$s) AS s, min(%6$s) AS mn, max(%6$s) AS mx
+            FROM %7$s AS s
+            WHERE %8$s AND s.%9$I > e.traw - make_interval(secs => %2$s) AND s.%9$I < %10$s
+                AND %11$s
+        ) AS h%5$s
+        CROSS JOIN LATERAL (
+            SELECT sum(bk.n) AS c, sum(bk.s) AS s, min(bk.mn) AS mn, max(bk.mx) AS mx
+            FROM cep.rule_buckets AS bk
+            WHERE bk.series_id = %3$s AND bk.k = e.k AND bk.b >= g%5$s.lo AND bk.b < g%5$s.hi
+        ) AS m%5$s$j$,
+                v_width, v_need.secs, v_sid, coalesce(v_need.field, ''), v_nb, v_val,
+                s.source, v_key_pred, s.time_column,
+                cep._stream_raw_time_sql(s, format('g%s.lo', v_nb)), v_tie);
+            -- the tail [hi, t] comes from the raw scan of the widest window
+            v_mx := v_mx || format(
+                E',\n            count(%1$s) FILTER (WHERE %2$s) AS %3$I,'
+                || E'\n            sum(%1$s) FILTER (WHERE %2$s) AS %4$I,'
+                || E'\n            min(%1$s) FILTER (WHERE %2$s) AS %5$I,'
+                || E'\n            max(%1$s) FILTER (WHERE %2$s) AS %6$I',
+                v_raw_col,
+                format('w.traw >= %s', cep._stream_raw_time_sql(s,
+                    format('pg_catalog.date_bin(%L::interval, e.t, ''2000-01-01 00:00:00+00'')', v_width))),
+                v_need.col || ':tc', v_need.col || ':ts', v_need.col || ':tmn', v_need.col || ':tmx');
+            v_fin := v_fin || CASE v_need.fn
+                WHEN 'count' THEN format(
+                    ', (coalesce(h%1$s.c, 0) + coalesce(m%1$s.c, 0) + a.%2$I)::bigint AS %3$I',
+                    v_nb, v_need.col || ':tc', v_need.col)
+                WHEN 'min' THEN format(', least(h%1$s.mn, m%1$s.mn, a.%2$I) AS %3$I',
+                    v_nb, v_need.col || ':tmn', v_need.col)
+                WHEN 'max' THEN format(', greatest(h%1$s.mx, m%1$s.mx, a.%2$I) AS %3$I',
+                    v_nb, v_need.col || ':tmx', v_need.col)
+                ELSE format(
+                    ', CASE WHEN h%1$s.s IS NULL AND m%1$s.s IS NULL AND a.%2$I IS NULL THEN NULL '
+                    'ELSE coalesce(h%1$s.s, 0) + coalesce(m%1$s.s, 0) + coalesce(a.%2$I, 0) END AS %3$I',
+                    v_nb, v_need.col || ':ts', v_need.col || CASE WHEN v_need.fn = 'avg' THEN '_s' ELSE '' END)
+                END || CASE WHEN v_need.fn = 'avg' THEN format(
+                    ', (coalesce(h%1$s.c, 0) + coalesce(m%1$s.c, 0) + a.%2$I)::bigint AS %3$I',
+                    v_nb, v_need.col || ':tc', v_need.col || '_n') ELSE '' END;
+            v_wmax := greatest(v_wmax, extract(epoch FROM v_width));
+            CONTINUE;
+        END IF;
+        CASE v_need.kind
+            WHEN 'zscore' THEN
+                NULL;
+            WHEN 'changed' THEN
+                NULL;
+            ELSE
+                v_fin := v_fin || CASE WHEN v_need.fn = 'avg'
+                    THEN format(', a.%I, a.%I', v_need.col || '_s', v_need.col || '_n')
+                    ELSE format(', a.%I', v_need.col) END;
                 v_mx := v_mx || CASE v_need.fn
                     WHEN 'count' THEN CASE WHEN v_need.field IS NULL
                         THEN format(E',\n            count(*) FILTER (WHERE %s) AS %I', v_traw_w, v_need.col)
@@ -217,7 +314,7 @@ BEGIN
         -- after the event in (time, id) order can only be ties at its very time, and are left
         -- out. cep.evaluate_rules adds its one event, which is not in the table.
         v_sql := v_sql || format($w$, mx AS (
-        SELECT e.id AS mid, a.*
+        SELECT e.id AS mid%10$s
         FROM ev AS e
         CROSS JOIN LATERAL (
             SELECT %1$s
@@ -227,15 +324,13 @@ BEGIN
                 WHERE %6$s AND s.%3$I > e.traw - make_interval(secs => %7$s) AND s.%3$I <= e.traw
                     AND %8$s%9$s
             ) AS w
-        ) AS a
+        ) AS a%11$s
     )$w$,
             substr(v_mx, 2), s.id_column, s.time_column, v_win_cols, s.source, v_key_pred, v_wmax,
-            CASE WHEN batch_in_table
-                THEN format('NOT (s.%I = e.traw AND s.%I > e.id AND s.%I IN (SELECT x.id FROM ev AS x))',
-                    s.time_column, s.id_column, s.id_column)
-                ELSE format('s.%I <> e.id', s.id_column) END,
+            v_tie,
             CASE WHEN batch_in_table THEN ''
-                ELSE format(' UNION ALL SELECT e.id, e.traw%s', v_self_cols) END);
+                ELSE format(' UNION ALL SELECT e.id, e.traw%s', v_self_cols) END,
+            v_fin, v_joins);
     END IF;
     v_sql := v_sql || format($x$, x AS (
         SELECT e.*%1$s%2$s
@@ -343,6 +438,9 @@ $l$,
             CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('n.%I::text', s.key_column) END,
             cep._time_expr(s.stream_id));
     END IF;
+    -- Bucket series grow by the statement's rows before the assessment reads them (the key
+    -- locks above serialize them per key).
+    v_lock := v_lock || cep._rule_bucket_sql(rs.rule_set_id);
 
     -- z-score histories grow by the statement's events, in the same statement (its CTEs all
     -- read the snapshot taken before it, so the assessment sees the histories before).
@@ -519,3 +617,147 @@ CREATE AGGREGATE cep._product (numeric)(
 
 COMMENT ON AGGREGATE cep._product (numeric) IS
 'Internal: exact product of numerics, for the noisy-or combination 1 - prod(1 - score).';
+
+-- The value a bucket series aggregates, over the row alias ALIAS: 1 per row for field '',
+-- the exact numeric value of a numeric field, and 1 per non-NULL value of any other field.
+CREATE FUNCTION cep._rule_bucket_value(source regclass, field name, alias text)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF field = '' THEN
+        RETURN '1::pg_catalog.numeric';
+    ELSIF EXISTS (
+        SELECT 1 FROM pg_catalog.pg_attribute AS a
+        JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid
+        WHERE a.attrelid = source AND a.attname = field AND t.typcategory = 'N'
+    ) THEN
+        RETURN cep._rule_num(source, field, format('%s.%I', alias, field));
+    END IF;
+    RETURN format('CASE WHEN %s.%I IS NULL THEN NULL ELSE 1::pg_catalog.numeric END', alias, field);
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._rule_bucket_value(regclass, name, text) IS
+'Internal: SQL of the value a bucket series of FIELD aggregates over the row alias ALIAS.';
+
+-- The bucket series a rule set reads, with their ids.
+CREATE FUNCTION cep._rule_set_series(rule_set_id integer)
+RETURNS TABLE (series_id integer, field name, width interval)
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT DISTINCT f.series_id, f.field, f.width
+    FROM cep.rule_sets AS rs
+    CROSS JOIN LATERAL unnest(rs.rule_ids, rs.versions) AS u (rule_id, version)
+    JOIN cep.rule_versions AS v ON v.rule_id = u.rule_id AND v.version = u.version
+    CROSS JOIN LATERAL cep._rule_needs(v.condition) AS n
+    JOIN cep.rule_bucket_series AS f
+        ON f.stream_id = rs.stream_id AND f.field = coalesce(n.field, '')
+        AND f.width = cep._rule_bucket_width(n.fn, n.secs)
+    WHERE rs.rule_set_id = _rule_set_series.rule_set_id AND n.kind = 'metric'
+    ORDER BY f.series_id
+$fn$;
+
+COMMENT ON FUNCTION cep._rule_set_series(integer) IS
+'Internal: the bucket series (id, field, width) the trailing metrics of a rule set read.';
+
+-- The statements of the rules section that keep a rule set's bucket series: the statement's
+-- rows of dense keys go into their buckets; then the statement's keys that became dense (64
+-- stored events within a window) get a floor inside that window and their buckets from it,
+-- built from the stored rows (the statement's included).
+CREATE FUNCTION cep._rule_bucket_sql(rule_set_id integer)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    rs cep.rule_sets;
+    s cep.streams;
+    v_series record;
+    v_sql text := '';
+    v_k text;
+    v_kraw text;
+    v_kcast text;
+BEGIN
+    SELECT * INTO STRICT rs FROM cep.rule_sets AS r WHERE r.rule_set_id = _rule_bucket_sql.rule_set_id;
+    SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = rs.stream_id;
+    v_k := CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('n.%I::text', s.key_column) END;
+    v_kraw := CASE WHEN s.key_column IS NULL THEN 'NULL::text' ELSE format('n.%I', s.key_column) END;
+    v_kcast := CASE WHEN s.key_column IS NULL THEN 'true' ELSE format('s.%I = h.k::%s', s.key_column,
+        (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid = s.source AND a.attname = s.key_column)) END;
+    FOR v_series IN SELECT * FROM cep._rule_set_series(rs.rule_set_id) LOOP
+        v_sql := v_sql || format($b$
+    -- rules: bucket series %1$s (%2$L, width %3$s): the statement's rows of dense keys
+    INSERT INTO cep.rule_buckets AS o (series_id, k, b, n, s, mn, mx)
+    SELECT %1$s, x.k, x.b, count(x.v), sum(x.v), min(x.v), max(x.v)
+    FROM (
+        SELECT %4$s AS k, pg_catalog.date_bin(%3$L::interval, %5$s, '2000-01-01 00:00:00+00') AS b,
+            %6$s AS v
+        FROM cep_new_rows AS n
+    ) AS x
+    JOIN cep.rule_bucket_keys AS kf ON kf.series_id = %1$s AND kf.k = x.k AND x.b >= kf.floor
+    GROUP BY x.k, x.b
+    ORDER BY x.k, x.b
+    ON CONFLICT (series_id, k, b) DO UPDATE
+    SET n = o.n + EXCLUDED.n,
+        s = CASE WHEN o.s IS NULL THEN EXCLUDED.s WHEN EXCLUDED.s IS NULL THEN o.s
+            ELSE o.s + EXCLUDED.s END,
+        mn = least(o.mn, EXCLUDED.mn),
+        mx = greatest(o.mx, EXCLUDED.mx);
+    -- rules: bucket series %1$s: keys of the statement that became dense
+    WITH hot AS (
+        INSERT INTO cep.rule_bucket_keys AS kk (series_id, k, floor)
+        SELECT %1$s, c.k,
+            pg_catalog.date_bin(%3$L::interval, c.t - 32 * %3$L::interval, '2000-01-01 00:00:00+00')
+            + %3$L::interval
+        FROM (
+            SELECT %4$s AS k, %7$s AS kraw, max(n.%8$I) AS traw, max(%5$s) AS t
+            FROM cep_new_rows AS n
+            GROUP BY 1, 2
+        ) AS c
+        WHERE NOT EXISTS (
+                SELECT 1 FROM cep.rule_bucket_keys AS kf WHERE kf.series_id = %1$s AND kf.k = c.k
+            )
+            AND (
+                SELECT count(*) FROM (
+                    SELECT 1 FROM %9$s AS s
+                    WHERE %10$s AND s.%8$I > c.traw - 32 * %3$L::interval AND s.%8$I <= c.traw%11$s
+                    LIMIT 64
+                ) AS y
+            ) >= 64
+        ORDER BY c.k
+        RETURNING kk.k, kk.floor
+    )
+    INSERT INTO cep.rule_buckets AS o (series_id, k, b, n, s, mn, mx)
+    SELECT %1$s, h.k, pg_catalog.date_bin(%3$L::interval, %12$s, '2000-01-01 00:00:00+00'),
+        count(%13$s), sum(%13$s), min(%13$s), max(%13$s)
+    FROM hot AS h
+    JOIN %9$s AS s ON %14$s AND s.%8$I >= %15$s%11$s
+    GROUP BY 2, 3
+    ORDER BY 2, 3
+    ON CONFLICT (series_id, k, b) DO UPDATE
+    SET n = EXCLUDED.n, s = EXCLUDED.s, mn = EXCLUDED.mn, mx = EXCLUDED.mx;
+$b$,
+            v_series.series_id, v_series.field, v_series.width,
+            v_k, cep._time_expr(s.stream_id),
+            cep._rule_bucket_value(s.source, v_series.field, 'n'),
+            v_kraw, s.time_column, s.source,
+            CASE WHEN s.key_column IS NULL THEN 'true' ELSE format('s.%I = c.kraw', s.key_column) END,
+            cep._processed_sql(s, 's'),
+            cep._stream_time_sql(s, 's'),
+            cep._rule_bucket_value(s.source, v_series.field, 's'),
+            v_kcast,
+            cep._stream_raw_time_sql(s, 'h.floor'));
+    END LOOP;
+    RETURN v_sql;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._rule_bucket_sql(integer) IS
+'Internal: the statements of a rules section that keep the bucket series of its rule set.';

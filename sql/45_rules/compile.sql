@@ -458,3 +458,19 @@ $fn$;
 COMMENT ON FUNCTION cep._rule_needs(jsonb) IS
 'Internal: the trailing metrics, field changes and per-key histories a validated condition '
 'reads, each with the column name the assessment query gives it.';
+
+-- Trailing metrics over windows of at least 64 seconds, other than count_distinct, read time
+-- buckets of 1/32 of the window (microsecond-rounded) between their raw ends.
+CREATE FUNCTION cep._rule_bucket_width(fn text, secs numeric)
+RETURNS interval
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT CASE WHEN fn IN ('count', 'sum', 'avg', 'min', 'max') AND secs >= 64
+        THEN make_interval(secs => round(secs / 32, 6)) END
+$fn$;
+
+COMMENT ON FUNCTION cep._rule_bucket_width(text, numeric) IS
+'Internal: the bucket width a trailing metric FN over a window of SECS seconds reads (NULL: '
+'it reads raw rows only).';

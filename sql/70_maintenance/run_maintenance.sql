@@ -230,6 +230,31 @@ BEGIN
     items := v_n;
     RETURN NEXT;
 
+    -- Buckets of trailing metrics older than twice their window (32 widths) plus the lateness
+    -- behind the watermark: the floor moves first, so that metrics of older (late) events read
+    -- raw rows there; at most 100000 buckets per call, skipping those a writer holds.
+    UPDATE cep.rule_bucket_series AS f
+    SET floor = pg_catalog.date_bin(f.width,
+        cep._watermark(f.stream_id) - 64 * f.width - st.allowed_lateness, '2000-01-01 00:00:00+00')
+    FROM cep.streams AS st
+    WHERE st.stream_id = f.stream_id AND pg_catalog.isfinite(cep._watermark(f.stream_id))
+        AND pg_catalog.date_bin(f.width,
+            cep._watermark(f.stream_id) - 64 * f.width - st.allowed_lateness,
+            '2000-01-01 00:00:00+00') > f.floor;
+    DELETE FROM cep.rule_buckets AS b
+    WHERE (b.series_id, b.k, b.b) IN (
+        SELECT o.series_id, o.k, o.b
+        FROM cep.rule_buckets AS o
+        JOIN cep.rule_bucket_series AS f ON f.series_id = o.series_id
+        WHERE o.b < f.floor
+        LIMIT 100000
+        FOR UPDATE OF o SKIP LOCKED
+    );
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    task := 'purge_rule_buckets';
+    items := v_n;
+    RETURN NEXT;
+
     -- Wall-clock streams: the watermark follows the clock, so that absence deadlines and
     -- pattern timeouts fire without new events.
     SELECT count(cep.advance_watermark(s.name, v_now - s.allowed_lateness)) INTO v_n
@@ -317,7 +342,8 @@ COMMENT ON FUNCTION cep.run_maintenance() IS
 'purging alerts past alert_retention that every consumer acknowledged, purging windows past '
 'their retention, expiring recommender weights older than their horizon, making partitions '
 'ahead and retiring old ones (cep.partition_stream), compaction of the rule and consumer '
-'logs, purging idle rule key locks and risk assessments past assessment_retention, advancing '
+'logs, purging idle rule key locks, buckets of trailing rule metrics and risk assessments past '
+'assessment_retention, advancing '
 'patterns and absence detectors whose keys wait for the watermark. '
 'Idempotent; a concurrent second call skips. Schedule it every minute (pg_cron or any '
 'scheduler).';

@@ -65,6 +65,10 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_pairs', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_log', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.stream_queue', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.rule_bucket_series', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.rule_bucket_series_series_id_seq', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.rule_bucket_keys', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.rule_buckets', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.stream_queue_seq_seq', '');
     END IF;
 END
