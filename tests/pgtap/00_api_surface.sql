@@ -42,7 +42,7 @@ SELECT functions_are(
         'process_stream', 'set_stream_mode', '_process_queue', '_unprocessed', '_compile_checks',
         '_batch_sql', '_reject_sql', '_compile_enqueue', '_queued_rows_sql', '_processed_sql',
         'create_slice_publications', 'attach_replica_stream', '_slice_hash_function',
-        '_apply_queued'
+        '_apply_queued', 'window_partials', 'merge_window_partials'
     ],
     'cep has exactly the functions of the API contract and its internals'
 );
