@@ -66,6 +66,7 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_log', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.stream_queue', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.stream_queue_seq_seq', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.imported_alerts', '');
     END IF;
 END
 $dump$;
