@@ -294,6 +294,33 @@ def test_replicated_bad_row_is_refused(conn, bad, state):
     assert conn.execute("SELECT count(*) FROM public.tx").fetchone()[0] == 0
 
 
+def test_rows_replicated_while_a_batch_is_applied_stay_unprocessed(server, dbname, conn):
+    """The apply worker commits a row while the worker applies a batch: the later statements
+    of the processing function see it, and it counts for nothing until it is processed."""
+    conn.execute(TX)
+    conn.execute("SELECT cep.attach_replica_stream('tx', 'public.tx', 'created_at', 'user_id')")
+    conn.execute("INSERT INTO cep.rules (stream, name, kind, condition, risk_score) VALUES "
+                 "('tx', 'two', 'threshold', '{\"metric\": \"count\", \"window\": "
+                 "\"1 hour\", \"op\": \">=\", \"value\": 2}', 0.8)")
+    conn.execute("SELECT cep.create_pattern('slow', 'tx', 'a', "
+                 "'{\"a\": \"pg_sleep(0.5) IS NOT NULL AND amount > 0\"}')")
+    replicate(conn, [(1, 7, Decimal(5), "nyc", BASE)])
+    t = threading.Thread(target=lambda: server.connect(dbname).execute(
+        "SELECT cep.process_stream('tx')"))
+    t.start()
+    deadline = time.monotonic() + 10
+    while not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                           "AND wait_event = 'PgSleep'", (dbname,)).fetchone()[0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    replicate(conn, [(2, 7, Decimal(5), "nyc", BASE - dt.timedelta(minutes=1))])
+    t.join()
+    assert [e for _, e in queue(conn)] == [1]
+    conn.execute("SELECT cep.process_stream('tx')")
+    assert conn.execute("SELECT count(*) FROM cep.risk_assessments").fetchone()[0] == 0
+    assert conn.execute("SELECT events_total FROM cep.stream_stats").fetchone()[0] == 2
+
+
 def test_attach_replica_stream_errors(conn):
     conn.execute(TX)
     cases = [

@@ -17,6 +17,8 @@ CREATE TABLE cep.stream_queue (
 );
 
 CREATE INDEX stream_queue_stream_idx ON cep.stream_queue (stream_id, seq);
+-- The entries committed after a processing session looked at the queue (cep._unprocessed).
+CREATE INDEX stream_queue_txid_idx ON cep.stream_queue (stream_id, txid);
 
 COMMENT ON TABLE cep.stream_queue IS
 'Statements of asynchronous streams waiting for cep.process_stream: event ids (a multirange), '

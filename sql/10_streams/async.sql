@@ -9,19 +9,35 @@
 
 -- While a queued statement is applied, the rows of the statements queued after it are already
 -- in the table; readers of stored rows (trailing rule metrics, pattern matchers) leave them out
--- through this setting, so the result is the one the synchronous stream would give.
+-- through these settings, so the result is the one the synchronous stream would give: the ids
+-- the processing session found queued (less those it applied since), and the ids of entries
+-- committed after it looked (each statement of the processing function sees the rows of
+-- transactions that committed since it started, and they are not processed either).
 CREATE FUNCTION cep._unprocessed(stream_id integer)
 RETURNS int8multirange
 LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    SELECT coalesce(
-        nullif(current_setting(format('cep.unprocessed_%s', _unprocessed.stream_id), true), '')
-            ::int8multirange,
-        (SELECT range_agg(q.ids) FROM cep.stream_queue AS q WHERE q.stream_id = _unprocessed.stream_id),
-        '{}'::int8multirange
-    )
+    SELECT CASE
+        WHEN c.rest IS NULL THEN coalesce(
+            (SELECT range_agg(q.ids) FROM cep.stream_queue AS q
+                WHERE q.stream_id = _unprocessed.stream_id),
+            '{}'::int8multirange)
+        ELSE c.rest::int8multirange + coalesce(
+            (SELECT range_agg(q.ids) FROM cep.stream_queue AS q
+                WHERE q.stream_id = _unprocessed.stream_id
+                    AND q.txid >= pg_snapshot_xmin(c.snap::pg_snapshot)
+                    AND NOT pg_visible_in_snapshot(q.txid, c.snap::pg_snapshot)),
+            '{}'::int8multirange)
+    END
+    FROM (
+        SELECT
+            nullif(current_setting(format('cep.unprocessed_%s', _unprocessed.stream_id), true), '')
+                AS rest,
+            nullif(current_setting(
+                format('cep.unprocessed_snapshot_%s', _unprocessed.stream_id), true), '') AS snap
+    ) AS c
 $fn$;
 
 COMMENT ON FUNCTION cep._unprocessed(integer) IS
@@ -90,6 +106,7 @@ DECLARE
     v_seqs bigint [] := '{}'::bigint [];
     v_n bigint := 0;
     v_txid xid8;
+    v_snapshot pg_snapshot;
     q record;
 BEGIN
     statements := 0;
@@ -100,7 +117,11 @@ BEGIN
         RETURN NEXT;
         RETURN;
     END IF;
-    v_rest := (SELECT range_agg(x.ids) FROM cep.stream_queue AS x WHERE x.stream_id = _process_queue.stream_id);
+    -- what is queued now, and the snapshot that saw it: what commits later stays hidden too
+    SELECT coalesce(range_agg(x.ids), '{}'), pg_current_snapshot() INTO v_rest, v_snapshot
+    FROM cep.stream_queue AS x
+    WHERE x.stream_id = _process_queue.stream_id;
+    PERFORM set_config(format('cep.unprocessed_snapshot_%s', stream_id), v_snapshot::text, true);
     SELECT s.replica_batch INTO v_batch FROM cep.streams AS s WHERE s.stream_id = _process_queue.stream_id;
     IF v_batch IS NOT NULL THEN
         -- A replica stream queues one entry per replicated row. Batches: the consecutive
@@ -138,6 +159,7 @@ BEGIN
             events := events + v_n;
         END IF;
         PERFORM set_config(v_setting, '', true);
+        PERFORM set_config(format('cep.unprocessed_snapshot_%s', stream_id), '', true);
         RETURN NEXT;
         RETURN;
     END IF;
@@ -161,6 +183,7 @@ BEGIN
         events := events + q.events;
     END LOOP;
     PERFORM set_config(v_setting, '', true);
+    PERFORM set_config(format('cep.unprocessed_snapshot_%s', stream_id), '', true);
     RETURN NEXT;
 END
 $fn$;
