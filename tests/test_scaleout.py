@@ -321,6 +321,31 @@ def test_rows_replicated_while_a_batch_is_applied_stay_unprocessed(server, dbnam
     assert conn.execute("SELECT events_total FROM cep.stream_stats").fetchone()[0] == 2
 
 
+def test_partitioned_replica_stream(conn):
+    """A partitioned worker table: the row trigger is cloned to every partition, those made
+    later included, enabled as REPLICA like the parent's."""
+    conn.execute("CREATE TABLE public.pt (id bigint NOT NULL, k integer NOT NULL, "
+                 "t timestamptz NOT NULL, PRIMARY KEY (id, t)) PARTITION BY RANGE (t)")
+    conn.execute("CREATE TABLE public.pt_1 PARTITION OF public.pt "
+                 "FOR VALUES FROM ('2026-01-01') TO ('2026-06-01')")
+    conn.execute("SELECT cep.attach_replica_stream('pt', 'public.pt', 't', 'k', 'id')")
+    conn.execute("SELECT cep.create_window('pt_n', 'pt', 'tumbling', '1 day', "
+                 "aggregates => '{count(*)}')")
+    conn.execute("CREATE TABLE public.pt_2 PARTITION OF public.pt "
+                 "FOR VALUES FROM ('2026-06-01') TO ('2027-01-01')")
+    assert conn.execute(
+        "SELECT array_agg(tgrelid::regclass::text || ':' || tgenabled::text ORDER BY 1) "
+        "FROM pg_trigger WHERE tgname = 'cep_replica_ingest'").fetchone()[0] == [
+        "pt:R", "pt_1:R", "pt_2:R"]
+    with conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")
+        for i, t in enumerate(["2026-03-01", "2026-07-01", "2026-07-02"], start=1):
+            conn.execute("INSERT INTO public.pt VALUES (%s, 1, %s)", (i, t))
+    assert [e for _, e in queue(conn)] == [1, 1, 1]
+    assert conn.execute("SELECT cep.process_stream('pt')").fetchone()[0] == 3
+    assert conn.execute("SELECT sum(count) FROM pt_n").fetchone()[0] == 3
+
+
 def test_attach_replica_stream_errors(conn):
     conn.execute(TX)
     cases = [
