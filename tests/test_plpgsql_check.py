@@ -53,15 +53,25 @@ SELECT cep.create_recommender('rec_plain', 'plain', 'k', 'amt', 'k', unknown_act
 SELECT cep.create_recommender('rec_nokey', 'nokey', 'id', 'ts', 'id', '{"1": 1, "2": 0.5}');
 SELECT cep.set_stream_mode('plain', 'async');
 SELECT cep.set_stream_mode('parted', 'async');
+CREATE TABLE public.replica (id bigint PRIMARY KEY, k integer NOT NULL, ts timestamp NOT NULL,
+                             amt numeric);
+SELECT cep.attach_replica_stream('replica', 'public.replica', 'ts', 'k',
+    allowed_lateness => '1 minute');
+SELECT cep.create_window('w_replica', 'replica', 'hopping', '10 minutes', '5 minutes',
+    group_by => '{k}', aggregates => '{count(*), sum(amt), count(distinct amt)}');
+INSERT INTO cep.rules (stream, name, condition, risk_score) VALUES
+    ('replica', 'r_replica', '{"metric": "count", "window": "1 hour", "op": ">", "value": 3}', 0.5);
+SELECT cep.create_pattern('p_replica', 'replica', 'a b', '{"a": "amt > 1", "b": "amt < a.amt"}');
 """
 
 CHECK = """
 SELECT p.oid::regprocedure::text AS fn, c.line
 FROM pg_catalog.pg_proc AS p
 LEFT JOIN cep.streams AS s ON s.ingest_function = p.proname
+LEFT JOIN cep.streams AS r ON format('_replica_%s', r.stream_id) = p.proname
 CROSS JOIN LATERAL public.plpgsql_check_function(
     p.oid::regprocedure,
-    coalesce(s.source, CASE p.proname
+    coalesce(s.source, r.source, CASE p.proname
         WHEN '_refuse_default_partition' THEN 'public.parted_cep_default'::regclass
         WHEN '_rules_before' THEN 'cep.rules'::regclass
         WHEN '_rules_after' THEN 'cep.rules'::regclass END, 0),
@@ -87,10 +97,14 @@ def test_plpgsql_check_finds_nothing(conn):
     generated = conn.execute(
         "SELECT count(*) FROM pg_proc WHERE pronamespace = 'cep'::regnamespace "
         "AND proname ~ '^_ingest_[0-9]+$'").fetchone()[0]
-    assert generated == 3 and checked > generated
+    assert generated == 4 and checked > generated
     # asynchronous streams: the writer-side trigger body and the processing function
     assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname ~ '^_process_[0-9]+$'"
-                        ).fetchone()[0] == 2
-    assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname ~ '^_pattern_[0-9]+$'").fetchone()[0] == 3
+                        ).fetchone()[0] == 3
+    # a replica stream: also its row trigger function (checked with its relation, no
+    # transition table)
+    assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname ~ '^_replica_[0-9]+$'"
+                        ).fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname ~ '^_pattern_[0-9]+$'").fetchone()[0] == 4
     findings = conn.execute(CHECK).fetchall()
     assert findings == [], "\n".join(f"{fn}: {line}" for fn, line in findings)

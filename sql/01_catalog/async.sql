@@ -11,12 +11,16 @@ CREATE TABLE cep.stream_queue (
     ids int8multirange NOT NULL,
     events integer NOT NULL,
     queued_at timestamptz NOT NULL DEFAULT now(),
+    txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
     CONSTRAINT stream_queue_pkey PRIMARY KEY (seq),
     CONSTRAINT stream_queue_events_check CHECK (events > 0)
 );
 
 CREATE INDEX stream_queue_stream_idx ON cep.stream_queue (stream_id, seq);
+-- The entries committed after a processing session looked at the queue (cep._unprocessed).
+CREATE INDEX stream_queue_txid_idx ON cep.stream_queue (stream_id, txid);
 
 COMMENT ON TABLE cep.stream_queue IS
 'Statements of asynchronous streams waiting for cep.process_stream: event ids (a multirange), '
-'number of events and time queued.';
+'number of events, time queued and the writer''s transaction (a replica stream queues one row '
+'per replicated row; the rows of one transaction form one batch).';

@@ -21,6 +21,7 @@ CREATE TABLE cep.streams (
     created_at timestamptz NOT NULL DEFAULT now(),
     wall_clock boolean NOT NULL DEFAULT FALSE,
     mode text NOT NULL DEFAULT 'sync',
+    replica_batch text,
     CONSTRAINT streams_pkey PRIMARY KEY (stream_id),
     CONSTRAINT streams_name_key UNIQUE (name),
     CONSTRAINT streams_source_key UNIQUE (source),
@@ -35,7 +36,10 @@ CREATE TABLE cep.streams (
     ),
     CONSTRAINT streams_skew_check CHECK (max_future_skew >= '0 seconds'),
     CONSTRAINT streams_channel_check CHECK (octet_length(notify_channel) BETWEEN 1 AND 63),
-    CONSTRAINT streams_mode_check CHECK (mode IN ('sync', 'async'))
+    CONSTRAINT streams_mode_check CHECK (mode IN ('sync', 'async')),
+    CONSTRAINT streams_replica_check CHECK (
+        replica_batch IS NULL OR (mode = 'async' AND replica_batch IN ('transaction', 'merged'))
+    )
 );
 
 COMMENT ON TABLE cep.streams IS

@@ -249,9 +249,11 @@ BEGIN
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.source) THEN
         EXECUTE format('DROP TRIGGER IF EXISTS cep_stream_ingest ON %s', s.source);
+        EXECUTE format('DROP TRIGGER IF EXISTS cep_replica_ingest ON %s', s.source);
     END IF;
     EXECUTE format('DROP FUNCTION IF EXISTS cep.%I()', s.ingest_function);
     EXECUTE format('DROP FUNCTION IF EXISTS cep.%I(bigint [])', format('_process_%s', s.stream_id));
+    EXECUTE format('DROP FUNCTION IF EXISTS cep.%I()', format('_replica_%s', s.stream_id));
     DELETE FROM cep.stream_queue AS q WHERE q.stream_id = s.stream_id;
     PERFORM cep._drop_window_objects(w.window_id)
     FROM cep.windows AS w WHERE w.stream_id = s.stream_id;

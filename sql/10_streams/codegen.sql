@@ -307,6 +307,7 @@ AS $fn$
 DECLARE
     s cep.streams;
     v_process name := format('_process_%s', stream_id);
+    v_replica name := format('_replica_%s', stream_id);
     v_name name;
     v_args text;
     v_ddl text;
@@ -320,7 +321,7 @@ BEGIN
         -- out, so the backfill then covers exactly the processed rows.
         PERFORM cep._process_queue(s.stream_id, NULL, true);
     END IF;
-    FOREACH v_name IN ARRAY ARRAY[s.ingest_function, v_process] LOOP
+    FOREACH v_name IN ARRAY ARRAY[s.ingest_function, v_process, v_replica] LOOP
         -- (jit = off: JIT would compile these short statements for far longer than they run;
         -- generic plans: planning the larger statements, e.g. a rule set's assessment, costs
         -- more than running them, and their shape does not depend on the parameters)
@@ -338,7 +339,7 @@ BEGIN
                 THEN format('Generated ingest function of pg_cep asynchronous stream %s: checks '
                     'and queues each statement.', stream_id)
                 ELSE format('Generated ingest function of pg_cep stream %s.', stream_id) END;
-        ELSIF s.mode = 'async' THEN
+        ELSIF v_name = v_process AND s.mode = 'async' THEN
             v_args := 'bigint []';
             v_ddl := format(
                 'CREATE OR REPLACE FUNCTION cep.%I(p_ids bigint []) RETURNS integer '
@@ -350,10 +351,25 @@ BEGIN
                     cep._queued_rows_sql(s.stream_id)));
             v_comment := format('Generated processing function of pg_cep asynchronous stream '
                 '%s: applies one queued statement.', stream_id);
-        ELSE
+        ELSIF v_name = v_replica AND s.replica_batch IS NOT NULL THEN
+            -- The row trigger of a replica stream (enabled as REPLICA, so only the logical
+            -- replication apply worker fires it): the writer-side body over the one new row.
+            v_args := '';
+            v_ddl := format(
+                'CREATE OR REPLACE FUNCTION cep.%I() RETURNS trigger LANGUAGE plpgsql '
+                'SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off '
+                'SET TimeZone = ''UTC'' SET jit = off SET extra_float_digits = 1 '
+                'SET plan_cache_mode = force_generic_plan AS %L',
+                v_name,
+                replace(cep._compile_enqueue(s.stream_id), 'cep_new_rows', '(SELECT NEW.*)'));
+            v_comment := format('Generated row trigger function of pg_cep replica stream %s: '
+                'checks and queues each replicated row.', stream_id);
+        ELSIF v_name = v_process THEN
             IF to_regprocedure(format('cep.%I(bigint [])', v_name)) IS NOT NULL THEN
                 EXECUTE format('DROP FUNCTION cep.%I(bigint [])', v_name);
             END IF;
+            CONTINUE;
+        ELSE
             CONTINUE;
         END IF;
         BEGIN
@@ -374,4 +390,4 @@ $fn$;
 
 COMMENT ON FUNCTION cep._regenerate_stream(integer) IS
 'Internal: rebuild a stream''s generated ingest function (and, for an asynchronous stream, '
-'its processing function) from the catalog.';
+'its processing function; for a replica stream, its row trigger function) from the catalog.';

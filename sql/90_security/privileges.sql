@@ -70,6 +70,7 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump('cep.rule_bucket_keys', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.rule_buckets', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.stream_queue_seq_seq', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.imported_alerts', '');
     END IF;
 END
 $dump$;

@@ -41,7 +41,9 @@ SELECT functions_are(
         '_drop_recommender_state', '_expire_recommender',
         'process_stream', 'set_stream_mode', '_process_queue', '_unprocessed', '_compile_checks',
         '_batch_sql', '_reject_sql', '_compile_enqueue', '_queued_rows_sql', '_processed_sql',
-        '_rule_bucket_width', '_rule_bucket_value', '_rule_bucket_sql', '_rule_set_series'
+        '_rule_bucket_width', '_rule_bucket_value', '_rule_bucket_sql', '_rule_set_series',
+        'create_slice_publications', 'attach_replica_stream', 'window_partials',
+        'merge_window_partials', 'import_alerts', '_slice_hash_function', '_apply_queued'
     ],
     'cep has exactly the functions of the API contract and its internals'
 );
@@ -63,7 +65,8 @@ SELECT tables_are(
         'rule_history', 'rule_history_fields', 'rule_log', 'patterns', 'pattern_state',
         'pattern_late_events', 'matches', 'pattern_log', 'absence_pending',
         'recommenders', 'recommender_users', 'recommender_weights', 'recommender_pairs',
-        'recommender_log', 'stream_queue', 'rule_bucket_series', 'rule_bucket_keys', 'rule_buckets'
+        'recommender_log', 'stream_queue', 'imported_alerts', 'rule_bucket_series', 'rule_bucket_keys',
+        'rule_buckets'
     ]
 );
 
