@@ -22,6 +22,20 @@ pg_stat_user_functions shows the time per event in the generated ingest function
 windows and rules are inline SQL there) and in the functions it calls (the pattern matcher,
 alerts).
 
+Asynchronous stream (--skip-fraud-async leaves it out): the same table, data and definitions
+with the stream created with mode => 'async', whose writers only check their rows and queue
+one cep.stream_queue row per statement:
+  (q) on every workload: the writers' throughput (events/s, ratio to (a), target 0.8) and
+      statement latency, over its runs and --fraud-writer-pairs extra writer-only runs of (a)
+      and (q) per repeat (the writers of both take about 0.1 s per workload, too short for two
+      samples); the warm-up's queue is applied before the timed part (untimed); after
+      the last writer, one session calls cep.process_stream('transactions',
+      --fraud-process-rows) until it returns 0: processing events/s, and the processing
+      function's µs/event (cep.stream_stats, which for an async stream measures processing);
+  (qc) on the 2-client workloads: one more session calls cep.process_stream in a loop while the
+      writers write: the writers' throughput, the backlog (cep.stream_stats) when the last
+      writer finished, and the time until the queue is empty.
+
 Workloads: rules_bench's "realistic" transactions (demo/workload.py at 10 per user and day,
 skewed activity, ~2% fraud events in bursts: the bursts' large amounts are what the pattern
 finds), for 4,800 users, i.e. 2,000 transactions per hour of event time, as 1000-row INSERT
@@ -44,7 +58,16 @@ the pattern and the windows, after cep.advance_watermark (untimed): every row th
 variable accepts was processed by the pattern or counted late (to the stream or the pattern),
 the live matches equal cep.find_matches over the stored rows (when nothing was late), the
 global window counts every on-time event once and the per-user hopping window five times, and
-every alert is queued for the consumer.
+every alert is queued for the consumer. For (q) and (qc) also: every queued event processed
+exactly once (processed = inserted = counted by cep.stream_stats, queue empty); against (p) of
+the same repeat (same rows; other arrival order and ids): equal windows and equal matches
+(by the events' contents), when nothing was late in either run and, for the matches, nothing
+late to (p)'s pattern (what depends on which statements ran concurrently -- trailing rule
+metrics, a (p) writer's rows late to the pattern -- is reported side by side, not compared);
+in the last repeat, (q) against (s), the untimed replay of (q)'s rows under their ids on a
+synchronous stream with the same definitions, one statement at a time in (q)'s queue order:
+the windows, transactions (status), risk assessments (rule names), matches, alerts, the
+consumer's queue, late events, row for row.
 """
 
 from __future__ import annotations
@@ -62,6 +85,11 @@ import rules_bench
 import workload
 
 TARGET_P_A = 0.35                # full profile / plain table (issue 8)
+TARGET_Q_A = 0.8                 # async stream, writer side / plain table
+PROCESS_ROWS = 10_000            # max_rows of each cep.process_stream call (async variants)
+# (a) and (q)'s writers take 0.1 s per workload: extra writer-only pairs per workload and repeat
+# (about 0.6 s each) make their ratio a median of more than a couple of samples
+WRITER_PAIRS = 4
 CLIENT_COUNTS = (2, 8)
 USERS = 4800                     # at rules_bench's 10 transactions per user and day:
 RATE = USERS * rules_bench.REALISTIC_PER_USER_DAY / 24     # 2,000 per hour of event time
@@ -87,12 +115,26 @@ class FVariant:
     database: str
     kind: str                            # plain | cep | seed
     features: tuple = ()
+    mode: str = "sync"                   # the stream's mode (cep.create_stream mode =>)
+    processor: bool = False              # async: cep.process_stream runs alongside the writers
 
 
 PLAIN = FVariant("a", "(a) plain table", "fraud_plain", "plain")
 FULL = FVariant("p", "(p) full fraud profile", "fraud_full", "cep", FEATURES)
 SEED = FVariant("g", "(g) seed's per-row rule trigger", "fraud_seed", "seed")
 MAIN_VARIANTS = [PLAIN, FULL, SEED]
+# The full profile on an asynchronous stream: (q) the writers only queue, cep.process_stream
+# applies the queue after they finish (timed separately); (qc) one session runs
+# cep.process_stream in a loop while the writers write.
+ASYNC = FVariant("q", "(q) full profile, async stream", "fraud_async", "cep", FEATURES, "async")
+ASYNC_LIVE = FVariant("qc", "(qc) async, processor alongside", "fraud_async", "cep", FEATURES,
+                      "async", True)
+ASYNC_VARIANTS = [ASYNC, ASYNC_LIVE]
+# Untimed reference for (q)'s guard: the full profile on a synchronous stream, fed (q)'s rows
+# (same ids) one statement at a time in (q)'s queue order, i.e. the order cep.process_stream
+# applied them.
+REPLAY = FVariant("s", "(s) sync, (q)'s statements replayed serially", "fraud_replay", "cep",
+                  FEATURES)
 # One extra, untimed run of the full profile with track_functions = 'all' (its own database):
 # time per event in each function the ingest function calls (pg_stat_user_functions).
 PROFILED = FVariant("p*", "(p) with track_functions", "fraud_profiled", "cep", FEATURES)
@@ -140,6 +182,14 @@ def add_arguments(p, exclusive_group) -> None:
                    help="fraud part: rows of the single-row workloads (default 3000)")
     p.add_argument("--fraud-repeat", type=int, default=2,
                    help="fraud part: measurements per variant and workload (default 2)")
+    p.add_argument("--fraud-process-rows", type=int, default=PROCESS_ROWS,
+                   help="fraud part, async variant: max_rows of each cep.process_stream call "
+                        f"(default {PROCESS_ROWS})")
+    p.add_argument("--fraud-writer-pairs", type=int, default=WRITER_PAIRS,
+                   help="fraud part, async variant: extra writer-side measurements of (a) and "
+                        f"(q) per workload and repeat (default {WRITER_PAIRS})")
+    p.add_argument("--skip-fraud-async", action="store_true",
+                   help="fraud part: skip the async stream variants (q), (qc)")
     exclusive_group.add_argument("--fraud-only", action="store_true",
                                  help="run only the fraud profile part")
     p.add_argument("--skip-fraud", action="store_true", help="skip the fraud profile part")
@@ -149,9 +199,10 @@ def check_args(p, args) -> None:
     if args.fraud_only and args.skip_fraud:
         p.error("--fraud-only and --skip-fraud exclude each other")
     if (args.fraud_rows < 1000 * max(CLIENT_COUNTS) or args.fraud_single_rows < 500
-            or args.fraud_repeat < 1):
+            or args.fraud_repeat < 1 or args.fraud_process_rows < 1
+            or args.fraud_writer_pairs < 0):
         p.error(f"need --fraud-rows >= {1000 * max(CLIENT_COUNTS)}, --fraud-single-rows >= "
-                "500, --fraud-repeat >= 1")
+                "500, --fraud-repeat >= 1, --fraud-process-rows >= 1, --fraud-writer-pairs >= 0")
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -214,8 +265,9 @@ def prepare_workloads(args, base) -> list[FWorkload]:
 
 # -- setup ------------------------------------------------------------------------------------
 
-def setup_databases(cluster, base) -> None:
-    everything = MAIN_VARIANTS + PARTS + [PROFILED]
+def setup_databases(cluster, base, with_async: bool = True) -> None:
+    everything = MAIN_VARIANTS + PARTS + [PROFILED] + (ASYNC_VARIANTS + [REPLAY]
+                                                       if with_async else [])
     for db in dict.fromkeys(v.database for v in everything):
         cluster.create_database(db)
         kinds = {v.kind for v in everything if v.database == db}
@@ -240,7 +292,7 @@ def _prepare(admin, v: FVariant, wl: FWorkload, base) -> None:
     if v.kind == "cep":
         admin.execute("SELECT cep.create_stream('transactions', 'transactions', 'created_at', "
                       f"key_column => 'user_id', allowed_lateness => "
-                      f"'{wl.lateness_min} minutes')")
+                      f"'{wl.lateness_min} minutes', mode => '{v.mode}')")
         if "windows" in v.features:
             admin.execute(WINDOWS_SQL)
         if "rules" in v.features:
@@ -284,16 +336,91 @@ def _client(dsn: str, wl: FWorkload, shared: dict, warmed, go, warm: list, done:
         go.abort()
 
 
-def measure(cluster, v: FVariant, wl: FWorkload, base, reset_stats: bool = False
-            ) -> FMeasurement:
+def _processor(dsn: str, max_rows: int, go, writers_done: threading.Event, out: dict,
+               errors: list) -> None:
+    """(qc): cep.process_stream in a loop from one session while the writers write, until the
+    queue is empty after the last writer finished."""
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            cur = conn.cursor()
+            go.wait()
+            clock = time.perf_counter
+            events = calls = 0
+            busy = 0.0
+            while True:
+                # an empty queue after every writer committed stays empty
+                last = writers_done.is_set()
+                t = clock()
+                n = cur.execute(PROCESS_SQL, (max_rows,)).fetchone()[0]
+                calls += 1
+                if n:
+                    events += n
+                    busy += clock() - t
+                elif last:
+                    break
+                else:
+                    time.sleep(0.002)
+            out.update(events=events, calls=calls, busy=busy, finished=clock())
+    except BaseException as exc:
+        errors.append(exc)
+        go.abort()
+
+
+PROCESS_SQL = "SELECT cep.process_stream('transactions', %s)"
+BACKLOG_SQL = ("SELECT backlog_statements, backlog_events, "
+               "coalesce(extract(epoch FROM processing_lag), 0)::float8 "
+               "FROM cep.stream_stats WHERE stream = 'transactions'")
+
+
+def process_queue(conn, max_rows: int) -> tuple[int, int, float]:
+    """cep.process_stream(stream, max_rows) calls until one returns 0 (nobody else processes
+    this stream): events processed, calls, seconds."""
+    events = calls = 0
+    t = time.perf_counter()
+    while True:
+        n = conn.execute(PROCESS_SQL, (max_rows,)).fetchone()[0]
+        calls += 1
+        if not n:
+            break
+        events += n
+    return events, calls, time.perf_counter() - t
+
+
+def queued_statements(conn, columns) -> tuple[list[list[int]], dict[int, tuple]]:
+    """The queued statements' event ids in queue order (the order cep.process_stream applies
+    them once every writer has committed) and their rows as stored (before processing, which
+    may block some): what the replay (s) inserts."""
+    order = [ids for (ids,) in conn.execute(
+        "SELECT array_agg(g.id ORDER BY g.id) FROM cep.stream_queue AS q "
+        "CROSS JOIN LATERAL unnest(q.ids) AS r (span) "
+        "CROSS JOIN LATERAL generate_series(lower(r.span), upper(r.span) - 1) AS g (id) "
+        "GROUP BY q.seq ORDER BY q.seq")]
+    rows = {r[0]: r for r in conn.execute(
+        f"SELECT t.id, {', '.join('t.' + c for c in columns)} FROM transactions AS t "
+        "WHERE t.id IN (SELECT g.id FROM cep.stream_queue AS q "
+        "CROSS JOIN LATERAL unnest(q.ids) AS r (span) "
+        "CROSS JOIN LATERAL generate_series(lower(r.span), upper(r.span) - 1) AS g (id))")}
+    return order, rows
+
+
+def measure(cluster, v: FVariant, wl: FWorkload, base, reset_stats: bool = False,
+            process_rows: int = PROCESS_ROWS, replay: bool = False,
+            writer_only: bool = False, compare: bool = True) -> FMeasurement:
+    """One measurement of V on WL; for (q) with REPLAY, the guard against the replay (s); with
+    WRITER_ONLY, an async stream's writers alone (nothing processed, no guard: the queue goes
+    with the stream at the next measurement); COMPARE: the digest of (p), (q), (qc) for
+    compare_with_sync."""
     dsn = cluster.dsn(v.database)
+    is_async = v.mode == "async"
+    replay = replay and is_async and not v.processor and not writer_only
     with cluster.connect(v.database) as admin:
         _prepare(admin, v, wl, base)
         if reset_stats:
             admin.execute("SELECT pg_stat_reset()")
         shared = {"lock": threading.Lock(), "items": wl.items, "next": 0}
+        parties = wl.clients + 1 + (1 if v.processor else 0)
         warmed = threading.Barrier(wl.clients + 1)
-        go = threading.Barrier(wl.clients + 1)
+        go = threading.Barrier(parties)
         done: list[float] = []
         latencies: list[float] = []
         errors: list[BaseException] = []
@@ -304,12 +431,28 @@ def measure(cluster, v: FVariant, wl: FWorkload, base, reset_stats: bool = False
                   errors)) for i in range(wl.clients)]
         for th in threads:
             th.start()
+        writers_done = threading.Event()
+        proc_out: dict = {}
+        processor = None
+        if v.processor:
+            processor = threading.Thread(
+                target=_processor, daemon=True,
+                args=(dsn, process_rows, go, writers_done, proc_out, errors))
+            processor.start()
         before = None
         warm_max = 0
+        replay_order: list = []
+        replay_rows: dict = {}
         try:
             warmed.wait()
             warm_max = admin.execute(
                 "SELECT coalesce(max(id), 0) FROM transactions").fetchone()[0]
+            if is_async and not writer_only:
+                # the warm-up's queue is applied before the timed part (untimed): the measured
+                # statements find the same state as the synchronous stream's
+                if replay:
+                    replay_order, replay_rows = queued_statements(admin, base.COLUMNS)
+                process_queue(admin, process_rows)
             if v.kind == "cep":
                 before = base.stream_counters(admin)
             go.wait()
@@ -318,19 +461,60 @@ def measure(cluster, v: FVariant, wl: FWorkload, base, reset_stats: bool = False
         t0 = time.perf_counter()
         for th in threads:
             th.join()
+        writers_done.set()
         if errors:
             raise RuntimeError(f"{v.name}, {wl.title}: {errors[0]}") from errors[0]
         m = FMeasurement(max(done) - t0, wl.rows, latencies, {})
+        if is_async:
+            # the backlog when the last writer finished
+            st, ev, lag = admin.execute(BACKLOG_SQL).fetchone()
+            m.extra.update(backlog_statements=st, backlog_events=ev, backlog_lag_seconds=lag)
         stored = admin.execute("SELECT count(*) FROM transactions").fetchone()[0]
         if stored != wl.rows + wl.warm_rows:
             raise RuntimeError(f"{v.name}, {wl.title}: {stored} rows stored, expected "
                                f"{wl.rows + wl.warm_rows}")
+        if writer_only:
+            return m
+        if is_async and v.processor:
+            processor.join()
+            if errors:
+                raise RuntimeError(f"{v.name}, {wl.title}: {errors[0]}") from errors[0]
+            end = proc_out["finished"]
+            m.extra.update(processed_events=proc_out["events"], process_calls=proc_out["calls"],
+                           process_seconds=end - t0, process_busy_seconds=proc_out["busy"],
+                           drain_seconds=max(0.0, end - max(done)))
+        elif is_async:
+            if replay:
+                order, rows = queued_statements(admin, base.COLUMNS)
+                replay_order += order
+                replay_rows.update(rows)
+            events, calls, seconds = process_queue(admin, process_rows)
+            m.extra.update(processed_events=events, process_calls=calls,
+                           process_seconds=seconds)
+        if is_async:
+            m.extra["process_events_per_second"] = m.extra["processed_events"] / max(
+                1e-9, m.extra["process_seconds"])
         if v.kind == "cep":
             after = base.stream_counters(admin)
             m.extra["ingest_micros_per_event"] = ((after[1] - before[1])
                                                   / max(1, after[0] - before[0]))
             m.extra["late_events"] = after[2] - before[2]
+            checks = {}
+            if is_async:
+                left = admin.execute(BACKLOG_SQL).fetchone()[1]
+                _ok(checks, "async: every queued event processed once, queue empty",
+                    m.extra["processed_events"] == wl.rows == after[0] - before[0]
+                    and left == 0,
+                    f"{m.extra['processed_events']} processed, {after[0] - before[0]} logged, "
+                    f"{wl.rows} inserted, {left} still queued")
             m.extra.update(check_cep(admin, v, warm_max, stored))
+            m.extra["checks"] = {**checks, **m.extra["checks"]}
+            if compare and v.key in ("p", "q", "qc"):
+                m.extra["digest"] = digest(admin, CONTENT_DIGEST, outputs=True)
+        if replay:
+            ok, detail = check_replay(cluster, wl, base, admin, replay_order, replay_rows)
+            _ok(m.extra["checks"], "async = sync (last repeat): (q) equals (s), (q)'s "
+                "statements replayed serially in queue order", ok, detail)
     return m
 
 
@@ -351,17 +535,23 @@ def check_cep(conn, v: FVariant, warm_max: int, stored: int) -> dict:
     late = conn.execute("SELECT count(*) FROM cep.late_events").fetchone()[0]
     conn.execute("SELECT cep.advance_watermark('transactions')")
     if "pattern" in v.features:
-        # every event the pattern's variable accepts: processed, or counted late
-        events, plate, a_rows, a_late = conn.execute(
-            "SELECT p.events, p.late_events, (SELECT count(*) FROM transactions WHERE "
+        # every event the pattern's variable accepts: processed, or counted late (a writer
+        # whose keys another writer advanced past its uncommitted rows counts all of those
+        # rows late to the pattern, also those no variable accepts: only the accepted ones are
+        # counted here)
+        events, plate, a_plate, a_rows, a_late = conn.execute(
+            "SELECT p.events, p.late_events, (SELECT count(*) FROM cep.pattern_late_events AS l "
+            "JOIN transactions AS t ON t.id = l.event_id WHERE l.pattern_id = p.pattern_id AND "
+            "t.amount > 1000), (SELECT count(*) FROM transactions WHERE "
             "amount > 1000), (SELECT count(*) FROM cep.late_events AS l JOIN transactions AS t "
             "ON t.id = l.event_id WHERE t.amount > 1000) "
             "FROM cep.pattern_stats AS p WHERE p.pattern = 'burst3'").fetchone()
         out["pattern_late"] = plate
         _ok(c, "pattern: every event with amount > 1000 processed or counted late",
-            events + plate + a_late == a_rows,
-            f"{a_rows} such rows: {events} processed, {plate} late to the pattern, {a_late} "
-            f"late to the stream, {a_rows - events - plate - a_late} unaccounted")
+            events + a_plate + a_late == a_rows,
+            f"{a_rows} such rows: {events} processed, {a_plate} late to the pattern ({plate} "
+            f"rows in all), {a_late} late to the stream, "
+            f"{a_rows - events - a_plate - a_late} unaccounted")
         live = conn.execute(
             "SELECT partition_key, event_ids FROM cep.matches WHERE pattern = 'burst3' "
             "ORDER BY 1, 2").fetchall()
@@ -391,16 +581,149 @@ def check_cep(conn, v: FVariant, warm_max: int, stored: int) -> dict:
     return out
 
 
+# Derived results as text rows, hashed in sorted order by digest(): STRICT row for row with
+# event ids (the replay (s) stores (q)'s rows under their ids), rule ids as names (each database
+# numbers its rules); CONTENT without ids, for another run over the same data, whose rows are
+# numbered in that run's arrival order (the windows hold no ids).
+WINDOW_DIGEST = {
+    "window tx_user_5m": "SELECT w::text FROM tx_user_5m AS w",
+    "window tx_global_1m": "SELECT w::text FROM tx_global_1m AS w",
+}
+STRICT_DIGEST = {
+    **WINDOW_DIGEST,
+    "transactions": "SELECT t::text FROM transactions AS t",
+    "cep.risk_assessments": (
+        "SELECT concat_ws('|', a.event_id, a.partition_key, a.event_time, a.total_score, "
+        "a.level, a.blocked, a.rule_versions, a.shadow_score, (SELECT array_agg(r.name "
+        "ORDER BY u.o) FROM unnest(a.triggered_rules) WITH ORDINALITY AS u (id, o) "
+        "JOIN cep.rules AS r ON r.rule_id = u.id)) FROM cep.risk_assessments AS a"),
+    "cep.matches": (
+        "SELECT concat_ws('|', m.pattern, m.partition_key, m.first_time, m.last_time, "
+        "m.event_ids, m.classifiers, m.last_event_id) FROM cep.matches AS m"),
+    "cep.alerts": (
+        "SELECT concat_ws('|', x.source_kind, x.source_name, x.partition_key, x.event_id, "
+        "x.severity, x.score, x.message, x.details - '{rules,rule_set_id}'::text[], "
+        "(SELECT array_agg(r ->> 'name' ORDER BY o) FROM jsonb_array_elements(x.details -> "
+        "'rules') WITH ORDINALITY AS e (r, o))) FROM cep.alerts AS x"),
+    "cep.consumer_pending (count)": "SELECT count(*)::text FROM cep.consumer_pending",
+    "cep.late_events": (
+        "SELECT concat_ws('|', l.event_id, l.event_time, l.partition_key, l.watermark) "
+        "FROM cep.late_events AS l"),
+    "cep.pattern_late_events": (
+        "SELECT concat_ws('|', l.event_id, l.event_time, l.partition_key) "
+        "FROM cep.pattern_late_events AS l"),
+}
+CONTENT_DIGEST = {
+    **WINDOW_DIGEST,
+    "matches (event contents)": (
+        "SELECT concat_ws('|', m.pattern, m.partition_key, m.first_time, m.last_time, "
+        "m.classifiers, (SELECT array_agg(concat_ws(' ', t.created_at, t.amount) ORDER BY u.o) "
+        "FROM unnest(m.event_ids) WITH ORDINALITY AS u (id, o) JOIN transactions AS t "
+        "ON t.id = u.id)) FROM cep.matches AS m"),
+}
+
+
+def digest(conn, queries: dict, outputs: bool = False) -> dict:
+    """Per result: [rows, md5 of the rows' texts in sorted order]; with OUTPUTS also the
+    assessments per level, the alerts per kind and the late events (for the report)."""
+    out = {}
+    for name, q in queries.items():
+        n, h = conn.execute(
+            f"SELECT count(*), md5(coalesce(string_agg(d.x, E'\\n' ORDER BY d.x), '')) "
+            f"FROM ({q}) AS d (x)").fetchone()
+        out[name] = [n, h]
+    if outputs:
+        out["levels"] = dict(conn.execute(
+            "SELECT level || CASE WHEN blocked THEN ' (blocked)' ELSE '' END, count(*) "
+            "FROM cep.risk_assessments GROUP BY 1 ORDER BY 1").fetchall())
+        out["alerts"] = dict(conn.execute(
+            "SELECT source_kind, count(*) FROM cep.alerts GROUP BY 1 ORDER BY 1").fetchall())
+        out["late"], out["pattern_late"] = conn.execute(
+            "SELECT (SELECT count(*) FROM cep.late_events), "
+            "(SELECT count(*) FROM cep.pattern_late_events)").fetchone()
+    return out
+
+
+REPLAY_SQL = ("INSERT INTO transactions (id, {cols}) SELECT * FROM unnest(%s::bigint[], "
+              "%s::int[], %s::numeric[], %s::text[], %s::text[], %s::timestamptz[])")
+
+
+def check_replay(cluster, wl: FWorkload, base, conn, order: list, rows: dict
+                 ) -> tuple[bool, str]:
+    """(q)'s guard: the same definitions on a synchronous stream (database of (s)), fed (q)'s
+    rows with their ids one statement at a time in (q)'s queue order, then
+    cep.advance_watermark as check_cep does: every derived result equal, row for row."""
+    sql = REPLAY_SQL.format(cols=base.COLS)
+    with cluster.connect(REPLAY.database) as rconn:
+        _prepare(rconn, REPLAY, wl, base)
+        cur = rconn.cursor()
+        for ids in order:
+            cur.execute(sql, [list(c) for c in zip(*(rows[i] for i in ids))])
+        rconn.execute("SELECT cep.advance_watermark('transactions')")
+        want = digest(rconn, STRICT_DIGEST)
+    got = digest(conn, STRICT_DIGEST)
+    bad = [f"{k}: {got[k][0]} rows vs {want[k][0]}" + (" (same count, rows differ)"
+                                                     if got[k][0] == want[k][0] else "")
+           for k in STRICT_DIGEST if got[k] != want[k]]
+    return not bad, "; ".join(bad)
+
+
+def compare_with_sync(q: FMeasurement, p: FMeasurement) -> None:
+    """(q) or (qc) against (p) of the same repeat (same rows, another arrival order and other
+    ids): the results that do not depend on which statements ran concurrently must be equal,
+    when nothing was late in either run (late events are left out of windows and patterns): the
+    windows, and the matches when (p) also had no event late to the pattern (a (p) writer whose
+    keys another writer advanced past its uncommitted rows counts them late to the pattern; the
+    async stream applies its statements one at a time). Assessments (an event gets one when a
+    rule fires), levels and alerts are reported side by side, not compared: a synchronous
+    writer's trailing rule metrics (high_frequency, location_change) do not see the rows of the
+    statements running concurrently, the async stream's see every statement queued earlier;
+    the stateless rules are checked against independent counts in both runs."""
+    c = q.extra.setdefault("checks", {})
+    dq, dp = q.extra.get("digest"), p.extra.get("digest")
+    if not dq or not dp:
+        return
+    late = f"{dp['late']} events late in (p), {dq['late']} here"
+    name = "async vs (p): windows equal"
+    if dq["late"] or dp["late"]:
+        c[name] = f"skipped ({late})"
+    else:
+        bad = [k for k in WINDOW_DIGEST if dq[k] != dp[k]]
+        _ok(c, name, not bad, "; ".join(f"{k}: {dq[k][0]} rows vs {dp[k][0]}" for k in bad))
+    name = "async vs (p): matches equal"
+    k = "matches (event contents)"
+    if dq["late"] or dp["late"] or dp["pattern_late"]:
+        c[name] = (f"skipped ({late}, {dp['pattern_late']} late to the pattern in (p); "
+                   f"{dq[k][0]} matches here, {dp[k][0]} in (p))")
+    else:
+        _ok(c, name, dq[k] == dp[k], f"{dq[k][0]} matches vs {dp[k][0]}")
+
+
 # -- driver -----------------------------------------------------------------------------------
+
+def _failed(m: FMeasurement) -> list[str]:
+    return [f"{k}: {x}" for k, x in m.extra.get("checks", {}).items()
+            if x != "ok" and not x.startswith("skipped")]
+
 
 def _note(m: FMeasurement) -> str:
     note = ""
-    if "ingest_micros_per_event" in m.extra:
+    if "process_events_per_second" in m.extra:
+        # asynchronous: the events/s before are the writers'; here the processing
+        x = m.extra
+        if "drain_seconds" in x:
+            note += (f"  backlog {x['backlog_events']:,} events at the writers' end, drained in "
+                     f"{x['drain_seconds']:.2f} s; processed {x['process_events_per_second']:,.0f}"
+                     f" events/s over {x['process_seconds']:.2f} s")
+        else:
+            note += (f"  processing {x['process_events_per_second']:,.0f} events/s "
+                     f"({x['process_seconds']:.2f} s, {x['process_calls']} calls)")
+        note += f", {x['ingest_micros_per_event']:.2f} µs/event"
+    elif "ingest_micros_per_event" in m.extra:
         note += f"  pg_cep {m.extra['ingest_micros_per_event']:.2f} µs/event"
     if m.extra.get("late_events"):
         note += f"  {m.extra['late_events']} late"
-    failed = [f"{k}: {x}" for k, x in m.extra.get("checks", {}).items()
-              if x != "ok" and not x.startswith("skipped")]
+    failed = _failed(m)
     if failed:
         note += "  CHECK FAILED: " + "; ".join(failed)
     return note
@@ -411,26 +734,54 @@ def run(cluster, args, base) -> dict:
     results for summarize()."""
     t_start = time.perf_counter()
     workloads = prepare_workloads(args, base)
-    setup_databases(cluster, base)
-    # Breakdown on the 2-client workloads only (that is where the per-feature cost is least
-    # blurred by waiting), the full profile and (a), (g) everywhere.
-    plan = {wl.key: MAIN_VARIANTS + (PARTS if wl.clients == CLIENT_COUNTS[0] else [])
-            for wl in workloads}
+    with_async = not args.skip_fraud_async
+    setup_databases(cluster, base, with_async)
+    # Breakdown and the async processor alongside the writers on the 2-client workloads only
+    # (that is where the per-feature cost is least blurred by waiting, and the processor
+    # competes least for the CPUs), the full profile, (q), (a) and (g) everywhere.
+    main = MAIN_VARIANTS + ([ASYNC] if with_async else [])
+    two = ([ASYNC_LIVE] if with_async else []) + PARTS
+    plan = {wl.key: main + (two if wl.clients == CLIENT_COUNTS[0] else []) for wl in workloads}
     results = {wl.key: {v.key: [] for v in plan[wl.key]} for wl in workloads}
-    width = max(len(v.name) for v in MAIN_VARIANTS + PARTS)
+    pairs = args.fraud_writer_pairs if with_async else 0
+    for wl in workloads:
+        results[wl.key].update({"a_w": [], "q_w": []})      # writer-side pairs
+    width = max(len(v.name) for v in main + two)
     t = time.perf_counter()
-    for v in MAIN_VARIANTS:                    # untimed: WAL segments, caches, plans
-        measure(cluster, v, workloads[0], base)
-    print(f"  warm-up round ({workloads[0].title}, (a), (p), (g), untimed): "
-          f"{time.perf_counter() - t:.0f} s", flush=True)
+    warm = MAIN_VARIANTS + ([ASYNC] if with_async else [])
+    for v in warm:                             # untimed: WAL segments, caches, plans
+        measure(cluster, v, workloads[0], base, process_rows=args.fraud_process_rows,
+                compare=False)
+    print(f"  warm-up round ({workloads[0].title}, {', '.join(v.name[:3] for v in warm)}, "
+          f"untimed): {time.perf_counter() - t:.0f} s", flush=True)
     for r in range(args.fraud_repeat):
         for wl in workloads:
             vs = plan[wl.key]
             for v in vs[r % len(vs):] + vs[:r % len(vs)]:
-                m = measure(cluster, v, wl, base)
+                # (q)'s replay guard (untimed, as long again as processing) in the last repeat
+                m = measure(cluster, v, wl, base, process_rows=args.fraud_process_rows,
+                            replay=r == args.fraud_repeat - 1, compare=with_async)
                 results[wl.key][v.key].append(m)
                 print(f"  run {r + 1}/{args.fraud_repeat}  {wl.title:<28} {v.name:<{width}} "
                       f"{m.eps:>9,.0f} events/s  ({m.seconds:5.2f} s){_note(m)}", flush=True)
+            # writer side: (a) and (q)'s writers alone, alternating which goes first
+            got = []
+            for i in range(pairs):
+                for v in ([PLAIN, ASYNC] if (r + i) % 2 == 0 else [ASYNC, PLAIN]):
+                    m = measure(cluster, v, wl, base, writer_only=True)
+                    results[wl.key][f"{v.key}_w"].append(m)
+                got.append(results[wl.key]["q_w"][-1].eps / results[wl.key]["a_w"][-1].eps)
+            if got:
+                print(f"  run {r + 1}/{args.fraud_repeat}  {wl.title:<28} {pairs} writer-side "
+                      f"pairs, (q)/(a): {' '.join(f'{x:.2f}' for x in got)}", flush=True)
+            for k in ("q", "qc"):
+                if k in results[wl.key]:
+                    m = results[wl.key][k][-1]
+                    compare_with_sync(m, results[wl.key]["p"][-1])
+                    failed = [f for f in _failed(m) if f.startswith("async vs (p)")]
+                    if failed:
+                        print(f"  run {r + 1}/{args.fraud_repeat}  {wl.title:<28} ({k}) vs (p): "
+                              "CHECK FAILED: " + "; ".join(failed), flush=True)
     profiles = {}
     for wl in workloads:
         if wl.clients != CLIENT_COUNTS[0]:
@@ -489,12 +840,14 @@ def summarize(raw: dict, args) -> dict:
         per = {}
         for v in raw["plan"][wl.key]:
             runs = res[v.key]
-            lat = np.array([x for m in runs for x in m.latencies]) * 1000.0
+            # (q)'s writer side: its runs and the writer-only runs of the writer-side pairs
+            wr = runs + res.get("q_w", []) if v.key == "q" else runs
+            lat = np.array([x for m in wr for x in m.latencies]) * 1000.0
             e = {
                 "variant": v.name,
-                "runs_events_per_second": [round(m.eps, 1) for m in runs],
-                "median_events_per_second": round(_med([m.eps for m in runs]), 1),
-                "median_wall_micros_per_event": round(_med([1e6 / m.eps for m in runs]), 3),
+                "runs_events_per_second": [round(m.eps, 1) for m in wr],
+                "median_events_per_second": round(_med([m.eps for m in wr]), 1),
+                "median_wall_micros_per_event": round(_med([1e6 / m.eps for m in wr]), 3),
                 "latency_ms_p50": _r(float(np.percentile(lat, 50)), 3),
                 "latency_ms_p99": _r(float(np.percentile(lat, 99)), 3),
             }
@@ -512,11 +865,37 @@ def summarize(raw: dict, args) -> dict:
             if any("rule_hits" in m.extra for m in runs):
                 e["rule_hits_last_run"] = [m.extra["rule_hits"] for m in runs
                                            if "rule_hits" in m.extra][-1]
+            if v.mode == "async":
+                # the events/s above are the writers'; ingest µs/event: processing function
+                x = [m.extra for m in runs]
+                e["process_runs_events_per_second"] = [round(y["process_events_per_second"], 1)
+                                                       for y in x]
+                e["median_process_events_per_second"] = round(
+                    _med([y["process_events_per_second"] for y in x]), 1)
+                e["median_process_seconds"] = _r(_med([y["process_seconds"] for y in x]))
+                e["median_processing_micros_per_event"] = e["median_ingest_micros_per_event"]
+                e["process_calls"] = round(_med([y["process_calls"] for y in x]))
+                e["process_max_rows"] = args.fraud_process_rows
+                e["median_backlog_events"] = round(_med([y["backlog_events"] for y in x]))
+                e["median_backlog_statements"] = round(
+                    _med([y["backlog_statements"] for y in x]))
+                e["median_backlog_lag_seconds"] = _r(_med([y["backlog_lag_seconds"]
+                                                           for y in x]))
+                if v.processor:
+                    e["median_drain_seconds"] = _r(_med([y["drain_seconds"] for y in x]))
+                    e["median_process_busy_seconds"] = _r(_med([y["process_busy_seconds"]
+                                                                for y in x]))
+            dg = [m.extra["digest"] for m in runs if "digest" in m.extra]
+            if dg:
+                e["outputs_last_run"] = {k: dg[-1][k] for k in ("levels", "alerts", "late",
+                                                                 "pattern_late")}
             checks = [m.extra["checks"] for m in runs if "checks" in m.extra]
             if checks:
                 bad = sorted({f"{k}: {x}" for ch in checks for k, x in ch.items()
                               if x != "ok" and not x.startswith("skipped")})
                 e["checks_last_run"] = checks[-1]
+                e["checks_runs"] = {k: sum(k in ch for ch in checks) for k in checks[-1]}
+                e["runs"] = len(runs)
                 e["failed_checks"] = bad
                 verified = verified and not bad
             per[v.key] = e
@@ -531,6 +910,31 @@ def summarize(raw: dict, args) -> dict:
              "ratio_p_g": round(med["p"] / med["g"], 3), "paired_ratio_p_g": paired("p", "g"),
              "ratio_g_a": round(med["g"] / med["a"], 3), "target_p_a": TARGET_P_A}
         w["target_p_a_met"] = w["ratio_p_a"] >= TARGET_P_A
+        for k in ("q", "qc"):
+            if k in per:
+                # async: writer side over the plain table and over the synchronous stream
+                w[f"ratio_{k}_a"] = round(med[k] / med["a"], 3)
+                w[f"paired_ratio_{k}_a"] = paired(k, "a")
+                w[f"ratio_{k}_p"] = round(med[k] / med["p"], 3)
+                w[f"paired_ratio_{k}_p"] = paired(k, "p")
+        if "q" in per:
+            # (q) over (a): every writer-side run of both, the pairs' ratios paired
+            a_all = res["a"] + res["a_w"]
+            lat = np.array([x for m in a_all for x in m.latencies]) * 1000.0
+            w["writer_side"] = {
+                "pairs": len(a_all),
+                "a_runs_events_per_second": [round(m.eps, 1) for m in a_all],
+                "a_median_events_per_second": round(_med([m.eps for m in a_all]), 1),
+                "a_latency_ms_p50": _r(float(np.percentile(lat, 50)), 3),
+                "a_latency_ms_p99": _r(float(np.percentile(lat, 99)), 3),
+                "q_median_events_per_second": med["q"],
+                "paired_ratios_q_a": [round(x.eps / y.eps, 3) for x, y in
+                                      zip(res["q"] + res["q_w"], a_all)],
+            }
+            w["ratio_q_a"] = round(med["q"] / w["writer_side"]["a_median_events_per_second"], 3)
+            w["paired_ratio_q_a"] = round(_med(w["writer_side"]["paired_ratios_q_a"]), 3)
+            w["target_q_a"] = TARGET_Q_A
+            w["target_q_a_met"] = w["ratio_q_a"] >= TARGET_Q_A
         out["workloads"][wl.key] = w
         if "b" in per:
             # µs/event inside the ingest function, paired per repeat with (b) of that repeat
@@ -559,9 +963,13 @@ def summarize(raw: dict, args) -> dict:
                          "allowed_lateness_minutes": {wl.key: wl.lateness_min
                                                       for wl in raw["workloads"]},
                          "rate_per_hour": RATE, "users": USERS,
+                         "async": not args.skip_fraud_async,
+                         "process_max_rows": args.fraud_process_rows,
+                         "writer_pairs": args.fraud_writer_pairs,
                          "windows": WINDOWS_SQL.strip(), "pattern": PATTERN_SQL,
                          "rules": "bench/rules_bench.py SEED_RULES_SQL, POLICY_SQL"}
     out["target_p_over_a"] = TARGET_P_A
+    out["target_q_over_a"] = TARGET_Q_A
     out["verified"] = verified
     out["seconds"] = round(raw["seconds"], 1)
     return out
@@ -603,25 +1011,31 @@ def print_report(s: dict, heading, subheading, print_table) -> None:
           "the stream (max over the runs); late to pattern: events behind their key's progress "
           "in the\npattern (median).")
 
+    async_on = p.get("async", False)
+    if async_on:
+        print_async_report(s, subheading, print_table)
+
     subheading("Single-row INSERT latency (ms per statement, all clients' statements)")
     rows = []
     for w in s["workloads"].values():
         if w["batch"]:
             continue
         for k, e in w["variants"].items():
-            if k in ("a", "p", "g", "b"):
+            if k in ("a", "p", "g", "b", "q", "qc"):
                 rows.append((w["title"] if k == "a" else "", e["variant"], e["latency_ms_p50"],
                              e["latency_ms_p99"], round(e["median_events_per_second"])))
     print_table(["workload", "variant", "p50 ms", "p99 ms", "events/s"], rows)
+    if async_on:
+        print("(q), (qc): the writers' statements (the async stream queues them); (q): all "
+              "its writer-side runs.")
     rows = []
+    shown = ("a", "p", "q") if async_on else ("a", "p")
     for w in s["workloads"].values():
         if w["batch"]:
-            rows.append((w["title"], w["variants"]["a"]["latency_ms_p50"],
-                         w["variants"]["a"]["latency_ms_p99"],
-                         w["variants"]["p"]["latency_ms_p50"],
-                         w["variants"]["p"]["latency_ms_p99"]))
+            rows.append((w["title"], *[w["variants"][k][f"latency_ms_{x}"] for k in shown
+                                       for x in ("p50", "p99")]))
     print("\n1000-row batches, ms per statement:")
-    print_table(["workload", "(a) p50", "(a) p99", "(p) p50", "(p) p99"], rows)
+    print_table(["workload", *[f"({k}) {x}" for k in shown for x in ("p50", "p99")]], rows)
 
     subheading("Where the time goes inside the ingest function (µs per event, 2 clients)")
     rows = []
@@ -652,11 +1066,23 @@ def print_report(s: dict, heading, subheading, print_table) -> None:
     subheading("Output of the full profile (median per run; warm-up rows included)")
     rows = []
     for w in s["workloads"].values():
-        e = w["variants"]["p"]
-        rows.append((w["title"], e.get("assessments"), e.get("alerts"), e.get("blocked"),
-                     e.get("matches"), e.get("alerts_total")))
-    print_table(["workload", "assessments", "rule alerts", "blocked", "burst3 matches",
-                 "alerts (all)"], rows)
+        for k in ("p", "q", "qc"):
+            if k in w["variants"]:
+                e = w["variants"][k]
+                o = e.get("outputs_last_run") or {}
+                rows.append((w["title"] if k == "p" else "", k, e.get("assessments"),
+                             e.get("alerts"), e.get("blocked"), e.get("matches"),
+                             e.get("alerts_total"), o.get("late"), o.get("pattern_late")))
+    print_table(["workload", "variant", "assessments", "rule alerts", "blocked",
+                 "burst3 matches", "alerts (all)", "late (last run)",
+                 "late to pattern (last run)"], rows)
+    if async_on:
+        print("An event gets an assessment when a rule fires. (p)'s trailing rule metrics "
+              "(high_frequency,\nlocation_change) do not see the rows of concurrently running "
+              "statements, and its writers count\nrows late to the pattern when another writer "
+              "advanced their keys first; the async stream applies\none statement at a time "
+              "(in queue order), so these outputs may differ between (p) and (q) where\n"
+              "statements overlapped. late: to the stream, in all (warm-up included).")
 
     subheading("Correctness guard")
     rows = []
@@ -665,11 +1091,63 @@ def print_report(s: dict, heading, subheading, print_table) -> None:
             for name, res in (e.get("checks_last_run") or {}).items():
                 failed = [f[len(name) + 2:] for f in e["failed_checks"]
                           if f.startswith(name + ":")]
+                n = e["checks_runs"][name]
                 rows.append((w["title"], k, name, "; ".join(failed) if failed else
-                             res if res.startswith("skipped") else "ok (every run)"))
+                             res if res.startswith("skipped") else "ok (every run)"
+                             if n == e["runs"] else f"ok ({n} of {e['runs']} runs)"))
     print_table(["workload", "variant", "check", "result"], rows)
     if not s["verified"]:
         print("\nFRAUD PROFILE CORRECTNESS GUARD FAILED (see above).")
+
+
+def print_async_report(s: dict, subheading, print_table) -> None:
+    p = s["parameters"]
+    subheading("Async stream: (q) writer side against (a) plain INSERT; processing afterwards")
+    rows = []
+    for w in s["workloads"].values():
+        v = w["variants"]
+        q, ws = v["q"], w["writer_side"]
+        rows.append((w["title"], ws["pairs"], round(ws["a_median_events_per_second"]),
+                     round(q["median_events_per_second"]), w["ratio_q_a"], w["paired_ratio_q_a"],
+                     f">= {TARGET_Q_A}: " + ("met" if w["target_q_a_met"] else "NOT met"),
+                     w["ratio_q_p"], q["latency_ms_p50"], q["latency_ms_p99"],
+                     round(q["median_process_events_per_second"]),
+                     q.get("median_ingest_micros_per_event"), q["process_calls"],
+                     round(v["p"]["median_events_per_second"]), q.get("late_events")))
+    print_table(["workload", "runs", "(a) ev/s", "(q) writers ev/s", "q/a", "paired q/a",
+                 "target", "q/p",
+                 "(q) p50 ms", "(q) p99 ms", "processing ev/s", "proc µs/event", "calls",
+                 "(p) sync ev/s", "late"], rows)
+    print(f"(q): the same table, data and definitions as (p) on a stream created with mode => "
+          f"'async': the writers'\nstatements only check the rows and queue one row per "
+          f"statement. runs: writer-side runs of each of (a)\nand (q) (the main runs and "
+          f"{p['writer_pairs']} writer-only pairs per repeat; events/s: their median; paired: "
+          f"the median of\nthe pairs' ratios; p50, p99: over all their statements). "
+          f"processing: after the last writer,\none session calls "
+          f"cep.process_stream('transactions', {p['process_max_rows']:,}) until it returns 0 "
+          f"(events / elapsed);\nproc µs/event: cep.stream_stats.ingest_micros_per_event "
+          f"over that processing (the generated\nprocessing function). The warm-up rows are "
+          f"processed before the timed part. late: measured\nevents late to the stream (max "
+          f"over the runs): the async stream's watermark follows the queue order, the\norder "
+          f"in which the writers' triggers ran, which with more writers than CPUs can trail "
+          f"the order the\nstatements started in by more than the allowed lateness.")
+    rows = []
+    for w in s["workloads"].values():
+        e = w["variants"].get("qc")
+        if e is None:
+            continue
+        rows.append((w["title"], round(e["median_events_per_second"]), w["ratio_qc_a"],
+                     w["paired_ratio_qc_a"], e["median_backlog_events"],
+                     e["median_backlog_statements"], e["median_backlog_lag_seconds"],
+                     e["median_drain_seconds"], round(e["median_process_events_per_second"]),
+                     e.get("late_events")))
+    if rows:
+        print("\n(qc) one session runs cep.process_stream in a loop while the writers write:")
+        print_table(["workload", "(qc) writers ev/s", "qc/a", "paired qc/a", "backlog events",
+                     "backlog stmts", "oldest s", "drain s", "processed ev/s", "late"], rows)
+        print("backlog: cep.stream_stats when the last writer finished (oldest: its "
+              "processing_lag); drain: time\nfrom then until the queue was empty; processed "
+              "ev/s: events / time from the start to empty.")
 
 
 def add_to_json(path, summary: dict) -> None:

@@ -37,8 +37,11 @@ recommender, and times cep.recommend and cep.similar_items; --rec-events 0 skips
 A fifth part, "Full fraud profile" (bench/fraud_bench.py), runs after the recommendations: two
 windows, the seed's four rules, one pattern and alerting on one stream, against the plain table
 and the seed's per-row design, in 1000-row batches and single rows from 2 and 8 clients, with
-single-row latency and the cost of each feature inside the ingest function; --fraud-only runs
-just it, --skip-fraud skips it.
+single-row latency and the cost of each feature inside the ingest function, and the same
+profile on an asynchronous stream (writer-side throughput and latency against plain INSERT,
+cep.process_stream's events/s after the writers and alongside them, results equal to the
+synchronous stream's); --fraud-only runs just it, --skip-fraud skips it, --skip-fraud-async
+leaves out the asynchronous stream.
 
 The "Patterns" part (bench/patterns_bench.py) runs after the recommendations: a clickstream of
 10k users into a plain table, the stream, and the stream with login browse+ purchase (ratio to
@@ -56,7 +59,8 @@ failed correctness check of the alert or rules part does, after the results are 
                                         [--rec-events N] [--rec-users U] [--rec-items I]
                                         [--rec-clients C] [--rec-queries Q]
                                         [--fraud-rows N] [--fraud-single-rows N]
-                                        [--fraud-repeat R] [--fraud-only | --skip-fraud]
+                                        [--fraud-repeat R] [--fraud-process-rows N]
+                                        [--skip-fraud-async] [--fraud-only | --skip-fraud]
                                         [--patterns-only | --skip-patterns]
                                         [--pattern-events N] [--pattern-users U]
                                         [--pattern-repeat R] [--pattern-counts 1,5,20]
