@@ -223,25 +223,44 @@ DECLARE
     v_events bigint;
     v_bad bigint;
     v_ids pg_catalog.int8multirange;
+    v_lo bigint;
+    v_hi bigint;
     v_reason text;
     v_bad_id bigint;
 BEGIN
-    SELECT count(*), count(*) FILTER (WHERE %3$s),
-        pg_catalog.range_agg(pg_catalog.int8range(e.id, e.id, '[]'))
-    INTO v_events, v_bad, v_ids
+    SELECT count(*), count(*) FILTER (WHERE %3$s), min(e.id), max(e.id)
+    INTO v_events, v_bad, v_lo, v_hi
     FROM %5$s AS e;
 
     IF v_events = 0 THEN
         RETURN NULL;
     END IF;
 %4$s
+    -- contiguous ids (%6$s) are one range; others are collected range by range
+    IF %7$s THEN
+        v_ids := pg_catalog.int8multirange(pg_catalog.int8range(v_lo, v_hi, '[]'));
+    ELSE
+        SELECT pg_catalog.range_agg(pg_catalog.int8range(e.id, e.id, '[]')) INTO v_ids
+        FROM %5$s AS e;
+    END IF;
     INSERT INTO cep.stream_queue (stream_id, ids, events) VALUES (%1$s, v_ids, v_events);
     RETURN NULL;
 END
 $body$,
         s.stream_id, s.max_future_skew, (cep._compile_checks(s.stream_id)).bad_any,
-        cep._reject_sql(s.stream_id), cep._batch_sql(s.stream_id))
+        cep._reject_sql(s.stream_id), cep._batch_sql(s.stream_id),
+        CASE WHEN u.uniq THEN 'the id column is unique: max - min + 1 = count says so'
+            ELSE 'the id column has no unique index: only a single row is known to be' END,
+        CASE WHEN u.uniq THEN 'v_hi - v_lo + 1 = v_events' ELSE 'v_events = 1' END)
     FROM cep.streams AS s
+    CROSS JOIN LATERAL (
+        SELECT EXISTS (
+            SELECT 1 FROM pg_catalog.pg_index AS i
+            JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+            WHERE i.indrelid = s.source AND i.indisunique AND i.indnatts = 1
+                AND i.indpred IS NULL AND a.attname = s.id_column
+        ) AS uniq
+    ) AS u
     WHERE s.stream_id = _compile_enqueue.stream_id
 $fn$;
 
@@ -329,10 +348,12 @@ BEGIN
             v_args := '';
             v_ddl := format(
                 'CREATE OR REPLACE FUNCTION cep.%I() RETURNS trigger LANGUAGE plpgsql '
-                'SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off '
-                'SET TimeZone = ''UTC'' SET jit = off SET extra_float_digits = 1 '
-                'SET plan_cache_mode = force_generic_plan AS %L',
+                'SECURITY DEFINER SET search_path = pg_catalog, pg_temp%s AS %L',
                 v_name,
+                -- (the writer side of an asynchronous stream depends on no other setting)
+                CASE s.mode WHEN 'async' THEN '' ELSE ' SET enable_seqscan = off '
+                    'SET TimeZone = ''UTC'' SET jit = off SET extra_float_digits = 1 '
+                    'SET plan_cache_mode = force_generic_plan' END,
                 CASE s.mode WHEN 'async' THEN cep._compile_enqueue(s.stream_id)
                     ELSE cep._compile_ingest(s.stream_id) END);
             v_comment := CASE s.mode WHEN 'async'
@@ -357,9 +378,7 @@ BEGIN
             v_args := '';
             v_ddl := format(
                 'CREATE OR REPLACE FUNCTION cep.%I() RETURNS trigger LANGUAGE plpgsql '
-                'SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off '
-                'SET TimeZone = ''UTC'' SET jit = off SET extra_float_digits = 1 '
-                'SET plan_cache_mode = force_generic_plan AS %L',
+                'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L',
                 v_name,
                 replace(cep._compile_enqueue(s.stream_id), 'cep_new_rows', '(SELECT NEW.*)'));
             v_comment := format('Generated row trigger function of pg_cep replica stream %s: '
