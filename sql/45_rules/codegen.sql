@@ -87,6 +87,8 @@ DECLARE
     v_val text;
     v_raw_col text;
     v_sid integer;
+    v_gjoins text := '';
+    v_cold_w text := '';
 BEGIN
     SELECT * INTO STRICT rs FROM cep.rule_sets AS r WHERE r.rule_set_id = _rule_assess_sql.rule_set_id;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = rs.stream_id;
@@ -222,32 +224,43 @@ BEGIN
             v_raw_col := CASE WHEN v_need.field IS NULL THEN '1::pg_catalog.numeric'
                 ELSE replace(cep._rule_bucket_value(s.source, v_need.field, 'w'),
                     format('w.%I', v_need.field), format('w.%I', 'c:' || v_need.field)) END;
-            v_joins := v_joins || format($j$
+            -- g: the bucket bounds, and whether the key is dense (has buckets) at all; a
+            -- sparse key's whole window is read raw by the scan a below, a dense key's head
+            -- by h and its middle from the buckets (m): h and m are skipped for sparse keys
+            v_gjoins := v_gjoins || format($g$
         CROSS JOIN LATERAL (
-            SELECT least(greatest(
+            SELECT y.kfloor IS NOT NULL AS hot,
+                least(greatest(
                     pg_catalog.date_bin(%1$L::interval, e.t - make_interval(secs => %2$s),
                         '2000-01-01 00:00:00+00') + %1$L::interval,
                     (SELECT f.floor FROM cep.rule_bucket_series AS f WHERE f.series_id = %3$s),
-                    coalesce((SELECT kf.floor FROM cep.rule_bucket_keys AS kf
-                        WHERE kf.series_id = %3$s AND kf.k = e.k), 'infinity')),
+                    coalesce(y.kfloor, 'infinity')),
                     pg_catalog.date_bin(%1$L::interval, e.t, '2000-01-01 00:00:00+00')) AS lo,
                 pg_catalog.date_bin(%1$L::interval, e.t, '2000-01-01 00:00:00+00') AS hi
-        ) AS g%5$s
+            FROM (
+                SELECT (SELECT kf.floor FROM cep.rule_bucket_keys AS kf
+                    WHERE kf.series_id = %3$s AND kf.k = e.k) AS kfloor
+            ) AS y
+        ) AS g%4$s$g$,
+                v_width, v_need.secs, v_sid, v_nb);
+            v_cold_w := v_cold_w || format(', CASE WHEN g%s.hot THEN 0 ELSE %s END', v_nb, v_need.secs);
+            v_joins := v_joins || format($j$
         CROSS JOIN LATERAL (
             SELECT count(%6$s) AS c, sum(%6$s) AS s, min(%6$s) AS mn, max(%6$s) AS mx
             FROM %7$s AS s
-            WHERE %8$s AND s.%9$I > e.traw - make_interval(secs => %2$s) AND s.%9$I < %10$s
-                AND %11$s
+            WHERE g%5$s.hot AND %8$s AND s.%9$I > e.traw - make_interval(secs => %2$s)
+                AND s.%9$I < %10$s AND %11$s
         ) AS h%5$s
         CROSS JOIN LATERAL (
             SELECT sum(bk.n) AS c, sum(bk.s) AS s, min(bk.mn) AS mn, max(bk.mx) AS mx
             FROM cep.rule_buckets AS bk
-            WHERE bk.series_id = %3$s AND bk.k = e.k AND bk.b >= g%5$s.lo AND bk.b < g%5$s.hi
+            WHERE g%5$s.hot AND bk.series_id = %3$s AND bk.k = e.k AND bk.b >= g%5$s.lo
+                AND bk.b < g%5$s.hi
         ) AS m%5$s$j$,
                 v_width, v_need.secs, v_sid, coalesce(v_need.field, ''), v_nb, v_val,
                 s.source, v_key_pred, s.time_column,
                 cep._stream_raw_time_sql(s, format('g%s.lo', v_nb)), v_tie);
-            -- the tail [hi, t] comes from the raw scan of the widest window
+            -- from the raw scan a: the tail [hi, t], and a sparse key's head (t - window, lo)
             v_mx := v_mx || format(
                 E',\n            count(%1$s) FILTER (WHERE %2$s) AS %3$I,'
                 || E'\n            sum(%1$s) FILTER (WHERE %2$s) AS %4$I,'
@@ -256,22 +269,33 @@ BEGIN
                 v_raw_col,
                 format('w.traw >= %s', cep._stream_raw_time_sql(s,
                     format('pg_catalog.date_bin(%L::interval, e.t, ''2000-01-01 00:00:00+00'')', v_width))),
-                v_need.col || ':tc', v_need.col || ':ts', v_need.col || ':tmn', v_need.col || ':tmx');
+                v_need.col || ':tc', v_need.col || ':ts', v_need.col || ':tmn', v_need.col || ':tmx')
+            || format(
+                E',\n            count(%1$s) FILTER (WHERE %2$s) AS %3$I,'
+                || E'\n            sum(%1$s) FILTER (WHERE %2$s) AS %4$I,'
+                || E'\n            min(%1$s) FILTER (WHERE %2$s) AS %5$I,'
+                || E'\n            max(%1$s) FILTER (WHERE %2$s) AS %6$I',
+                v_raw_col,
+                format('NOT g%s.hot AND w.traw > e.traw - make_interval(secs => %s) AND w.traw < %s',
+                    v_nb, v_need.secs, cep._stream_raw_time_sql(s, format('g%s.lo', v_nb))),
+                v_need.col || ':hc', v_need.col || ':hs', v_need.col || ':hmn', v_need.col || ':hmx');
             v_fin := v_fin || CASE v_need.fn
                 WHEN 'count' THEN format(
-                    ', (coalesce(h%1$s.c, 0) + coalesce(m%1$s.c, 0) + a.%2$I)::bigint AS %3$I',
-                    v_nb, v_need.col || ':tc', v_need.col)
-                WHEN 'min' THEN format(', least(h%1$s.mn, m%1$s.mn, a.%2$I) AS %3$I',
-                    v_nb, v_need.col || ':tmn', v_need.col)
-                WHEN 'max' THEN format(', greatest(h%1$s.mx, m%1$s.mx, a.%2$I) AS %3$I',
-                    v_nb, v_need.col || ':tmx', v_need.col)
+                    ', (coalesce(h%1$s.c, 0) + coalesce(m%1$s.c, 0) + a.%2$I + a.%4$I)::bigint AS %3$I',
+                    v_nb, v_need.col || ':tc', v_need.col, v_need.col || ':hc')
+                WHEN 'min' THEN format(', least(h%1$s.mn, m%1$s.mn, a.%2$I, a.%4$I) AS %3$I',
+                    v_nb, v_need.col || ':tmn', v_need.col, v_need.col || ':hmn')
+                WHEN 'max' THEN format(', greatest(h%1$s.mx, m%1$s.mx, a.%2$I, a.%4$I) AS %3$I',
+                    v_nb, v_need.col || ':tmx', v_need.col, v_need.col || ':hmx')
                 ELSE format(
-                    ', CASE WHEN h%1$s.s IS NULL AND m%1$s.s IS NULL AND a.%2$I IS NULL THEN NULL '
-                    'ELSE coalesce(h%1$s.s, 0) + coalesce(m%1$s.s, 0) + coalesce(a.%2$I, 0) END AS %3$I',
-                    v_nb, v_need.col || ':ts', v_need.col || CASE WHEN v_need.fn = 'avg' THEN '_s' ELSE '' END)
+                    ', CASE WHEN h%1$s.s IS NULL AND m%1$s.s IS NULL AND a.%2$I IS NULL '
+                    'AND a.%4$I IS NULL THEN NULL ELSE coalesce(h%1$s.s, 0) + coalesce(m%1$s.s, 0) '
+                    '+ coalesce(a.%2$I, 0) + coalesce(a.%4$I, 0) END AS %3$I',
+                    v_nb, v_need.col || ':ts', v_need.col || CASE WHEN v_need.fn = 'avg' THEN '_s' ELSE '' END,
+                    v_need.col || ':hs')
                 END || CASE WHEN v_need.fn = 'avg' THEN format(
-                    ', (coalesce(h%1$s.c, 0) + coalesce(m%1$s.c, 0) + a.%2$I)::bigint AS %3$I',
-                    v_nb, v_need.col || ':tc', v_need.col || '_n') ELSE '' END;
+                    ', (coalesce(h%1$s.c, 0) + coalesce(m%1$s.c, 0) + a.%2$I + a.%4$I)::bigint AS %3$I',
+                    v_nb, v_need.col || ':tc', v_need.col || '_n', v_need.col || ':hc') ELSE '' END;
             v_wmax := greatest(v_wmax, extract(epoch FROM v_width));
             CONTINUE;
         END IF;
@@ -315,7 +339,7 @@ BEGIN
         -- out. cep.evaluate_rules adds its one event, which is not in the table.
         v_sql := v_sql || format($w$, mx AS (
         SELECT e.id AS mid%10$s
-        FROM ev AS e
+        FROM ev AS e%12$s
         CROSS JOIN LATERAL (
             SELECT %1$s
             FROM (
@@ -326,11 +350,13 @@ BEGIN
             ) AS w
         ) AS a%11$s
     )$w$,
-            substr(v_mx, 2), s.id_column, s.time_column, v_win_cols, s.source, v_key_pred, v_wmax,
+            substr(v_mx, 2), s.id_column, s.time_column, v_win_cols, s.source, v_key_pred,
+            CASE WHEN v_cold_w = '' THEN v_wmax::text
+                ELSE format('greatest(%s%s)', v_wmax, v_cold_w) END,
             v_tie,
             CASE WHEN batch_in_table THEN ''
                 ELSE format(' UNION ALL SELECT e.id, e.traw%s', v_self_cols) END,
-            v_fin, v_joins);
+            v_fin, v_joins, v_gjoins);
     END IF;
     v_sql := v_sql || format($x$, x AS (
         SELECT e.*%1$s%2$s
@@ -717,11 +743,15 @@ BEGIN
             pg_catalog.date_bin(%3$L::interval, c.t - 32 * %3$L::interval, '2000-01-01 00:00:00+00')
             + %3$L::interval
         FROM (
-            SELECT %4$s AS k, %7$s AS kraw, max(n.%8$I) AS traw, max(%5$s) AS t
+            SELECT %4$s AS k, %7$s AS kraw, max(n.%8$I) AS traw, max(%5$s) AS t,
+                max(n.%16$I) AS mid
             FROM cep_new_rows AS n
             GROUP BY 1, 2
         ) AS c
-        WHERE NOT EXISTS (
+        -- (a key is looked at in about one statement of 16, picked by its newest id: turning
+        -- dense a little later costs nothing but raw reads, and sparse keys stay cheap)
+        WHERE pg_catalog.hashint8(c.mid::bigint) & 15 = 0
+            AND NOT EXISTS (
                 SELECT 1 FROM cep.rule_bucket_keys AS kf WHERE kf.series_id = %1$s AND kf.k = c.k
             )
             AND (
@@ -753,7 +783,8 @@ $b$,
             cep._stream_time_sql(s, 's'),
             cep._rule_bucket_value(s.source, v_series.field, 's'),
             v_kcast,
-            cep._stream_raw_time_sql(s, 'h.floor'));
+            cep._stream_raw_time_sql(s, 'h.floor'),
+            s.id_column);
     END LOOP;
     RETURN v_sql;
 END
