@@ -45,7 +45,7 @@ COMMENT ON FUNCTION cep._unprocessed(integer) IS
 
 -- The condition that leaves out a stream's unprocessed rows, for generated readers of stored
 -- rows (alias ALIAS); empty for a synchronous stream, whose stored rows are all processed.
-CREATE FUNCTION cep._processed_sql(s cep.streams, alias text)
+CREATE FUNCTION cep._processed_sql(s cep.streams, alias text, id_column name DEFAULT NULL)
 RETURNS text
 LANGUAGE sql
 STABLE
@@ -53,12 +53,12 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
     SELECT CASE WHEN s.mode = 'async' THEN format(
         ' AND NOT %s.%I::bigint OPERATOR(pg_catalog.<@) (SELECT cep._unprocessed(%s))',
-        alias, s.id_column, s.stream_id) ELSE '' END
+        alias, coalesce(_processed_sql.id_column, s.id_column), s.stream_id) ELSE '' END
 $fn$;
 
-COMMENT ON FUNCTION cep._processed_sql(cep.streams, text) IS
-'Internal: for an asynchronous stream, SQL text " AND NOT <alias>.<id> <@ unprocessed ids"; '
-'empty for a synchronous stream.';
+COMMENT ON FUNCTION cep._processed_sql(cep.streams, text, name) IS
+'Internal: for an asynchronous stream, SQL text " AND NOT <alias>.<id> <@ unprocessed ids" '
+'(the id column named ID_COLUMN, by default the stream''s); empty for a synchronous stream.';
 
 -- One batch of a replica stream: the queue entries SEQS, deleted and applied together; REST is
 -- what stays unprocessed (hidden from readers of stored rows) after them, returned updated.

@@ -331,6 +331,11 @@ DECLARE
     v_args text;
     v_ddl text;
     v_comment text;
+    -- (jit = off: JIT would compile these short statements for far longer than they run;
+    -- generic plans: planning the larger statements, e.g. a rule set's assessment, costs
+    -- more than running them, and their shape does not depend on the parameters)
+    v_sets constant text := ' SET enable_seqscan = off SET TimeZone = ''UTC'' SET jit = off '
+        'SET extra_float_digits = 1 SET plan_cache_mode = force_generic_plan';
 BEGIN
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _regenerate_stream.stream_id;
     IF s.mode = 'async' AND to_regprocedure(format('cep.%I(bigint [])', v_process)) IS NOT NULL THEN
@@ -341,9 +346,6 @@ BEGIN
         PERFORM cep._process_queue(s.stream_id, NULL, true);
     END IF;
     FOREACH v_name IN ARRAY ARRAY[s.ingest_function, v_process, v_replica] LOOP
-        -- (jit = off: JIT would compile these short statements for far longer than they run;
-        -- generic plans: planning the larger statements, e.g. a rule set's assessment, costs
-        -- more than running them, and their shape does not depend on the parameters)
         IF v_name = s.ingest_function THEN
             v_args := '';
             v_ddl := format(
@@ -351,9 +353,7 @@ BEGIN
                 'SECURITY DEFINER SET search_path = pg_catalog, pg_temp%s AS %L',
                 v_name,
                 -- (the writer side of an asynchronous stream depends on no other setting)
-                CASE s.mode WHEN 'async' THEN '' ELSE ' SET enable_seqscan = off '
-                    'SET TimeZone = ''UTC'' SET jit = off SET extra_float_digits = 1 '
-                    'SET plan_cache_mode = force_generic_plan' END,
+                CASE s.mode WHEN 'async' THEN '' ELSE v_sets END,
                 CASE s.mode WHEN 'async' THEN cep._compile_enqueue(s.stream_id)
                     ELSE cep._compile_ingest(s.stream_id) END);
             v_comment := CASE s.mode WHEN 'async'
@@ -364,10 +364,8 @@ BEGIN
             v_args := 'bigint []';
             v_ddl := format(
                 'CREATE OR REPLACE FUNCTION cep.%I(p_ids bigint []) RETURNS integer '
-                'LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp '
-                'SET enable_seqscan = off SET TimeZone = ''UTC'' SET jit = off '
-                'SET extra_float_digits = 1 SET plan_cache_mode = force_generic_plan AS %L',
-                v_name,
+                'LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%s AS %L',
+                v_name, v_sets,
                 replace(cep._compile_ingest(s.stream_id), 'cep_new_rows',
                     cep._queued_rows_sql(s.stream_id)));
             v_comment := format('Generated processing function of pg_cep asynchronous stream '

@@ -260,25 +260,25 @@ BEGIN
                 v_width, v_need.secs, v_sid, coalesce(v_need.field, ''), v_nb, v_val,
                 s.source, v_key_pred, s.time_column,
                 cep._stream_raw_time_sql(s, format('g%s.lo', v_nb)), v_tie);
-            -- from the raw scan a: the tail [hi, t], and a sparse key's head (t - window, lo)
-            v_mx := v_mx || format(
-                E',\n            count(%1$s) FILTER (WHERE %2$s) AS %3$I,'
-                || E'\n            sum(%1$s) FILTER (WHERE %2$s) AS %4$I,'
-                || E'\n            min(%1$s) FILTER (WHERE %2$s) AS %5$I,'
-                || E'\n            max(%1$s) FILTER (WHERE %2$s) AS %6$I',
-                v_raw_col,
-                format('w.traw >= %s', cep._stream_raw_time_sql(s,
-                    format('pg_catalog.date_bin(%L::interval, e.t, ''2000-01-01 00:00:00+00'')', v_width))),
-                v_need.col || ':tc', v_need.col || ':ts', v_need.col || ':tmn', v_need.col || ':tmx')
-            || format(
-                E',\n            count(%1$s) FILTER (WHERE %2$s) AS %3$I,'
-                || E'\n            sum(%1$s) FILTER (WHERE %2$s) AS %4$I,'
-                || E'\n            min(%1$s) FILTER (WHERE %2$s) AS %5$I,'
-                || E'\n            max(%1$s) FILTER (WHERE %2$s) AS %6$I',
-                v_raw_col,
-                format('NOT g%s.hot AND w.traw > e.traw - make_interval(secs => %s) AND w.traw < %s',
-                    v_nb, v_need.secs, cep._stream_raw_time_sql(s, format('g%s.lo', v_nb))),
-                v_need.col || ':hc', v_need.col || ':hs', v_need.col || ':hmn', v_need.col || ':hmx');
+            -- from the raw scan a: the tail [hi, t] (t), and a sparse key's head (t - window,
+            -- lo) (h); each as count, sum, min and max
+            v_mx := v_mx || (
+                SELECT string_agg(format(
+                    E',\n            count(%1$s) FILTER (WHERE %2$s) AS %3$I,'
+                    || E'\n            sum(%1$s) FILTER (WHERE %2$s) AS %4$I,'
+                    || E'\n            min(%1$s) FILTER (WHERE %2$s) AS %5$I,'
+                    || E'\n            max(%1$s) FILTER (WHERE %2$s) AS %6$I',
+                    v_raw_col, x.cond, v_need.col || x.p || 'c', v_need.col || x.p || 's',
+                    v_need.col || x.p || 'mn', v_need.col || x.p || 'mx'), '' ORDER BY x.p DESC)
+                FROM (VALUES
+                    (':t', format('w.traw >= %s', cep._stream_raw_time_sql(s, format(
+                        'pg_catalog.date_bin(%L::interval, e.t, ''2000-01-01 00:00:00+00'')',
+                        v_width)))),
+                    (':h', format('NOT g%s.hot AND w.traw > e.traw - make_interval(secs => %s) '
+                        'AND w.traw < %s', v_nb, v_need.secs,
+                        cep._stream_raw_time_sql(s, format('g%s.lo', v_nb))))
+                ) AS x (p, cond)
+            );
             v_fin := v_fin || CASE v_need.fn
                 WHEN 'count' THEN format(
                     ', (coalesce(h%1$s.c, 0) + coalesce(m%1$s.c, 0) + a.%2$I + a.%4$I)::bigint AS %3$I',
@@ -712,7 +712,7 @@ DECLARE
 BEGIN
     SELECT * INTO STRICT rs FROM cep.rule_sets AS r WHERE r.rule_set_id = _rule_bucket_sql.rule_set_id;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = rs.stream_id;
-    v_k := CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('n.%I::text', s.key_column) END;
+    v_k := cep._stream_key_sql(s, 'n');
     v_kraw := CASE WHEN s.key_column IS NULL THEN 'NULL::text' ELSE format('n.%I', s.key_column) END;
     v_kcast := CASE WHEN s.key_column IS NULL THEN 'true' ELSE format('s.%I = h.k::%s', s.key_column,
         (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a

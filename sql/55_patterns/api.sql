@@ -124,9 +124,7 @@ BEGIN
                 p.pattern_id,
                 cep._absence_rows_sql(s, p),
                 cep._absence_follow_sql(s, 'd.k', 'd.start_time', 'd.deadline')
-                || CASE WHEN s.mode = 'async' THEN format(
-                    ' AND NOT e.id OPERATOR(pg_catalog.<@) (SELECT cep._unprocessed(%s))', s.stream_id)
-                    ELSE '' END,
+                || cep._processed_sql(s, 'e', 'id'),
                 (SELECT d.sql FROM cep._pat_define_sql(p.expected_condition, s.source, '{}', 'expected') AS d),
                 s.stream_id, p.name, s.name, p.within,
                 -- a writer skips starts another transaction is firing (never waits for it)
@@ -550,14 +548,10 @@ BEGIN
             ORDER BY a.k, a.t, a.id$q$,
             cep._absence_rows_sql(s, p),
             (SELECT d.sql FROM cep._pat_define_sql(p.start_condition, s.source, '{}', 'start') AS d)
-            || CASE WHEN s.mode = 'async' THEN format(
-                ' AND NOT e.id OPERATOR(pg_catalog.<@) (SELECT cep._unprocessed(%s))', s.stream_id)
-                ELSE '' END,
+            || cep._processed_sql(s, 'e', 'id'),
             s.stream_id,
             cep._absence_follow_sql(s, 'a.k', 'a.t', format('a.t + %L::interval', p.within))
-            || CASE WHEN s.mode = 'async' THEN format(
-                ' AND NOT e.id OPERATOR(pg_catalog.<@) (SELECT cep._unprocessed(%s))', s.stream_id)
-                ELSE '' END,
+            || cep._processed_sql(s, 'e', 'id'),
             (SELECT d.sql FROM cep._pat_define_sql(p.expected_condition, s.source, '{}', 'expected') AS d))
         USING from_time, to_time
         LOOP
