@@ -227,20 +227,19 @@ BEGIN
             -- g: the bucket bounds, and whether the key is dense (has buckets) at all; a
             -- sparse key's whole window is read raw by the scan a below, a dense key's head
             -- by h and its middle from the buckets (m): h and m are skipped for sparse keys
+            -- (the key's floor by one join over the statement's events, not a subquery per
+            -- event: the planner copies a pulled-up subquery into every place that uses it)
             v_gjoins := v_gjoins || format($g$
+        LEFT JOIN cep.rule_bucket_keys AS kf%4$s ON kf%4$s.series_id = %3$s AND kf%4$s.k = e.k
         CROSS JOIN LATERAL (
-            SELECT y.kfloor IS NOT NULL AS hot,
+            SELECT kf%4$s.floor IS NOT NULL AS hot,
                 least(greatest(
                     pg_catalog.date_bin(%1$L::interval, e.t - make_interval(secs => %2$s),
                         '2000-01-01 00:00:00+00') + %1$L::interval,
                     (SELECT f.floor FROM cep.rule_bucket_series AS f WHERE f.series_id = %3$s),
-                    coalesce(y.kfloor, 'infinity')),
+                    coalesce(kf%4$s.floor, 'infinity')),
                     pg_catalog.date_bin(%1$L::interval, e.t, '2000-01-01 00:00:00+00')) AS lo,
                 pg_catalog.date_bin(%1$L::interval, e.t, '2000-01-01 00:00:00+00') AS hi
-            FROM (
-                SELECT (SELECT kf.floor FROM cep.rule_bucket_keys AS kf
-                    WHERE kf.series_id = %3$s AND kf.k = e.k) AS kfloor
-            ) AS y
         ) AS g%4$s$g$,
                 v_width, v_need.secs, v_sid, v_nb);
             v_cold_w := v_cold_w || format(', CASE WHEN g%s.hot THEN 0 ELSE %s END', v_nb, v_need.secs);
