@@ -240,3 +240,55 @@ def test_everything_works_with_an_empty_search_path(server):
             c.execute("DROP EXTENSION pg_cep")
     finally:
         server.drop_database(db)
+
+
+def test_drop_extension_takes_the_triggers_and_functions_it_made(server):
+    """DROP EXTENSION (without CASCADE) removes what pg_cep generated at run time -- the ingest
+    functions, pattern matchers, the triggers on the user's tables, the refusing trigger of the
+    default partition -- so the user's tables keep taking inserts afterwards; a non-superuser
+    owner can do all of it, and install again."""
+    db = server.new_database(template="template0")
+    try:
+        with server.connect(db) as su:
+            su.execute("DROP ROLE IF EXISTS cep_dropper")
+            su.execute("CREATE ROLE cep_dropper")
+            su.execute(f'GRANT CREATE ON DATABASE "{db}" TO cep_dropper')
+            su.execute("GRANT CREATE ON SCHEMA public TO cep_dropper")
+        with server.connect(db) as c:
+            c.execute("SET ROLE cep_dropper")
+            c.execute("CREATE EXTENSION pg_cep")
+            c.execute("CREATE TABLE public.ev (id bigint PRIMARY KEY, k int, t timestamptz)")
+            c.execute("CREATE TABLE public.aq (id bigint PRIMARY KEY, k int, t timestamptz)")
+            c.execute("CREATE TABLE public.pt (id bigint NOT NULL, k int, t timestamptz NOT NULL) "
+                      "PARTITION BY RANGE (t)")
+            c.execute("SELECT cep.create_stream('ev', 'public.ev', 't', 'k')")
+            c.execute("SELECT cep.create_pattern('p', 'ev', 'a b', "
+                      "'{\"a\": \"k > 0\", \"b\": \"k > 1\"}')")
+            c.execute("SELECT cep.create_stream('aq', 'public.aq', 't', 'k', mode => 'async')")
+            c.execute("SELECT cep.create_stream('pt', 'public.pt', 't', 'k', 'id')")
+            c.execute("SELECT cep.partition_stream('pt', '1 hour', premake => 1)")
+            for t in ("ev", "aq", "pt"):
+                c.execute(f"INSERT INTO public.{t} VALUES (1, 1, now())")
+            generated = c.execute(
+                "SELECT count(*) FROM pg_proc WHERE pronamespace = 'cep'::regnamespace AND "
+                "proname ~ '^_(ingest|process|pattern)_[0-9]+$'").fetchone()[0]
+            assert generated == 5            # three ingest, one process, one matcher
+            c.execute("DROP EXTENSION pg_cep")
+            assert c.execute(
+                "SELECT count(*) FROM pg_proc WHERE pronamespace = 'cep'::regnamespace"
+            ).fetchone()[0] == 0
+            assert c.execute(
+                "SELECT array_agg(tgname) FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid "
+                "JOIN pg_namespace n ON n.oid = r.relnamespace WHERE n.nspname = 'public' "
+                "AND NOT t.tgisinternal").fetchone()[0] is None
+            for t in ("ev", "aq", "pt"):
+                c.execute(f"INSERT INTO public.{t} VALUES (2, 2, now())")
+                assert c.execute(f"SELECT count(*) FROM public.{t}").fetchone()[0] == 2
+            c.execute("CREATE EXTENSION pg_cep")
+            c.execute("SELECT cep.create_stream('ev', 'public.ev', 't', 'k')")
+            c.execute("INSERT INTO public.ev VALUES (3, 3, now())")
+            assert c.execute("SELECT events_total FROM cep.stream_stats").fetchone()[0] == 1
+    finally:
+        server.drop_database(db)
+        with server.connect() as su:
+            su.execute("DROP ROLE IF EXISTS cep_dropper")

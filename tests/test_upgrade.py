@@ -99,6 +99,12 @@ def test_update_from_frozen_version_equals_fresh_install(server, fresh, version)
                              ).fetchone() == (150, 2)
             with pytest.raises(Exception):
                 c.execute("INSERT INTO public.ev VALUES (999, 1, 'NaN', now())")
+            # ... and its trigger and function go with a later DROP EXTENSION, like new ones
+            assert c.execute(
+                "SELECT count(*) FROM pg_depend d JOIN pg_extension x ON x.oid = d.refobjid "
+                "WHERE x.extname = 'pg_cep' AND d.deptype = 'x' AND (d.objid IN (SELECT oid "
+                "FROM pg_trigger WHERE tgrelid = 'public.ev'::regclass) OR d.objid = "
+                "'cep._ingest_1()'::regprocedure)").fetchone()[0] == 2
             c.execute("SELECT cep.drop_stream('ev')")
             c.execute("DROP TABLE public.ev")
             c.execute("DELETE FROM cep.alerts")

@@ -185,6 +185,7 @@ BEGIN
         'CREATE TRIGGER cep_stream_ingest AFTER INSERT ON %s REFERENCING NEW TABLE AS cep_new_rows '
         'FOR EACH STATEMENT EXECUTE FUNCTION cep.%I()',
         source, format('_ingest_%s', v_stream_id));
+    PERFORM cep._tie_to_extension(NULL, 'cep_stream_ingest', source);
 
     IF NOT EXISTS (
         SELECT 1 FROM pg_catalog.pg_index AS i

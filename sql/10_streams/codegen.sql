@@ -318,6 +318,38 @@ COMMENT ON FUNCTION cep._feature_sections(integer) IS
 'Internal: the feature sections (windows, patterns, rules, recommenders) of a stream''s '
 'generated ingest function.';
 
+-- Objects pg_cep creates at run time (generated functions, the triggers on the user's tables)
+-- are not members of the extension (pg_dump must dump them), so they are tied to it with an
+-- automatic dependency instead: DROP EXTENSION pg_cep removes them too, and the user's tables
+-- are not left with triggers that call into a dropped extension.
+CREATE FUNCTION cep._tie_to_extension(
+    fn regprocedure, tg_name name DEFAULT NULL, tg_table regclass DEFAULT NULL
+)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_sql text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cep') THEN
+        RETURN;  -- (installed by the pgcep runner's script path: its uninstall drops them)
+    END IF;
+    IF fn IS NOT NULL THEN
+        v_sql := format('ALTER FUNCTION %s DEPENDS ON EXTENSION pg_cep', fn);
+        EXECUTE v_sql;
+    END IF;
+    IF tg_name IS NOT NULL THEN
+        v_sql := format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION pg_cep', tg_name, tg_table);
+        EXECUTE v_sql;
+    END IF;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._tie_to_extension(regprocedure, name, regclass) IS
+'Internal: mark a generated function, and/or a trigger pg_cep put on a user table, as dependent '
+'on the extension, so that DROP EXTENSION pg_cep drops them too.';
+
 CREATE FUNCTION cep._regenerate_stream(stream_id integer)
 RETURNS void
 LANGUAGE plpgsql
@@ -401,6 +433,7 @@ BEGIN
         END;
         EXECUTE format('REVOKE ALL ON FUNCTION cep.%I(%s) FROM PUBLIC', v_name, v_args);
         EXECUTE format('COMMENT ON FUNCTION cep.%I(%s) IS %L', v_name, v_args, v_comment);
+        PERFORM cep._tie_to_extension(format('cep.%I(%s)', v_name, v_args)::regprocedure);
     END LOOP;
 END
 $fn$;

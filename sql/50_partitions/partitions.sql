@@ -252,6 +252,7 @@ BEGIN
             'CREATE TRIGGER cep_refuse_rows BEFORE INSERT ON %s FOR EACH ROW '
             'EXECUTE FUNCTION cep._refuse_default_partition(%L, %L)',
             v_default, s.source::text, s.time_column);
+        PERFORM cep._tie_to_extension(NULL, 'cep_refuse_rows', v_default);
         v_ours := true;
     END IF;
 

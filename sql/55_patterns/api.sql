@@ -58,6 +58,8 @@ BEGIN
         'bigint [], text [], timestamptz [], timestamptz []) FROM PUBLIC', v_fn);
     EXECUTE format('COMMENT ON FUNCTION cep.%I(timestamptz, timestamptz, boolean, boolean, '
         'bigint [], text [], timestamptz [], timestamptz []) IS %L', v_fn, format('Generated matcher of pg_cep pattern %s.', pattern_id));
+    PERFORM cep._tie_to_extension(format('cep.%I(timestamptz, timestamptz, boolean, boolean, '
+        'bigint [], text [], timestamptz [], timestamptz [])', v_fn)::regprocedure);
     UPDATE cep.patterns AS p SET matcher = v_fn WHERE p.pattern_id = _pattern_install.pattern_id;
 END
 $fn$;

@@ -170,6 +170,7 @@ BEGIN
     PERFORM cep._regenerate_stream(v_id);
     EXECUTE format('CREATE TRIGGER cep_replica_ingest AFTER INSERT ON %s FOR EACH ROW '
         'EXECUTE FUNCTION cep.%I()', source, format('_replica_%s', v_id));
+    PERFORM cep._tie_to_extension(NULL, 'cep_replica_ingest', source);
     -- The apply worker runs with session_replication_role = replica: it fires this trigger
     -- and not the statement trigger, which keeps serving inserts made on the worker itself.
     EXECUTE format('ALTER TABLE %s ENABLE REPLICA TRIGGER cep_replica_ingest', source);

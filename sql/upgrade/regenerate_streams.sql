@@ -3,3 +3,12 @@
 SELECT cep._regenerate_stream(s.stream_id)
 FROM cep.streams AS s
 ORDER BY s.stream_id;
+
+-- Streams made by 0.1.0 did not tie their triggers to the extension (see
+-- cep._tie_to_extension); the regeneration above tied the functions.
+SELECT cep._tie_to_extension(NULL, t.tgname, t.tgrelid::regclass)
+FROM pg_catalog.pg_trigger AS t
+INNER JOIN pg_catalog.pg_proc AS p ON t.tgfoid = p.oid
+WHERE p.pronamespace = 'cep'::regnamespace
+    AND t.tgname IN ('cep_stream_ingest', 'cep_replica_ingest', 'cep_refuse_rows')
+ORDER BY t.oid;
