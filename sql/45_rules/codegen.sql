@@ -243,19 +243,23 @@ BEGIN
         ) AS g%4$s$g$,
                 v_width, v_need.secs, v_sid, v_nb);
             v_cold_w := v_cold_w || format(', CASE WHEN g%s.hot THEN 0 ELSE %s END', v_nb, v_need.secs);
+            -- (one lateral for both, gated by HAVING: a sparse key's event evaluates one node)
             v_joins := v_joins || format($j$
-        CROSS JOIN LATERAL (
-            SELECT count(%6$s) AS c, sum(%6$s) AS s, min(%6$s) AS mn, max(%6$s) AS mx
-            FROM %7$s AS s
-            WHERE g%5$s.hot AND %8$s AND s.%9$I > e.traw - make_interval(secs => %2$s)
-                AND s.%9$I < %10$s AND %11$s
-        ) AS h%5$s
-        CROSS JOIN LATERAL (
-            SELECT sum(bk.n) AS c, sum(bk.s) AS s, min(bk.mn) AS mn, max(bk.mx) AS mx
-            FROM cep.rule_buckets AS bk
-            WHERE g%5$s.hot AND bk.series_id = %3$s AND bk.k = e.k AND bk.b >= g%5$s.lo
-                AND bk.b < g%5$s.hi
-        ) AS m%5$s$j$,
+        LEFT JOIN LATERAL (
+            SELECT sum(u.c) AS c, sum(u.s) AS s, min(u.mn) AS mn, max(u.mx) AS mx
+            FROM (
+                SELECT count(%6$s) AS c, sum(%6$s) AS s, min(%6$s) AS mn, max(%6$s) AS mx
+                FROM %7$s AS s
+                WHERE %8$s AND s.%9$I > e.traw - make_interval(secs => %2$s)
+                    AND s.%9$I < %10$s AND %11$s
+                UNION ALL
+                SELECT sum(bk.n), sum(bk.s), min(bk.mn), max(bk.mx)
+                FROM cep.rule_buckets AS bk
+                WHERE bk.series_id = %3$s AND bk.k = e.k AND bk.b >= g%5$s.lo
+                    AND bk.b < g%5$s.hi
+            ) AS u
+            HAVING g%5$s.hot
+        ) AS hm%5$s ON true$j$,
                 v_width, v_need.secs, v_sid, coalesce(v_need.field, ''), v_nb, v_val,
                 s.source, v_key_pred, s.time_column,
                 cep._stream_raw_time_sql(s, format('g%s.lo', v_nb)), v_tie);
@@ -280,20 +284,19 @@ BEGIN
             );
             v_fin := v_fin || CASE v_need.fn
                 WHEN 'count' THEN format(
-                    ', (coalesce(h%1$s.c, 0) + coalesce(m%1$s.c, 0) + a.%2$I + a.%4$I)::bigint AS %3$I',
+                    ', (coalesce(hm%1$s.c, 0) + a.%2$I + a.%4$I)::bigint AS %3$I',
                     v_nb, v_need.col || ':tc', v_need.col, v_need.col || ':hc')
-                WHEN 'min' THEN format(', least(h%1$s.mn, m%1$s.mn, a.%2$I, a.%4$I) AS %3$I',
+                WHEN 'min' THEN format(', least(hm%1$s.mn, a.%2$I, a.%4$I) AS %3$I',
                     v_nb, v_need.col || ':tmn', v_need.col, v_need.col || ':hmn')
-                WHEN 'max' THEN format(', greatest(h%1$s.mx, m%1$s.mx, a.%2$I, a.%4$I) AS %3$I',
+                WHEN 'max' THEN format(', greatest(hm%1$s.mx, a.%2$I, a.%4$I) AS %3$I',
                     v_nb, v_need.col || ':tmx', v_need.col, v_need.col || ':hmx')
                 ELSE format(
-                    ', CASE WHEN h%1$s.s IS NULL AND m%1$s.s IS NULL AND a.%2$I IS NULL '
-                    'AND a.%4$I IS NULL THEN NULL ELSE coalesce(h%1$s.s, 0) + coalesce(m%1$s.s, 0) '
-                    '+ coalesce(a.%2$I, 0) + coalesce(a.%4$I, 0) END AS %3$I',
+                    ', CASE WHEN hm%1$s.s IS NULL AND a.%2$I IS NULL AND a.%4$I IS NULL THEN NULL '
+                    'ELSE coalesce(hm%1$s.s, 0) + coalesce(a.%2$I, 0) + coalesce(a.%4$I, 0) END AS %3$I',
                     v_nb, v_need.col || ':ts', v_need.col || CASE WHEN v_need.fn = 'avg' THEN '_s' ELSE '' END,
                     v_need.col || ':hs')
                 END || CASE WHEN v_need.fn = 'avg' THEN format(
-                    ', (coalesce(h%1$s.c, 0) + coalesce(m%1$s.c, 0) + a.%2$I + a.%4$I)::bigint AS %3$I',
+                    ', (coalesce(hm%1$s.c, 0) + a.%2$I + a.%4$I)::bigint AS %3$I',
                     v_nb, v_need.col || ':tc', v_need.col || '_n', v_need.col || ':hc') ELSE '' END;
             v_wmax := greatest(v_wmax, extract(epoch FROM v_width));
             CONTINUE;
@@ -742,15 +745,15 @@ BEGIN
             pg_catalog.date_bin(%3$L::interval, c.t - 32 * %3$L::interval, '2000-01-01 00:00:00+00')
             + %3$L::interval
         FROM (
-            SELECT %4$s AS k, %7$s AS kraw, max(n.%8$I) AS traw, max(%5$s) AS t,
-                max(n.%16$I) AS mid
+            SELECT %4$s AS k, %7$s AS kraw, max(n.%8$I) AS traw, max(%5$s) AS t
             FROM cep_new_rows AS n
+            -- (a key is looked at for about one event of 16, picked by the event's id, before
+            -- anything is grouped: turning dense a little later costs nothing but raw reads,
+            -- and sparse keys stay cheap)
+            WHERE pg_catalog.hashint8(n.%16$I::bigint) & 15 = 0
             GROUP BY 1, 2
         ) AS c
-        -- (a key is looked at in about one statement of 16, picked by its newest id: turning
-        -- dense a little later costs nothing but raw reads, and sparse keys stay cheap)
-        WHERE pg_catalog.hashint8(c.mid::bigint) & 15 = 0
-            AND NOT EXISTS (
+        WHERE NOT EXISTS (
                 SELECT 1 FROM cep.rule_bucket_keys AS kf WHERE kf.series_id = %1$s AND kf.k = c.k
             )
             AND (
