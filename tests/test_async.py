@@ -80,14 +80,14 @@ def gen_clicks(rng: random.Random, n: int, first_id: int = 1) -> list[tuple]:
     return out
 
 
-def insert_tx(cur, rows):
-    cur.execute("INSERT INTO public.tx (id, user_id, amount, location, created_at) "
+def insert_tx(cur, rows, table="public.tx"):
+    cur.execute(f"INSERT INTO {table} (id, user_id, amount, location, created_at) "
                 "SELECT * FROM unnest(%s::bigint[], %s::int[], %s::numeric[], %s::text[], "
                 "%s::timestamptz[])", [list(c) for c in zip(*rows)])
 
 
-def insert_clicks(cur, rows):
-    with cur.copy("COPY public.clicks (id, user_id, item_id, action, created_at) FROM STDIN") as cp:
+def insert_clicks(cur, rows, table="public.clicks"):
+    with cur.copy(f"COPY {table} (id, user_id, item_id, action, created_at) FROM STDIN") as cp:
         for r in rows:
             cp.write_row(r)
 
@@ -106,9 +106,16 @@ def process(conn, stream, max_rows):
                  "WHERE name = %s AND mode = 'async'", (max_rows, stream))
 
 
-def run_workload(conn, mode: str, seed: int, switch: bool = False):
+RENAME_AWAY = ("CREATE SCHEMA IF NOT EXISTS moved; ALTER TABLE public.tx RENAME TO tx_moved; "
+               "ALTER TABLE public.clicks SET SCHEMA moved")
+RENAME_BACK = "ALTER TABLE public.tx_moved RENAME TO tx; ALTER TABLE moved.clicks SET SCHEMA public"
+
+
+def run_workload(conn, mode: str, seed: int, switch: bool = False, rename: bool = False):
     """The full profile on two streams; MODE 'async' processes in random pieces at random
-    moments; SWITCH also flips the transaction stream's mode a few times on the way."""
+    moments; SWITCH also flips the transaction stream's mode a few times on the way; RENAME
+    renames the transaction table and moves the click table to another schema for the middle
+    third of the statements (the generated code names them)."""
     rng = random.Random(seed)
     conn.execute(TX_DDL)
     for name, table in (("tx", "public.tx"), ("clicks", "public.clicks")):
@@ -118,13 +125,20 @@ def run_workload(conn, mode: str, seed: int, switch: bool = False):
     tx = list(statements(rng, gen_tx(rng, 1500)))
     clicks = list(statements(rng, gen_clicks(rng, 1200)))
     prng = random.Random(seed + 1)        # the processing schedule only, not the data
+    names = {"tx": "public.tx", "clicks": "public.clicks"}
     with conn.cursor() as cur:
         for j in range(max(len(tx), len(clicks))):
+            if rename and j == len(tx) // 3:
+                conn.execute(RENAME_AWAY)
+                names = {"tx": "public.tx_moved", "clicks": "moved.clicks"}
+            if rename and j == 2 * len(tx) // 3:
+                conn.execute(RENAME_BACK)
+                names = {"tx": "public.tx", "clicks": "public.clicks"}
             with conn.transaction():
                 if j < len(tx):
-                    insert_tx(cur, tx[j])
+                    insert_tx(cur, tx[j], names["tx"])
                 if j < len(clicks):
-                    insert_clicks(cur, clicks[j])
+                    insert_clicks(cur, clicks[j], names["clicks"])
                 if mode == "async" and prng.random() < 0.1:
                     process(conn, "tx", prng.choice([1, 50]))
             if mode == "async" and prng.random() < 0.3:
@@ -189,6 +203,38 @@ def test_async_equals_sync_on_the_full_profile(server):
     assert any('"status": "blocked"' in r for r in sync["public.tx"])
     for rel in sync:
         assert asyn[rel] == sync[rel], diff(rel, sync[rel], asyn[rel])
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_renamed_tables_keep_working(server, mode):
+    """Renaming a stream's table, or moving it to another schema, and back, while events keep
+    coming: the first statement (or queued statement, or matcher call) after each rename has
+    the stream's code rebuilt, and every result equals the run without renames."""
+    results = {}
+    for rename in (False, True):
+        db = server.new_database()
+        try:
+            with server.connect(db) as conn:
+                run_workload(conn, mode, seed=5, rename=rename)
+                results[rename] = snapshot(conn)
+                if rename:
+                    # the rebuilt code names the tables by their final names; no processing
+                    # function is left behind for the synchronous streams
+                    src = conn.execute(
+                        "SELECT string_agg(prosrc, ' ') FROM pg_proc "
+                        "WHERE pronamespace = 'cep'::regnamespace "
+                        "AND proname ~ '^_(ingest|process|pattern)_[0-9]+$'").fetchone()[0]
+                    assert "tx_moved" not in src and "moved.clicks" not in src
+                    assert conn.execute(
+                        "SELECT count(*) FROM pg_proc WHERE pronamespace = 'cep'::regnamespace "
+                        "AND proname ~ '^_process_[0-9]+$'").fetchone()[0] == (
+                        2 if mode == "async" else 0)
+        finally:
+            server.drop_database(db)
+    assert len(results[False]["cep.alerts"]) > 20 and len(results[False]["cep.matches"]) > 20
+    for rel in results[False]:
+        assert results[True][rel] == results[False][rel], diff(
+            rel, results[False][rel], results[True][rel])
 
 
 @pytest.mark.parametrize("seed", [11, 12])

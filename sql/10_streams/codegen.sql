@@ -368,9 +368,20 @@ DECLARE
     -- more than running them, and their shape does not depend on the parameters)
     v_sets constant text := ' SET enable_seqscan = off SET TimeZone = ''UTC'' SET jit = off '
         'SET extra_float_digits = 1 SET plan_cache_mode = force_generic_plan';
+    -- (inside cep._stream_renamed: the old code names a table that is gone, so the queue is
+    -- not applied with it first, and a synchronous stream gets a processing function too)
+    v_healing constant boolean := coalesce(current_setting('cep.healing_stream', true), '')
+        = stream_id::text;
+    v_relname name;
+    v_nspname name;
+    v_guard text;
 BEGIN
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _regenerate_stream.stream_id;
-    IF s.mode = 'async' AND to_regprocedure(format('cep.%I(bigint [])', v_process)) IS NOT NULL THEN
+    SELECT c.relname, n.nspname INTO STRICT v_relname, v_nspname
+    FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON c.relnamespace = n.oid
+    WHERE c.oid = s.source;
+    IF s.mode = 'async' AND NOT v_healing
+        AND to_regprocedure(format('cep.%I(bigint [])', v_process)) IS NOT NULL THEN
         -- Statements queued before this change are applied with the definitions they were
         -- queued under (a synchronous stream would have applied them already); callers that
         -- backfill from the table (new windows, recommenders) hold a lock that keeps writers
@@ -380,6 +391,14 @@ BEGIN
     FOREACH v_name IN ARRAY ARRAY[s.ingest_function, v_process, v_replica] LOOP
         IF v_name = s.ingest_function THEN
             v_args := '';
+            -- The generated code names the table: after a rename (of the table or its
+            -- schema) the first statement finds out, has the code rebuilt and its rows
+            -- applied by the rebuilt code (the asynchronous writer side names no table).
+            v_guard := format($g$
+    IF TG_TABLE_NAME <> %L OR TG_TABLE_SCHEMA <> %L THEN
+        PERFORM cep._stream_renamed(%s, ARRAY(SELECT n.%I::bigint FROM cep_new_rows AS n));
+        RETURN NULL;
+    END IF;$g$, v_relname, v_nspname, s.stream_id, s.id_column);
             v_ddl := format(
                 'CREATE OR REPLACE FUNCTION cep.%I() RETURNS trigger LANGUAGE plpgsql '
                 'SECURITY DEFINER SET search_path = pg_catalog, pg_temp%s AS %L',
@@ -387,19 +406,24 @@ BEGIN
                 -- (the writer side of an asynchronous stream depends on no other setting)
                 CASE s.mode WHEN 'async' THEN '' ELSE v_sets END,
                 CASE s.mode WHEN 'async' THEN cep._compile_enqueue(s.stream_id)
-                    ELSE cep._compile_ingest(s.stream_id) END);
+                    ELSE regexp_replace(cep._compile_ingest(s.stream_id), E'\nBEGIN\n',
+                        E'\nBEGIN' || v_guard || E'\n') END);
             v_comment := CASE s.mode WHEN 'async'
                 THEN format('Generated ingest function of pg_cep asynchronous stream %s: checks '
                     'and queues each statement.', stream_id)
                 ELSE format('Generated ingest function of pg_cep stream %s.', stream_id) END;
-        ELSIF v_name = v_process AND s.mode = 'async' THEN
+        ELSIF v_name = v_process AND (s.mode = 'async' OR v_healing) THEN
             v_args := 'bigint []';
+            v_guard := format($g$
+    IF %s::pg_catalog.oid::pg_catalog.regclass::text <> %L THEN
+        RETURN cep._stream_renamed(%s, p_ids);
+    END IF;$g$, s.source::oid, s.source::text, s.stream_id);
             v_ddl := format(
                 'CREATE OR REPLACE FUNCTION cep.%I(p_ids bigint []) RETURNS integer '
                 'LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%s AS %L',
                 v_name, v_sets,
-                replace(cep._compile_ingest(s.stream_id), 'cep_new_rows',
-                    cep._queued_rows_sql(s.stream_id)));
+                regexp_replace(replace(cep._compile_ingest(s.stream_id), 'cep_new_rows',
+                    cep._queued_rows_sql(s.stream_id)), E'\nBEGIN\n', E'\nBEGIN' || v_guard || E'\n'));
             v_comment := format('Generated processing function of pg_cep asynchronous stream '
                 '%s: applies one queued statement.', stream_id);
         ELSIF v_name = v_replica AND s.replica_batch IS NOT NULL THEN
@@ -441,3 +465,45 @@ $fn$;
 COMMENT ON FUNCTION cep._regenerate_stream(integer) IS
 'Internal: rebuild a stream''s generated ingest function (and, for an asynchronous stream, '
 'its processing function; for a replica stream, its row trigger function) from the catalog.';
+
+-- A stream's table (or its schema) was renamed after its code was generated: rebuild the
+-- code (ingest and processing functions, pattern matchers) under the new name, and apply the
+-- rows IDS (the statement that found out, or a queued one) with the rebuilt code.
+CREATE FUNCTION cep._stream_renamed(stream_id integer, ids bigint[])
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    s cep.streams;
+    v_process constant name := format('_process_%s', stream_id);
+    v_sql text;
+    v_n integer;
+BEGIN
+    -- one session rebuilds at a time (a second one rebuilds again, harmlessly)
+    SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _stream_renamed.stream_id
+    FOR UPDATE;
+    PERFORM set_config('cep.healing_stream', stream_id::text, true);
+    PERFORM cep._regenerate_stream(stream_id);
+    PERFORM cep._pattern_install(p.pattern_id)
+    FROM cep.patterns AS p
+    WHERE p.stream_id = _stream_renamed.stream_id AND p.kind = 'pattern'
+    ORDER BY p.pattern_id;
+    PERFORM set_config('cep.healing_stream', '', true);
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    v_sql := format('SELECT cep.%I($1)', v_process);
+    EXECUTE v_sql INTO v_n USING ids;
+    IF s.mode = 'sync' THEN
+        -- (a synchronous stream keeps no processing function)
+        v_sql := format('DROP FUNCTION cep.%I(bigint [])', v_process);
+        EXECUTE v_sql;
+    END IF;
+    RETURN v_n;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._stream_renamed(integer, bigint[]) IS
+'Internal: rebuild the generated code of a stream whose table or schema was renamed, and apply '
+'the rows IDS with it.';

@@ -33,7 +33,20 @@ AS $fn$
 DECLARE
     v_fn name := format('_pattern_%s', pattern_id);
     v_ddl text;
+    v_guard text;
 BEGIN
+    -- The matcher names the stream's table: after a rename it has the stream's code rebuilt
+    -- (itself included, see cep._stream_renamed) and hands the call to the rebuilt one.
+    SELECT format($g$
+    IF %s::pg_catalog.oid::pg_catalog.regclass::text <> %L THEN
+        PERFORM cep._stream_renamed(%s, NULL);
+        RETURN QUERY EXECUTE %L USING p_from, p_to, p_eoi, p_find, p_own, p_keys, p_lo, p_nx;
+        RETURN;
+    END IF;$g$, s.source::oid, s.source::text, s.stream_id,
+        format('SELECT * FROM cep.%I($1, $2, $3, $4, $5, $6, $7, $8)', v_fn))
+    INTO STRICT v_guard
+    FROM cep.patterns AS p JOIN cep.streams AS s ON p.stream_id = s.stream_id
+    WHERE p.pattern_id = _pattern_install.pattern_id;
     -- force_custom_plan: the best plans of the matcher's statements depend on the batch
     -- (generic plans would scan every key's state)
     v_ddl := format(
@@ -43,7 +56,8 @@ BEGIN
         'last_time timestamptz, event_ids bigint [], classifiers text []) LANGUAGE plpgsql '
         'SET search_path = pg_catalog, pg_temp SET TimeZone = ''UTC'' SET jit = off '
         'SET plan_cache_mode = force_custom_plan AS %L',
-        v_fn, cep._pattern_function_sql(pattern_id));
+        v_fn, regexp_replace(cep._pattern_function_sql(pattern_id), E'\nBEGIN\n',
+            E'\nBEGIN' || v_guard || E'\n'));
     BEGIN
         EXECUTE v_ddl;
     EXCEPTION WHEN object_not_in_prerequisite_state THEN
