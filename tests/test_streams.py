@@ -331,3 +331,42 @@ def test_large_and_deeply_nested_payloads_go_through(conn):
     assert conn.execute("SELECT events_total FROM cep.stream_stats").fetchone()[0] == 2
     assert conn.execute("SELECT sum(count) FROM public.fat_min").fetchone()[0] == 2
     assert conn.execute("SELECT length(body) FROM public.fat WHERE id = 1").fetchone()[0] == 10 * 1024 * 1024
+
+
+def test_a_dropped_table_does_not_stop_maintenance(conn):
+    """DROP TABLE of a stream's table (sync or async, with patterns, windows, rules): the
+    stream is reported as orphaned and left out of every maintenance task, the other streams
+    keep being maintained, its own functions say what happened, and cep.drop_stream removes
+    it."""
+    for t, mode in (("gone", "sync"), ("gone_q", "async"), ("kept", "sync")):
+        conn.execute(f"CREATE TABLE public.{t} (id bigserial PRIMARY KEY, k int NOT NULL, "
+                     "v numeric, t timestamptz NOT NULL)")
+        conn.execute("SELECT cep.create_stream(%s, %s::regclass, 't', 'k', "
+                     "allowed_lateness => '1 second', mode => %s)", (t, f"public.{t}", mode))
+        conn.execute("SELECT cep.create_pattern(%s, %s, 'a b', "
+                     "'{\"a\": \"v > 0\", \"b\": \"v > 1\"}', within => '1 minute')",
+                     (f"p_{t}", t))
+    conn.execute("SELECT cep.create_window('w_gone', 'gone', 'tumbling', '1 minute', "
+                 "aggregates => '{count(*)}')")
+    conn.execute("INSERT INTO cep.rules (stream, name, kind, condition, risk_score) VALUES "
+                 "('gone', 'c', 'threshold', "
+                 "'{\"metric\": \"count\", \"window\": \"1 hour\", \"op\": \">\", \"value\": 1}', 0.8)")
+    for t in ("gone", "gone_q", "kept"):
+        conn.execute(f"INSERT INTO public.{t} (k, v, t) VALUES (1, 5, now() - interval '1 minute'), "
+                     "(1, 7, now() - interval '50 seconds')")
+    conn.execute("DROP TABLE public.gone, public.gone_q")
+    tasks = dict(conn.execute("SELECT * FROM cep.run_maintenance()").fetchall())
+    assert tasks["orphaned_streams"] == 2
+    # the healthy stream is still maintained: its pending match is found at the watermark
+    conn.execute("INSERT INTO public.kept (k, v, t) VALUES (2, 9, now())")
+    conn.execute("SELECT * FROM cep.run_maintenance()").fetchall()
+    assert conn.execute("SELECT count(*) FROM cep.matches WHERE pattern = 'p_kept'"
+                        ).fetchone()[0] == 1
+    with pytest.raises(psycopg.errors.UndefinedTable) as exc:
+        conn.execute("SELECT cep.advance_watermark('gone')")
+    assert "was dropped" in str(exc.value) and "cep.drop_stream('gone')" in exc.value.diag.message_hint
+    conn.execute("SELECT cep.drop_stream('gone')")
+    tasks = dict(conn.execute("SELECT * FROM cep.run_maintenance()").fetchall())
+    assert tasks["orphaned_streams"] == 1
+    conn.execute("SELECT cep.drop_stream('gone_q')")
+    assert conn.execute("SELECT array_agg(name) FROM cep.streams").fetchone()[0] == ["kept"]

@@ -377,9 +377,14 @@ DECLARE
     v_guard text;
 BEGIN
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _regenerate_stream.stream_id;
-    SELECT c.relname, n.nspname INTO STRICT v_relname, v_nspname
+    SELECT c.relname, n.nspname INTO v_relname, v_nspname
     FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON c.relnamespace = n.oid
     WHERE c.oid = s.source;
+    IF v_relname IS NULL THEN
+        RAISE EXCEPTION 'pg_cep: the table of stream "%" was dropped', s.name
+            USING ERRCODE = '42P01',
+            HINT = format('Remove the stream with SELECT cep.drop_stream(%L).', s.name);
+    END IF;
     IF s.mode = 'async' AND NOT v_healing
         AND to_regprocedure(format('cep.%I(bigint [])', v_process)) IS NOT NULL THEN
         -- Statements queued before this change are applied with the definitions they were

@@ -23,12 +23,22 @@ BEGIN
         RETURN;
     END IF;
 
+    -- Streams whose table was dropped: reported, and left out of every task below (their
+    -- windows, matches and alerts stay until cep.drop_stream).
+    SELECT count(*) INTO v_n
+    FROM cep.streams AS s
+    WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.source);
+    task := 'orphaned_streams';
+    items := v_n;
+    RETURN NEXT;
+
     -- Queued statements of asynchronous streams, up to 100000 events per stream per call (a
     -- stream another session is processing is skipped).
     SELECT coalesce(sum(p.events), 0) INTO v_n
     FROM cep.streams AS s
     CROSS JOIN LATERAL cep._process_queue(s.stream_id, 100000, false) AS p
-    WHERE s.mode = 'async';
+    WHERE s.mode = 'async'
+        AND EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.source);
     task := 'process_streams';
     items := v_n;
     RETURN NEXT;
@@ -189,12 +199,16 @@ BEGIN
 
     -- Time partitions: make them ahead, retire the ones past retention.
     SELECT coalesce(sum(cep._premake_partitions(ps.stream_id)), 0) INTO v_n
-    FROM cep.partitioned_streams AS ps;
+    FROM cep.partitioned_streams AS ps
+    INNER JOIN cep.streams AS s ON ps.stream_id = s.stream_id
+    WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.source);
     task := 'premake_partitions';
     items := v_n;
     RETURN NEXT;
     SELECT coalesce(sum(cep._retire_partitions(ps.stream_id)), 0) INTO v_n
-    FROM cep.partitioned_streams AS ps;
+    FROM cep.partitioned_streams AS ps
+    INNER JOIN cep.streams AS s ON ps.stream_id = s.stream_id
+    WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.source);
     task := 'retire_partitions';
     items := v_n;
     RETURN NEXT;
@@ -259,7 +273,8 @@ BEGIN
     -- pattern timeouts fire without new events.
     SELECT count(cep.advance_watermark(s.name, v_now - s.allowed_lateness)) INTO v_n
     FROM cep.streams AS s
-    WHERE s.wall_clock AND cep._watermark(s.stream_id) < v_now - s.allowed_lateness;
+    WHERE s.wall_clock AND cep._watermark(s.stream_id) < v_now - s.allowed_lateness
+        AND EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.source);
     task := 'wall_clock_watermarks';
     items := v_n;
     RETURN NEXT;
@@ -271,6 +286,8 @@ BEGIN
     FROM (
         SELECT DISTINCT p.stream_id, cep._watermark(p.stream_id) AS w
         FROM cep.patterns AS p
+        INNER JOIN cep.streams AS s ON p.stream_id = s.stream_id
+        WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.source)
     ) AS x
     WHERE isfinite(x.w);
     task := 'advance_patterns';
