@@ -426,6 +426,10 @@ BEGIN
         array_agg(v.risk_score::text::numeric ORDER BY u.ord) AS scores,
         array_agg(v.mode = 'enforce' ORDER BY u.ord) AS enforce,
         array_agg(v.kind ORDER BY u.ord) AS kinds,
+        -- each rule's entry in an alert's details, made once here rather than per alert
+        array_agg(jsonb_build_object('rule_id', u.rule_id, 'name', v.name, 'kind', v.kind,
+            'score', v.risk_score::text::numeric::float8, 'version', u.version)
+            ORDER BY u.ord) AS objs,
         bool_or(n.kind IS NOT NULL) AS stateful
     INTO v_meta
     FROM unnest(rs.rule_ids, rs.versions) WITH ORDINALITY AS u (rule_id, version, ord)
@@ -517,7 +521,7 @@ $l$,
         r_scores constant numeric [] := %17$L::numeric [];
         r_enforce constant boolean [] := %16$L::boolean [];
         r_names constant text [] := %15$L::text [];
-        r_kinds constant text [] := %21$L::text [];
+        r_objs constant jsonb [] := %26$L::jsonb [];
         v_rule_alerts cep.alert_draft [];
 %23$s
         v_rule_hits bigint [];
@@ -567,10 +571,7 @@ $l$,
             CROSS JOIN LATERAL (
                 -- only the fired rules' positions: the cost does not grow with the rule set
                 SELECT string_agg(r_names[q.p], ', ' ORDER BY q.p) AS names,
-                    jsonb_agg(jsonb_build_object('rule_id', r_ids[q.p],
-                        'name', r_names[q.p], 'kind', r_kinds[q.p],
-                        'score', r_scores[q.p]::float8, 'version', r_versions[q.p])
-                        ORDER BY q.p) AS rules
+                    jsonb_agg(r_objs[q.p] ORDER BY q.p) AS rules
                 FROM unnest(c.pos) AS q (p)
                 WHERE r_enforce[q.p]
             ) AS d
@@ -608,14 +609,15 @@ $r$,
         v_alert_cond,                                     -- 18
         s.stream_id,                                      -- 19
         v_block,                                          -- 20
-        v_meta.kinds,                                     -- 21
+        NULL,                                             -- 21 (unused)
         v_lock,                                           -- 22
         CASE WHEN p.block_action IS NOT NULL
             THEN E'\n        v_rule_blocked bigint [];' ELSE '' END,  -- 23
         CASE WHEN p.block_action IS NOT NULL
             THEN E',\n        (SELECT array_agg(i.event_id) FROM ins AS i WHERE i.blocked)'
             ELSE '' END,                                  -- 24
-        CASE WHEN p.block_action IS NOT NULL THEN ', v_rule_blocked' ELSE '' END);  -- 25
+        CASE WHEN p.block_action IS NOT NULL THEN ', v_rule_blocked' ELSE '' END,  -- 25
+        v_meta.objs);                                     -- 26
 END
 $fn$;
 
