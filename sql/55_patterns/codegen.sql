@@ -51,6 +51,48 @@ $fn$;
 COMMENT ON FUNCTION cep._stream_raw_time_sql(cep.streams, text) IS
 'Internal: SQL of a timestamptz expression in the type of a stream''s time column.';
 
+-- Whether an event can matter to a pattern at all, as SQL over a row alias e with the
+-- stream's columns as "c:<column>"; NULL when every event can. Under relaxed contiguity an
+-- event that satisfies none of the variables' conditions is removed before matching, so a key
+-- whose statement brought only such events needs no turn of the matcher (its state, lock and
+-- waiting events stay as they are). Undefined variables, var.col and PREV conditions (which
+-- this test cannot see) and strict contiguity make every event count.
+CREATE FUNCTION cep._pattern_relevance_sql(pattern_id integer)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    p cep.patterns;
+    v_source regclass;
+    v_var text;
+    v_d record;
+    v_or text [] := '{}'::text [];
+BEGIN
+    SELECT * INTO STRICT p FROM cep.patterns AS x WHERE x.pattern_id = _pattern_relevance_sql.pattern_id;
+    IF p.kind <> 'pattern' OR p.contiguity <> 'relaxed' THEN
+        RETURN NULL;
+    END IF;
+    SELECT s.source INTO STRICT v_source FROM cep.streams AS s WHERE s.stream_id = p.stream_id;
+    FOREACH v_var IN ARRAY p.variables LOOP
+        IF NOT p.define ? v_var THEN
+            RETURN NULL;
+        END IF;
+        SELECT * INTO v_d FROM cep._pat_define_sql(p.define ->> v_var, v_source, p.variables, v_var);
+        IF v_d.refs <> '{}' OR cardinality(v_d.prevs) > 0 THEN
+            RETURN NULL;
+        END IF;
+        v_or := v_or || format('(%s)', v_d.sql);
+    END LOOP;
+    RETURN array_to_string(v_or, ' OR ');
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._pattern_relevance_sql(integer) IS
+'Internal: SQL of "this event can matter to the pattern" (relaxed contiguity: it satisfies '
+'some variable''s condition), or NULL when every event can.';
+
 CREATE FUNCTION cep._pattern_function_sql(pattern_id integer)
 RETURNS text
 LANGUAGE plpgsql
