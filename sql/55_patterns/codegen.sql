@@ -295,10 +295,15 @@ BEGIN
             -- key order (ON CONFLICT locks the row its WHERE leaves unchanged). A row that
             -- cep.run_maintenance purges meanwhile is waited for and created again: a separate
             -- existence check and lock would find it gone and skip the key's events.
-            INSERT INTO cep.pattern_state AS ps (pattern_id, k)
-            SELECT @PID@, u.k FROM unnest(p_keys) AS u (k)
+            -- In the same step, the key's first event waiting for the watermark (pending_t)
+            -- takes this statement's first waiting event when that is earlier, unless the
+            -- key's waiting events are reached now (then it is set after matching).
+            INSERT INTO cep.pattern_state AS ps (pattern_id, k, pending_t)
+            SELECT @PID@, u.k, u.nx FROM unnest(p_keys, p_nx) AS u (k, nx)
             ORDER BY u.k
-            ON CONFLICT (pattern_id, k) DO UPDATE SET k = excluded.k WHERE false;
+            ON CONFLICT (pattern_id, k) DO UPDATE SET pending_t = excluded.pending_t
+            WHERE excluded.pending_t IS NOT NULL
+                AND (ps.pending_t IS NULL OR (ps.pending_t > p_to AND excluded.pending_t < ps.pending_t));
             -- The rows are locked now, so this statement reads their committed state. Per
             -- key, the earliest event to take: this statement's first on-time event of the
             -- key or the key's first event still waiting for the watermark.
@@ -463,9 +468,9 @@ BEGIN
             @FINISH@
         END LOOP;
         -- One write per key: the new state of every key advanced above, and the first event
-        -- still waiting for the watermark (pending_t) of every key that has one.
-        IF cardinality(v_out) > 0 OR v_pending
-            OR EXISTS (SELECT 1 FROM unnest(p_nx) AS n (nx) WHERE n.nx IS NOT NULL) THEN
+        -- still waiting for the watermark (pending_t) of every key whose waiting events the
+        -- watermark reached.
+        IF cardinality(v_out) > 0 OR v_pending THEN
             UPDATE cep.pattern_state AS ps
             SET upto_t = CASE WHEN b.has THEN b.upto_t ELSE ps.upto_t END,
                 upto_id = CASE WHEN b.has THEN b.upto_id ELSE ps.upto_id END,
@@ -489,17 +494,18 @@ BEGIN
                 SELECT u.k, u.tid, w.k IS NOT NULL AS has,
                     w.upto_t, w.upto_id, w.next_no, w.r_no, w.r_st, w.r_sid, w.r_best, w.r_bend_t,
                     w.r_bend_id, w.th_run, w.th_pc, w.th_path, w.th_bind,
-                    -- events beyond the watermark wait: the key remembers its first one
+                    -- events beyond the watermark wait: the key remembers its first one (a
+                    -- writer's own waiting events are in pending_t since it locked the key)
                     CASE
-                        WHEN u.op IS NULL THEN n.nx
-                        WHEN u.op > p_to THEN least(u.op, n.nx)
+                        WHEN u.op IS NULL OR u.op > p_to THEN u.op
                         -- taken from pending_t: the next waiting event may be an older arrival
                         ELSE (@NEXT_EVENT@)
                     END AS pending_t
                 FROM unnest(v_keys, v_opend, v_tids) AS u (k, op, tid)
                 LEFT JOIN unnest(v_out) AS w ON w.k = u.k
-                LEFT JOIN unnest(p_keys, p_nx) AS n (k, nx) ON n.k = u.k
-                WHERE w.k IS NOT NULL OR u.op IS NOT NULL OR n.nx IS NOT NULL
+                WHERE w.k IS NOT NULL OR u.op <= p_to
+                -- OFFSET 0: the next waiting event is looked up once per key
+                OFFSET 0
             ) AS b
             -- the rows are locked, so their tuple ids are still theirs: one probe per key
             WHERE ps.ctid = b.tid AND (b.has OR ps.pending_t IS DISTINCT FROM b.pending_t);
