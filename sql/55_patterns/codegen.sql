@@ -676,10 +676,20 @@ AS $fn$
                     FROM unnest(st.r_st, st.r_sid) WITH ORDINALITY AS u (t, id, o)
                     WHERE (u.t, u.id) > (st.r_bend_t[1], st.r_bend_id[1]);
                 ELSE
-                    v_keep := ARRAY(SELECT generate_series(2, cardinality(st.r_no)));
+                    v_keep := NULL;
                 END IF;
             ELSE
-                v_keep := ARRAY(SELECT generate_series(2, cardinality(st.r_no)));
+                v_keep := NULL;
+            END IF;
+            IF v_keep IS NULL THEN
+                -- only the first run goes, and it has no thread left (see EXIT above)
+                st.r_no := st.r_no[2:cardinality(st.r_no)];
+                st.r_st := st.r_st[2:cardinality(st.r_st)];
+                st.r_sid := st.r_sid[2:cardinality(st.r_sid)];
+                st.r_best := st.r_best[2:cardinality(st.r_best)];
+                st.r_bend_t := st.r_bend_t[2:cardinality(st.r_bend_t)];
+                st.r_bend_id := st.r_bend_id[2:cardinality(st.r_bend_id)];
+                CONTINUE;
             END IF;
             -- keep the runs listed in v_keep, and their threads
             SELECT coalesce(array_agg(u.t ORDER BY u.o), '{}') INTO n_run
@@ -726,13 +736,18 @@ AS $fn$
                 -- runs are kept in start order: when the oldest is still open, all are
                 AND st.r_st[1] + c_within < p_to THEN
                 -- runs whose window closed before the watermark can take no further event
-                SELECT coalesce(array_agg(u.t ORDER BY u.o), '{}'),
-                    coalesce(array_agg(st.th_pc[u.o] ORDER BY u.o), '{}'),
-                    coalesce(array_agg(st.th_path[u.o] ORDER BY u.o), '{}'),
-                    coalesce(array_agg(st.th_bind[u.o] ORDER BY u.o), '{}')
-                INTO n_run, n_pc, n_path, n_bind
-                FROM unnest(st.th_run) WITH ORDINALITY AS u (t, o)
-                WHERE st.r_st[array_position(st.r_no, u.t)] + c_within >= p_to;
+                n_run := '{}';
+                n_pc := '{}';
+                n_path := '{}';
+                n_bind := '{}';
+                FOR j IN 1 .. cardinality(st.th_run) LOOP
+                    IF st.r_st[array_position(st.r_no, st.th_run[j])] + c_within >= p_to THEN
+                        n_run := n_run || st.th_run[j];
+                        n_pc := n_pc || st.th_pc[j];
+                        n_path := n_path || st.th_path[j];
+                        n_bind := n_bind || st.th_bind[j];
+                    END IF;
+                END LOOP;
                 IF cardinality(n_run) < cardinality(st.th_run) AND NOT p_find
                     AND (st.upto_t IS NULL OR (st.upto_t, st.upto_id) < (p_to, -1::bigint)) THEN
                     -- runs ended on the assumption that no event before the watermark is to
