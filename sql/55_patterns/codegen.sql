@@ -323,12 +323,13 @@ BEGIN
         END IF;
         IF v_behind THEN
             -- This statement's events beyond the watermark that another session (which
-            -- committed while this one waited for the key) already processed past: late.
+            -- committed while this one waited for the key) already processed past: late
+            -- (under relaxed contiguity, those that can take part in a match).
             INSERT INTO cep.pattern_late_events (pattern_id, event_id, event_time, partition_key)
             SELECT @PID@, e.id, e.t, e.k
             FROM (@OWN_EVENTS@) AS e
             JOIN cep.pattern_state AS ps ON ps.pattern_id = @PID@ AND ps.k = e.k
-            WHERE e.t > p_to AND (e.t, e.id) <= (ps.upto_t, ps.upto_id);
+            WHERE e.t > p_to AND (e.t, e.id) <= (ps.upto_t, ps.upto_id) AND (@OWN_RELEVANT@);
             GET DIAGNOSTICS v_n = ROW_COUNT;
             v_late := v_late + v_n;
         END IF;
@@ -531,6 +532,7 @@ $t$;
         '@LIVE_EVENTS@',
         '@NEXT_EVENT@',
         '@OWN_EVENTS@',
+        '@OWN_RELEVANT@',
         '@RELAXED@',
         '@DYN@',
         '@BIND@',
@@ -600,11 +602,12 @@ $t$;
             -- ordered by an expression: the (key, time) index finds the rows, never a walk
             -- along the time index
             format('s.%I + interval ''0 seconds''', s.time_column)),
-        format('SELECT %s AS k, %s AS t, s.%I::bigint AS id FROM %s AS s '
+        format('SELECT %s AS k, %s AS t, s.%I::bigint AS id%s FROM %s AS s '
             'WHERE s.%I = ANY (p_own)',
             cep._stream_key_sql(s, 's'),
             cep._stream_time_sql(s, 's'),
-            s.id_column, s.source, s.id_column),
+            s.id_column, v_sel, s.source, s.id_column),
+        coalesce(cep._pattern_relevance_sql(p.pattern_id), 'true'),
         CASE WHEN p.contiguity = 'relaxed' THEN 'x.mask <> 0 AND' ELSE '' END,
         CASE WHEN v_dyn = '' THEN '(e.mask >> (v_var - 1)) & 1 = 1'
             ELSE format(E'CASE v_var%s\n                        ELSE (e.mask >> (v_var - 1)) & 1 = 1\n                    END', v_dyn) END,
