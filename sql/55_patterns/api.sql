@@ -84,7 +84,8 @@ COMMENT ON FUNCTION cep._pattern_install(integer) IS
 -- Advance a stream's patterns and absence detectors from watermark p_from to p_to.
 CREATE FUNCTION cep._patterns_advance(
     stream_id integer, p_from timestamptz, p_to timestamptz, p_own bigint[],
-    p_keys text[] DEFAULT NULL, p_lo timestamptz[] DEFAULT NULL, p_nx timestamptz[] DEFAULT NULL
+    p_keys text[] DEFAULT NULL, p_lo timestamptz[] DEFAULT NULL, p_nx timestamptz[] DEFAULT NULL,
+    p_rel bigint[] DEFAULT NULL, p_rel_ids integer[] DEFAULT NULL
 )
 RETURNS void
 LANGUAGE plpgsql
@@ -95,12 +96,30 @@ DECLARE
     s cep.streams;
     v_eoi boolean := p_to = 'infinity';
     v_drafts cep.alert_draft [];
+    v_bit integer;
+    v_keys text [];
+    v_lo timestamptz [];
+    v_nx timestamptz [];
 BEGIN
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _patterns_advance.stream_id;
     FOR p IN SELECT x.* FROM cep.patterns AS x WHERE x.stream_id = s.stream_id ORDER BY x.pattern_id LOOP
         IF p.kind = 'pattern' THEN
+            v_keys := p_keys;
+            v_lo := p_lo;
+            v_nx := p_nx;
+            -- a writer's keys that brought events this pattern can use (bit v_bit of p_rel;
+            -- a pattern without a bit takes every key)
+            v_bit := array_position(p_rel_ids, p.pattern_id) - 1;
+            IF p_keys IS NOT NULL AND v_bit IS NOT NULL THEN
+                SELECT coalesce(array_agg(u.k ORDER BY u.o), '{}'), array_agg(u.lo ORDER BY u.o),
+                    array_agg(u.nx ORDER BY u.o)
+                INTO v_keys, v_lo, v_nx
+                FROM unnest(p_keys, p_lo, p_nx, p_rel) WITH ORDINALITY AS u (k, lo, nx, rel, o)
+                WHERE (u.rel >> v_bit) & 1 = 1;
+                CONTINUE WHEN cardinality(v_keys) = 0;
+            END IF;
             EXECUTE format('SELECT count(*) FROM cep.%I($1, $2, $3, false, $4, $5, $6, $7)', p.matcher)
-            USING p_from, p_to, v_eoi, p_own, p_keys, p_lo, p_nx;
+            USING p_from, p_to, v_eoi, p_own, v_keys, v_lo, v_nx;
         ELSE
             -- absence: starts whose deadline the watermark passed, with no expected event of
             -- the key after them within the interval (late events do not count)
@@ -158,7 +177,8 @@ END
 $fn$;
 
 COMMENT ON FUNCTION cep._patterns_advance(
-    integer, timestamptz, timestamptz, bigint[], text[], timestamptz[], timestamptz[]
+    integer, timestamptz, timestamptz, bigint[], text[], timestamptz[], timestamptz[], bigint[],
+    integer[]
 ) IS
 'Internal: run a stream''s pattern matchers over the events the watermark reached and fire '
 'the absence detectors whose deadline it passed.';
@@ -214,6 +234,26 @@ LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
+    -- r: the patterns that some events cannot matter to (relaxed contiguity), one bit each
+    WITH r AS (
+        SELECT x.ids::text AS ids, x.bits
+        FROM (
+            SELECT array_agg(q.pattern_id ORDER BY q.pattern_id) AS ids,
+                string_agg(format('CASE WHEN %s THEN %s::bigint ELSE 0 END', q.rel,
+                    1::bigint << (q.o - 1)::integer), E'\n                        | '
+                    ORDER BY q.pattern_id) AS bits
+            FROM (
+                SELECT y.pattern_id, y.rel, row_number() OVER (ORDER BY y.pattern_id) AS o
+                FROM (
+                    SELECT p2.pattern_id, cep._pattern_relevance_sql(p2.pattern_id) AS rel
+                    FROM cep.patterns AS p2
+                    WHERE p2.stream_id = _pattern_section.stream_id AND p2.kind = 'pattern'
+                ) AS y
+                WHERE y.rel IS NOT NULL
+            ) AS q
+            WHERE q.o <= 63
+        ) AS x
+    )
     SELECT CASE WHEN count(*) = 0 THEN '' ELSE format($p$
     -- patterns and absence detectors (%1$s): register absence starts, then advance every
     -- matcher over the events the watermark now reaches
@@ -223,21 +263,25 @@ AS $fn$
             p_keys text [];
             p_lo timestamptz [];
             p_nx timestamptz [];
+            p_rel bigint [];
         BEGIN
-            -- per key of the on-time events: the first one the new watermark reaches, and the
-            -- first one it does not reach yet
+            -- per key of the on-time events: the first one the new watermark reaches, the
+            -- first one it does not reach yet, and the patterns (bits, see p_rel_ids of
+            -- cep._patterns_advance) some of them can matter to
             SELECT array_agg(b.k ORDER BY b.k), array_agg(b.lo ORDER BY b.k),
-                array_agg(b.nx ORDER BY b.k)
-            INTO p_keys, p_lo, p_nx
+                array_agg(b.nx ORDER BY b.k), array_agg(b.rel ORDER BY b.k)
+            INTO p_keys, p_lo, p_nx, p_rel
             FROM (
                 SELECT e.k, min(e.t) FILTER (WHERE e.t <= p_to) AS lo,
-                    min(e.t) FILTER (WHERE e.t > p_to) AS nx
+                    min(e.t) FILTER (WHERE e.t > p_to) AS nx,
+                    %7$s AS rel
                 FROM %6$s AS e
                 WHERE e.t >= v_watermark
                 GROUP BY e.k
             ) AS b;
             PERFORM cep._patterns_advance(%3$s, v_watermark, p_to,
-                ARRAY(SELECT n.%5$I::bigint FROM cep_new_rows AS n), p_keys, p_lo, p_nx);
+                ARRAY(SELECT n.%5$I::bigint FROM cep_new_rows AS n), p_keys, p_lo, p_nx, p_rel,
+                %8$s);
         END;
     END IF;
 $p$,
@@ -254,12 +298,20 @@ $a$,
             (SELECT d.sql FROM cep._pat_define_sql(p.start_condition, s.source, '{}', 'start') AS d))
         END, '' ORDER BY p.pattern_id), ''),
         min(s.stream_id), min(s.allowed_lateness), min(s.id_column),
-        format('(SELECT %s AS k, %s AS t FROM cep_new_rows AS n)',
+        format('(SELECT %s AS k, %s AS t%s FROM cep_new_rows AS n)',
             CASE WHEN min(s.key_column) IS NULL THEN '''''::text'
                 ELSE format('n.%I::text', min(s.key_column)) END,
-            cep._time_expr(min(s.stream_id)))) END
+            cep._time_expr(min(s.stream_id)),
+            (SELECT coalesce(string_agg(format(', n.%I AS %I', a.attname, 'c:' || a.attname), ''
+                ORDER BY a.attnum), '')
+             FROM pg_catalog.pg_attribute AS a
+             WHERE a.attrelid = min(s.source::oid) AND a.attnum > 0 AND NOT a.attisdropped)),
+        CASE WHEN min(r.bits) IS NULL THEN 'NULL::bigint'
+            ELSE format(E'bit_or(\n                        %s)', min(r.bits)) END,
+        format('%L::integer []', min(r.ids))) END
     FROM cep.patterns AS p
     JOIN cep.streams AS s ON s.stream_id = p.stream_id
+    CROSS JOIN r
     WHERE p.stream_id = _pattern_section.stream_id
 $fn$;
 

@@ -51,6 +51,48 @@ $fn$;
 COMMENT ON FUNCTION cep._stream_raw_time_sql(cep.streams, text) IS
 'Internal: SQL of a timestamptz expression in the type of a stream''s time column.';
 
+-- Whether an event can matter to a pattern at all, as SQL over a row alias e with the
+-- stream's columns as "c:<column>"; NULL when every event can. Under relaxed contiguity an
+-- event that satisfies none of the variables' conditions is removed before matching, so a key
+-- whose statement brought only such events needs no turn of the matcher (its state, lock and
+-- waiting events stay as they are). Undefined variables, var.col and PREV conditions (which
+-- this test cannot see) and strict contiguity make every event count.
+CREATE FUNCTION cep._pattern_relevance_sql(pattern_id integer)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    p cep.patterns;
+    v_source regclass;
+    v_var text;
+    v_d record;
+    v_or text [] := '{}'::text [];
+BEGIN
+    SELECT * INTO STRICT p FROM cep.patterns AS x WHERE x.pattern_id = _pattern_relevance_sql.pattern_id;
+    IF p.kind <> 'pattern' OR p.contiguity <> 'relaxed' THEN
+        RETURN NULL;
+    END IF;
+    SELECT s.source INTO STRICT v_source FROM cep.streams AS s WHERE s.stream_id = p.stream_id;
+    FOREACH v_var IN ARRAY p.variables LOOP
+        IF NOT p.define ? v_var THEN
+            RETURN NULL;
+        END IF;
+        SELECT * INTO v_d FROM cep._pat_define_sql(p.define ->> v_var, v_source, p.variables, v_var);
+        IF v_d.refs <> '{}' OR cardinality(v_d.prevs) > 0 THEN
+            RETURN NULL;
+        END IF;
+        v_or := v_or || format('(%s)', v_d.sql);
+    END LOOP;
+    RETURN array_to_string(v_or, ' OR ');
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._pattern_relevance_sql(integer) IS
+'Internal: SQL of "this event can matter to the pattern" (relaxed contiguity: it satisfies '
+'some variable''s condition), or NULL when every event can.';
+
 CREATE FUNCTION cep._pattern_function_sql(pattern_id integer)
 RETURNS text
 LANGUAGE plpgsql
@@ -197,6 +239,9 @@ DECLARE
     v_keys text [];
     v_done text [] := '{}'::text [];
     v_lo timestamptz [];
+    v_opend timestamptz [];
+    v_tids tid [];
+    v_out cep.pattern_state [] := '{}'::cep.pattern_state [];
     v_pending boolean := false;
     v_behind boolean := false;
 BEGIN
@@ -225,42 +270,66 @@ BEGIN
         IF v_keys IS NULL THEN
             RETURN;
         END IF;
-        -- This statement's keys: each row created if missing and locked in one step, in key
-        -- order (ON CONFLICT locks the row its WHERE leaves unchanged). A row that
-        -- cep.run_maintenance purges meanwhile is waited for and created again: a separate
-        -- existence check and lock would find it gone and skip the key's events.
-        INSERT INTO cep.pattern_state AS ps (pattern_id, k)
-        SELECT @PID@, u.k FROM unnest(p_keys) AS u (k)
-        ORDER BY u.k
-        ON CONFLICT (pattern_id, k) DO UPDATE SET k = excluded.k WHERE false;
-        -- lock the keys in key order (a writer holds its own already; one index probe each,
-        -- never a scan of every key's state);
-        -- per key, the earliest event to take: this statement's first on-time event of the key
-        -- or the key's first event still waiting for the watermark
-        WITH l AS (
-            SELECT x.k, x.pending_t, x.upto_t, x.upto_id
-            FROM unnest(v_keys) WITH ORDINALITY AS u (k, o)
+        IF p_keys IS NULL THEN
+            -- lock the keys in key order (one index probe each, never a scan of every key's
+            -- state); per key, the earliest event to take: its first event still waiting for
+            -- the watermark
+            WITH l AS (
+                SELECT x.k, x.pending_t, x.ctid
+                FROM unnest(v_keys) AS u (k)
+                CROSS JOIN LATERAL (
+                    SELECT ps.k, ps.pending_t, ps.ctid FROM cep.pattern_state AS ps
+                    WHERE ps.pattern_id = @PID@ AND ps.k = u.k
+                    FOR NO KEY UPDATE
+                ) AS x
+            )
+            SELECT array_agg(l.k ORDER BY l.k),
+                array_agg(CASE WHEN l.pending_t <= p_to THEN l.pending_t END ORDER BY l.k),
+                array_agg(l.pending_t ORDER BY l.k),
+                array_agg(l.ctid ORDER BY l.k),
+                coalesce(bool_or(l.pending_t IS NOT NULL), false)
+            INTO v_keys, v_lo, v_opend, v_tids, v_pending
+            FROM l;
+        ELSE
+            -- This statement's keys: each row created if missing and locked in one step, in
+            -- key order (ON CONFLICT locks the row its WHERE leaves unchanged). A row that
+            -- cep.run_maintenance purges meanwhile is waited for and created again: a separate
+            -- existence check and lock would find it gone and skip the key's events.
+            -- In the same step, the key's first event waiting for the watermark (pending_t)
+            -- takes this statement's first waiting event when that is earlier, unless the
+            -- key's waiting events are reached now (then it is set after matching).
+            INSERT INTO cep.pattern_state AS ps (pattern_id, k, pending_t)
+            SELECT @PID@, u.k, u.nx FROM unnest(p_keys, p_nx) AS u (k, nx)
+            ORDER BY u.k
+            ON CONFLICT (pattern_id, k) DO UPDATE SET pending_t = excluded.pending_t
+            WHERE excluded.pending_t IS NOT NULL
+                AND (ps.pending_t IS NULL OR (ps.pending_t > p_to AND excluded.pending_t < ps.pending_t));
+            -- The rows are locked now, so this statement reads their committed state. Per
+            -- key, the earliest event to take: this statement's first on-time event of the
+            -- key or the key's first event still waiting for the watermark.
+            SELECT array_agg(u.k ORDER BY u.k),
+                array_agg(least(u.lo, CASE WHEN x.pending_t <= p_to THEN x.pending_t END) ORDER BY u.k),
+                array_agg(x.pending_t ORDER BY u.k),
+                array_agg(x.ctid ORDER BY u.k),
+                coalesce(bool_or(x.pending_t IS NOT NULL), false),
+                coalesce(bool_or(u.nx IS NOT NULL AND (u.nx, 0) <= (x.upto_t, x.upto_id)), false)
+            INTO v_keys, v_lo, v_opend, v_tids, v_pending, v_behind
+            FROM unnest(p_keys, p_lo, p_nx) AS u (k, lo, nx)
             CROSS JOIN LATERAL (
-                SELECT ps.k, ps.pending_t, ps.upto_t, ps.upto_id FROM cep.pattern_state AS ps
+                SELECT ps.pending_t, ps.upto_t, ps.upto_id, ps.ctid FROM cep.pattern_state AS ps
                 WHERE ps.pattern_id = @PID@ AND ps.k = u.k
-                FOR NO KEY UPDATE
-            ) AS x
-        )
-        SELECT array_agg(l.k ORDER BY l.k),
-            array_agg(least(b.lo, CASE WHEN l.pending_t <= p_to THEN l.pending_t END) ORDER BY l.k),
-            coalesce(bool_or(l.pending_t IS NOT NULL), false),
-            coalesce(bool_or(b.nx IS NOT NULL AND (b.nx, 0) <= (l.upto_t, l.upto_id)), false)
-        INTO v_keys, v_lo, v_pending, v_behind
-        FROM l
-        LEFT JOIN unnest(p_keys, p_lo, p_nx) AS b (k, lo, nx) ON b.k = l.k;
+                OFFSET 0
+            ) AS x;
+        END IF;
         IF v_behind THEN
             -- This statement's events beyond the watermark that another session (which
-            -- committed while this one waited for the key) already processed past: late.
+            -- committed while this one waited for the key) already processed past: late
+            -- (under relaxed contiguity, those that can take part in a match).
             INSERT INTO cep.pattern_late_events (pattern_id, event_id, event_time, partition_key)
             SELECT @PID@, e.id, e.t, e.k
             FROM (@OWN_EVENTS@) AS e
             JOIN cep.pattern_state AS ps ON ps.pattern_id = @PID@ AND ps.k = e.k
-            WHERE e.t > p_to AND (e.t, e.id) <= (ps.upto_t, ps.upto_id);
+            WHERE e.t > p_to AND (e.t, e.id) <= (ps.upto_t, ps.upto_id) AND (@OWN_RELEVANT@);
             GET DIAGNOSTICS v_n = ROW_COUNT;
             v_late := v_late + v_n;
         END IF;
@@ -388,28 +457,6 @@ BEGIN
     END IF;
 
     IF NOT p_find THEN
-        -- Events beyond the watermark wait: the key remembers its first one (pending_t).
-        IF v_pending OR EXISTS (SELECT 1 FROM unnest(p_nx) AS n (nx) WHERE n.nx IS NOT NULL) THEN
-        UPDATE cep.pattern_state AS ps
-        SET pending_t = b.pending_t
-        FROM (
-            SELECT u.k, CASE
-                    WHEN o.pending_t IS NULL THEN n.nx
-                    WHEN o.pending_t > p_to THEN least(o.pending_t, n.nx)
-                    -- taken from pending_t: the next waiting event may be an older arrival
-                    ELSE (@NEXT_EVENT@)
-                END AS pending_t
-            FROM unnest(v_keys) AS u (k)
-            CROSS JOIN LATERAL (
-                SELECT x.pending_t FROM cep.pattern_state AS x
-                WHERE x.pattern_id = @PID@ AND x.k = u.k
-                OFFSET 0
-            ) AS o
-            LEFT JOIN unnest(p_keys, p_nx) AS n (k, nx) ON n.k = u.k
-            WHERE o.pending_t IS NOT NULL OR n.nx IS NOT NULL
-        ) AS b
-        WHERE ps.pattern_id = @PID@ AND ps.k = b.k AND ps.pending_t IS DISTINCT FROM b.pending_t;
-        END IF;
         -- Keys with no event taken whose runs time out or end with the input.
         FOR st IN
             SELECT ps.* FROM cep.pattern_state AS ps
@@ -421,6 +468,49 @@ BEGIN
             v_key := st.k;
             @FINISH@
         END LOOP;
+        -- One write per key: the new state of every key advanced above, and the first event
+        -- still waiting for the watermark (pending_t) of every key whose waiting events the
+        -- watermark reached.
+        IF cardinality(v_out) > 0 OR v_pending THEN
+            UPDATE cep.pattern_state AS ps
+            SET upto_t = CASE WHEN b.has THEN b.upto_t ELSE ps.upto_t END,
+                upto_id = CASE WHEN b.has THEN b.upto_id ELSE ps.upto_id END,
+                next_no = CASE WHEN b.has THEN b.next_no ELSE ps.next_no END,
+                r_no = CASE WHEN b.has THEN b.r_no ELSE ps.r_no END,
+                r_st = CASE WHEN b.has THEN b.r_st ELSE ps.r_st END,
+                r_sid = CASE WHEN b.has THEN b.r_sid ELSE ps.r_sid END,
+                r_best = CASE WHEN b.has THEN b.r_best ELSE ps.r_best END,
+                r_bend_t = CASE WHEN b.has THEN b.r_bend_t ELSE ps.r_bend_t END,
+                r_bend_id = CASE WHEN b.has THEN b.r_bend_id ELSE ps.r_bend_id END,
+                th_run = CASE WHEN b.has THEN b.th_run ELSE ps.th_run END,
+                th_pc = CASE WHEN b.has THEN b.th_pc ELSE ps.th_pc END,
+                th_path = CASE WHEN b.has THEN b.th_path ELSE ps.th_path END,
+                th_bind = CASE WHEN b.has THEN b.th_bind ELSE ps.th_bind END,
+                deadline = CASE WHEN NOT b.has THEN ps.deadline WHEN c_within IS NOT NULL THEN (
+                    SELECT min(b.r_st[array_position(b.r_no, u.t)]) + c_within
+                    FROM unnest(b.th_run) AS u (t)) END,
+                active = CASE WHEN b.has THEN cardinality(b.r_no) > 0 ELSE ps.active END,
+                pending_t = b.pending_t
+            FROM (
+                SELECT u.k, u.tid, w.k IS NOT NULL AS has,
+                    w.upto_t, w.upto_id, w.next_no, w.r_no, w.r_st, w.r_sid, w.r_best, w.r_bend_t,
+                    w.r_bend_id, w.th_run, w.th_pc, w.th_path, w.th_bind,
+                    -- events beyond the watermark wait: the key remembers its first one (a
+                    -- writer's own waiting events are in pending_t since it locked the key)
+                    CASE
+                        WHEN u.op IS NULL OR u.op > p_to THEN u.op
+                        -- taken from pending_t: the next waiting event may be an older arrival
+                        ELSE (@NEXT_EVENT@)
+                    END AS pending_t
+                FROM unnest(v_keys, v_opend, v_tids) AS u (k, op, tid)
+                LEFT JOIN unnest(v_out) AS w ON w.k = u.k
+                WHERE w.k IS NOT NULL OR u.op <= p_to
+                -- OFFSET 0: the next waiting event is looked up once per key
+                OFFSET 0
+            ) AS b
+            -- the rows are locked, so their tuple ids are still theirs: one probe per key
+            WHERE ps.ctid = b.tid AND (b.has OR ps.pending_t IS DISTINCT FROM b.pending_t);
+        END IF;
         IF v_events > 0 OR v_matches > 0 OR v_drops > 0 OR v_late > 0 THEN
             INSERT INTO cep.pattern_log (pattern_id, events, matches, drops, late, last_match)
             VALUES (@PID@, v_events, v_matches, v_drops, v_late, v_last_match);
@@ -442,6 +532,7 @@ $t$;
         '@LIVE_EVENTS@',
         '@NEXT_EVENT@',
         '@OWN_EVENTS@',
+        '@OWN_RELEVANT@',
         '@RELAXED@',
         '@DYN@',
         '@BIND@',
@@ -511,11 +602,12 @@ $t$;
             -- ordered by an expression: the (key, time) index finds the rows, never a walk
             -- along the time index
             format('s.%I + interval ''0 seconds''', s.time_column)),
-        format('SELECT %s AS k, %s AS t, s.%I::bigint AS id FROM %s AS s '
+        format('SELECT %s AS k, %s AS t, s.%I::bigint AS id%s FROM %s AS s '
             'WHERE s.%I = ANY (p_own)',
             cep._stream_key_sql(s, 's'),
             cep._stream_time_sql(s, 's'),
-            s.id_column, s.source, s.id_column),
+            s.id_column, v_sel, s.source, s.id_column),
+        coalesce(cep._pattern_relevance_sql(p.pattern_id), 'true'),
         CASE WHEN p.contiguity = 'relaxed' THEN 'x.mask <> 0 AND' ELSE '' END,
         CASE WHEN v_dyn = '' THEN '(e.mask >> (v_var - 1)) & 1 = 1'
             ELSE format(E'CASE v_var%s\n                        ELSE (e.mask >> (v_var - 1)) & 1 = 1\n                    END', v_dyn) END,
@@ -587,10 +679,20 @@ AS $fn$
                     FROM unnest(st.r_st, st.r_sid) WITH ORDINALITY AS u (t, id, o)
                     WHERE (u.t, u.id) > (st.r_bend_t[1], st.r_bend_id[1]);
                 ELSE
-                    v_keep := ARRAY(SELECT generate_series(2, cardinality(st.r_no)));
+                    v_keep := NULL;
                 END IF;
             ELSE
-                v_keep := ARRAY(SELECT generate_series(2, cardinality(st.r_no)));
+                v_keep := NULL;
+            END IF;
+            IF v_keep IS NULL THEN
+                -- only the first run goes, and it has no thread left (see EXIT above)
+                st.r_no := st.r_no[2:cardinality(st.r_no)];
+                st.r_st := st.r_st[2:cardinality(st.r_st)];
+                st.r_sid := st.r_sid[2:cardinality(st.r_sid)];
+                st.r_best := st.r_best[2:cardinality(st.r_best)];
+                st.r_bend_t := st.r_bend_t[2:cardinality(st.r_bend_t)];
+                st.r_bend_id := st.r_bend_id[2:cardinality(st.r_bend_id)];
+                CONTINUE;
             END IF;
             -- keep the runs listed in v_keep, and their threads
             SELECT coalesce(array_agg(u.t ORDER BY u.o), '{}') INTO n_run
@@ -620,7 +722,7 @@ COMMENT ON FUNCTION cep._pattern_resolve_sql(cep.patterns, cep.streams) IS
 'Internal: generated code that reports a key''s finished runs in start order and applies the '
 'after-match skip.';
 
--- Finishing a key: runs end with the input or time out; report; save the state.
+-- Finishing a key: runs end with the input or time out; report; keep the state to save.
 CREATE FUNCTION cep._pattern_finish_sql()
 RETURNS text
 LANGUAGE sql
@@ -633,15 +735,22 @@ AS $fn$
                 st.th_pc := '{}';
                 st.th_path := '{}';
                 st.th_bind := '{}';
-            ELSIF c_within IS NOT NULL AND cardinality(st.th_run) > 0 THEN
+            ELSIF c_within IS NOT NULL AND cardinality(st.th_run) > 0
+                -- runs are kept in start order: when the oldest is still open, all are
+                AND st.r_st[1] + c_within < p_to THEN
                 -- runs whose window closed before the watermark can take no further event
-                SELECT coalesce(array_agg(u.t ORDER BY u.o), '{}'),
-                    coalesce(array_agg(st.th_pc[u.o] ORDER BY u.o), '{}'),
-                    coalesce(array_agg(st.th_path[u.o] ORDER BY u.o), '{}'),
-                    coalesce(array_agg(st.th_bind[u.o] ORDER BY u.o), '{}')
-                INTO n_run, n_pc, n_path, n_bind
-                FROM unnest(st.th_run) WITH ORDINALITY AS u (t, o)
-                WHERE st.r_st[array_position(st.r_no, u.t)] + c_within >= p_to;
+                n_run := '{}';
+                n_pc := '{}';
+                n_path := '{}';
+                n_bind := '{}';
+                FOR j IN 1 .. cardinality(st.th_run) LOOP
+                    IF st.r_st[array_position(st.r_no, st.th_run[j])] + c_within >= p_to THEN
+                        n_run := n_run || st.th_run[j];
+                        n_pc := n_pc || st.th_pc[j];
+                        n_path := n_path || st.th_path[j];
+                        n_bind := n_bind || st.th_bind[j];
+                    END IF;
+                END LOOP;
                 IF cardinality(n_run) < cardinality(st.th_run) AND NOT p_find
                     AND (st.upto_t IS NULL OR (st.upto_t, st.upto_id) < (p_to, -1::bigint)) THEN
                     -- runs ended on the assumption that no event before the watermark is to
@@ -657,16 +766,8 @@ AS $fn$
             END IF;
             @RESOLVE@
             IF NOT p_find THEN
-                UPDATE cep.pattern_state AS ps
-                SET upto_t = st.upto_t, upto_id = st.upto_id, next_no = st.next_no,
-                    r_no = st.r_no, r_st = st.r_st, r_sid = st.r_sid, r_best = st.r_best,
-                    r_bend_t = st.r_bend_t, r_bend_id = st.r_bend_id, th_run = st.th_run,
-                    th_pc = st.th_pc, th_path = st.th_path, th_bind = st.th_bind,
-                    deadline = CASE WHEN c_within IS NOT NULL THEN (
-                        SELECT min(st.r_st[array_position(st.r_no, u.t)]) + c_within
-                        FROM unnest(st.th_run) AS u (t)) END,
-                    active = cardinality(st.r_no) > 0
-                WHERE ps.pattern_id = st.pattern_id AND ps.k = st.k;
+                -- saved by one statement for every key (see "One write per key")
+                v_out := v_out || st;
             END IF;$f$
 $fn$;
 

@@ -33,7 +33,7 @@ SELECT functions_are(
         'create_pattern', 'create_absence', 'drop_pattern', 'find_matches', 'set_wall_clock',
         '_pat_fail', '_pat_tokens', '_pat_alt', '_pat_seq', '_pat_nullable', '_pat_emit',
         '_pat_closure', '_pat_compile', '_pat_define_sql', '_pat_row_sql', '_pat_check_define',
-        '_pattern_function_sql', '_pattern_resolve_sql', '_pattern_finish_sql',
+        '_pattern_function_sql', '_pattern_relevance_sql', '_pattern_resolve_sql', '_pattern_finish_sql',
         '_pattern_prepare_stream', '_pattern_install', '_patterns_advance', '_absence_follow_sql',
         '_absence_rows_sql', '_pattern_section', '_pattern_check_args', '_drop_pattern_objects',
         '_stream_key_sql', '_stream_time_sql', '_stream_raw_time_sql',
