@@ -2,7 +2,8 @@
 -- Invariant: computed on read from the maintained weights and dot products, so results are
 -- always those of the committed state: score(i) = sum over the user's items j of
 -- w(user, j) * cos(i, j), cos(i, j) = dot(i, j) / (|i| |j|); ties ranked by item id (bytewise).
--- Only the top n are sorted; the cost is one index row per (user's item, co-occurring item).
+-- The cost is one index-only row per (user's item, co-occurring item), summed in float8 by one
+-- hash aggregate; item ids are compared as text only for the top n and their ties.
 
 CREATE FUNCTION cep.recommend(recommender text, user_id text, n integer DEFAULT 10)
 RETURNS TABLE (item_id text, score float8, rank integer, because_of text)
@@ -29,44 +30,60 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH mine AS (
-        SELECT w.item_id AS j, sum(w.weight) AS w
+        SELECT w.item_no AS j, sum(w.weight)::float8 AS w
         FROM cep.recommender_weights AS w
         WHERE w.recommender_id = v_id AND w.user_id = recommend.user_id
-        GROUP BY w.item_id
+        GROUP BY w.item_no
     ), mj AS (
         -- w(user, j) / |j| for each of the user's items j
-        SELECT m.j, m.w::float8 / sqrt(p.dot::float8) AS wn
+        SELECT m.j, m.w / sqrt(p.dot_float) AS wn
         FROM mine AS m
         INNER JOIN cep.recommender_pairs AS p
             ON p.recommender_id = v_id AND p.item_a = m.j AND p.item_b = m.j
-    ), nb AS MATERIALIZED (
-        -- every item i sharing a user with j, with w(user, j) / |j| * dot(i, j)
-        SELECT p.item_b AS i, mj.j, mj.wn * p.dot::float8 AS c
-        FROM mj
-        INNER JOIN cep.recommender_pairs AS p
-            ON p.recommender_id = v_id AND p.item_a = mj.j AND p.item_b > mj.j
-        UNION ALL
-        SELECT p.item_a, mj.j, mj.wn * p.dot::float8
-        FROM mj
-        INNER JOIN cep.recommender_pairs AS p
-            ON p.recommender_id = v_id AND p.item_b = mj.j AND p.item_a < mj.j
-    ), ranked AS (
-        SELECT sc.i, sc.s / sqrt(p.dot::float8) AS score
-        FROM (SELECT nb.i, sum(nb.c) AS s FROM nb GROUP BY nb.i) AS sc
-        INNER JOIN cep.recommender_pairs AS p
-            ON p.recommender_id = v_id AND p.item_a = sc.i AND p.item_b = sc.i
+    ), sc AS (
+        -- every item i sharing a user with one of the user's items j: the sum over j of
+        -- w(user, j) / |j| * dot(i, j), read from the two covering indexes
+        SELECT nb.i, sum(nb.c) AS s
+        FROM (
+            SELECT p.item_b AS i, mj.wn * p.dot_float AS c
+            FROM mj
+            INNER JOIN cep.recommender_pairs AS p
+                ON p.recommender_id = v_id AND p.item_a = mj.j AND p.item_b > mj.j
+            UNION ALL
+            SELECT p.item_a, mj.wn * p.dot_float
+            FROM mj
+            INNER JOIN cep.recommender_pairs AS p
+                ON p.recommender_id = v_id AND p.item_b = mj.j AND p.item_a < mj.j
+        ) AS nb
+        GROUP BY nb.i
+    ), best AS (
+        -- the n best scores and every candidate tied with the last of them
+        SELECT sc.i, sc.s / sqrt(q.dot_float) AS score
+        FROM sc
+        INNER JOIN cep.recommender_pairs AS q
+            ON q.recommender_id = v_id AND q.item_a = sc.i AND q.item_b = q.item_a
         WHERE NOT EXISTS (SELECT 1 FROM mine WHERE mine.j = sc.i)
-        ORDER BY 2 DESC, sc.i
-        LIMIT n
+        ORDER BY 2 DESC
+        FETCH FIRST recommend.n ROWS WITH TIES
+    ), ranked AS (
+        SELECT x.i, it.item_id, x.score
+        FROM best AS x
+        INNER JOIN cep.recommender_items AS it ON it.item_no = x.i
+        ORDER BY x.score DESC, it.item_id
+        LIMIT recommend.n
     ), why AS (
         -- the user's item with the largest term of each chosen score
-        SELECT DISTINCT ON (nb.i) nb.i, nb.j
-        FROM nb
-        WHERE nb.i IN (SELECT ranked.i FROM ranked)
-        ORDER BY nb.i, nb.c DESC, nb.j
+        SELECT DISTINCT ON (x.i) x.i, ij.item_id AS j
+        FROM ranked AS x
+        CROSS JOIN mj
+        INNER JOIN cep.recommender_pairs AS p
+            ON p.recommender_id = v_id AND p.item_a = least(x.i, mj.j)
+            AND p.item_b = greatest(x.i, mj.j)
+        INNER JOIN cep.recommender_items AS ij ON ij.item_no = mj.j
+        ORDER BY x.i, mj.wn * p.dot_float DESC, ij.item_id
     )
-    SELECT x.i::text, x.score,
-        (row_number() OVER (ORDER BY x.score DESC, x.i))::integer,
+    SELECT x.item_id::text, x.score,
+        (row_number() OVER (ORDER BY x.score DESC, x.item_id))::integer,
         why.j::text
     FROM ranked AS x
     INNER JOIN why ON x.i = why.i
@@ -114,31 +131,38 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH me AS (
-        SELECT p.dot::float8 AS norm2
-        FROM cep.recommender_pairs AS p
-        WHERE p.recommender_id = v_id AND p.item_a = similar_items.item_id
-            AND p.item_b = similar_items.item_id
+        SELECT it.item_no AS j, p.dot_float AS norm2
+        FROM cep.recommender_items AS it
+        INNER JOIN cep.recommender_pairs AS p
+            ON p.recommender_id = v_id AND p.item_a = it.item_no AND p.item_b = it.item_no
+        WHERE it.recommender_id = v_id AND it.item_id = similar_items.item_id
     ), nb AS (
-        SELECT p.item_b AS i, p.dot::float8 AS dot
-        FROM cep.recommender_pairs AS p
-        WHERE p.recommender_id = v_id AND p.item_a = similar_items.item_id
-            AND p.item_b > similar_items.item_id
+        SELECT p.item_b AS i, p.dot_float AS dot
+        FROM me
+        INNER JOIN cep.recommender_pairs AS p
+            ON p.recommender_id = v_id AND p.item_a = me.j AND p.item_b > me.j
         UNION ALL
-        SELECT p.item_a, p.dot::float8
-        FROM cep.recommender_pairs AS p
-        WHERE p.recommender_id = v_id AND p.item_b = similar_items.item_id
-            AND p.item_a < similar_items.item_id
-    ), ranked AS (
-        SELECT nb.i, nb.dot / sqrt(me.norm2 * q.dot::float8) AS similarity
+        SELECT p.item_a, p.dot_float
+        FROM me
+        INNER JOIN cep.recommender_pairs AS p
+            ON p.recommender_id = v_id AND p.item_b = me.j AND p.item_a < me.j
+    ), best AS (
+        SELECT nb.i, nb.dot / sqrt(me.norm2 * q.dot_float) AS similarity
         FROM nb
         CROSS JOIN me
-        JOIN cep.recommender_pairs AS q
-            ON q.recommender_id = v_id AND q.item_a = nb.i AND q.item_b = nb.i
-        ORDER BY 2 DESC, nb.i
-        LIMIT n
+        INNER JOIN cep.recommender_pairs AS q
+            ON q.recommender_id = v_id AND q.item_a = nb.i AND q.item_b = q.item_a
+        ORDER BY 2 DESC
+        FETCH FIRST similar_items.n ROWS WITH TIES
+    ), ranked AS (
+        SELECT it.item_id, x.similarity
+        FROM best AS x
+        INNER JOIN cep.recommender_items AS it ON it.item_no = x.i
+        ORDER BY x.similarity DESC, it.item_id
+        LIMIT similar_items.n
     )
-    SELECT x.i::text, x.similarity,
-        (row_number() OVER (ORDER BY x.similarity DESC, x.i))::integer
+    SELECT x.item_id::text, x.similarity,
+        (row_number() OVER (ORDER BY x.similarity DESC, x.item_id))::integer
     FROM ranked AS x
     ORDER BY 3;
 END
