@@ -253,6 +253,13 @@ def check_recommendations(conn, o: Oracle, name="rec", n=5, extra_users=("nobody
         got = conn.execute("SELECT item_id, score, rank, because_of FROM cep.recommend(%s, %s, %s)",
                            (name, u, n)).fetchall()
         check_ranked(got, o.scores(u), n, f"recommend {u}")
+        # Both ways of reading the candidates' norms give the same rows.
+        for plan in ("probe", "scan"):
+            conn.execute("SELECT set_config('cep.recommend_norms', %s, false)", (plan,))
+            assert conn.execute(
+                "SELECT item_id, score, rank, because_of FROM cep.recommend(%s, %s, %s)",
+                (name, u, n)).fetchall() == got, (u, plan)
+        conn.execute("RESET cep.recommend_norms")
         for item, _score, _rank, because in got:
             c = o.contributions(u, item)
             assert because in c and c[because] >= max(c.values()) - TOL, (u, item, because, c)

@@ -15,6 +15,10 @@ SET max_parallel_workers_per_gather = 0
 AS $fn$
 DECLARE
     v_id integer;
+    v_mine bigint;
+    v_items float8;
+    v_pairs float8;
+    v_all_norms boolean;
 BEGIN
     -- Looked up here rather than by cep._recommender_id: readers may call this function.
     SELECT r.recommender_id INTO v_id FROM cep.recommenders AS r
@@ -27,6 +31,22 @@ BEGIN
     IF n IS NULL OR n <= 0 THEN
         RAISE EXCEPTION 'n must be a positive integer, got %', coalesce(n::text, 'NULL')
             USING ERRCODE = '22023';
+    END IF;
+    -- The candidates' norms: one probe each, or one scan of all the norms into a hash table
+    -- when the candidates are likely more than 1/20 of the items (the user's items times the
+    -- mean number of neighbours of an item, from the planner's statistics: a plan choice only,
+    -- which SET cep.recommend_norms = probe or scan overrides).
+    v_all_norms := CASE current_setting('cep.recommend_norms', true)
+        WHEN 'probe' THEN false WHEN 'scan' THEN true END;
+    IF v_all_norms IS NULL THEN
+        SELECT count(DISTINCT w.item_no) INTO v_mine
+        FROM cep.recommender_weights AS w
+        WHERE w.recommender_id = v_id AND w.user_id = recommend.user_id;
+        SELECT c.reltuples INTO v_items FROM pg_catalog.pg_class AS c
+        WHERE c.oid = 'cep.recommender_pairs_norm_idx'::regclass;
+        SELECT c.reltuples INTO v_pairs FROM pg_catalog.pg_class AS c
+        WHERE c.oid = 'cep.recommender_pairs'::regclass;
+        v_all_norms := v_items <= 0 OR v_mine * 2 * v_pairs / v_items >= v_items / 20;
     END IF;
     RETURN QUERY
     WITH mine AS (
@@ -57,12 +77,24 @@ BEGIN
         ) AS nb
         GROUP BY nb.i
     ), best AS (
-        -- the n best scores and every candidate tied with the last of them
+        -- the n best scores and every candidate tied with the last of them; the branch not
+        -- chosen by v_all_norms is skipped by its one-time filter
         SELECT sc.i, sc.s / sqrt(q.dot_float) AS score
         FROM sc
         INNER JOIN cep.recommender_pairs AS q
             ON q.recommender_id = v_id AND q.item_a = sc.i AND q.item_b = q.item_a
-        WHERE NOT EXISTS (SELECT 1 FROM mine WHERE mine.j = sc.i)
+        WHERE NOT v_all_norms AND NOT EXISTS (SELECT 1 FROM mine WHERE mine.j = sc.i)
+        UNION ALL
+        SELECT sc.i, sc.s / sqrt(q.dot_float)
+        FROM sc
+        INNER JOIN (
+            SELECT q.item_a, q.dot_float
+            FROM cep.recommender_pairs AS q
+            WHERE q.recommender_id = v_id AND q.item_b = q.item_a
+            -- never parameterized by the candidate: one scan of the norm index
+            OFFSET 0
+        ) AS q ON q.item_a = sc.i
+        WHERE v_all_norms AND NOT EXISTS (SELECT 1 FROM mine WHERE mine.j = sc.i)
         ORDER BY 2 DESC
         FETCH FIRST recommend.n ROWS WITH TIES
     ), ranked AS (
