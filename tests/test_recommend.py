@@ -270,6 +270,12 @@ def check_recommendations(conn, o: Oracle, name="rec", n=5, extra_users=("nobody
         got = conn.execute("SELECT item_id, similarity, rank FROM cep.similar_items(%s, %s, %s)",
                            (name, i, n)).fetchall()
         check_ranked(got, o.similar(i), n, f"similar {i}")
+        for plan in ("probe", "scan"):
+            conn.execute("SELECT set_config('cep.recommend_norms', %s, false)", (plan,))
+            assert conn.execute(
+                "SELECT item_id, similarity, rank FROM cep.similar_items(%s, %s, %s)",
+                (name, i, n)).fetchall() == got, (i, plan)
+        conn.execute("RESET cep.recommend_norms")
 
 
 def check_all(conn, name="rec", n=5) -> Oracle:

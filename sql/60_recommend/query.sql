@@ -148,6 +148,9 @@ SET max_parallel_workers_per_gather = 0
 AS $fn$
 DECLARE
     v_id integer;
+    v_items float8;
+    v_pairs float8;
+    v_all_norms boolean;
 BEGIN
     -- Looked up here rather than by cep._recommender_id: readers may call this function.
     SELECT r.recommender_id INTO v_id FROM cep.recommenders AS r
@@ -160,6 +163,17 @@ BEGIN
     IF n IS NULL OR n <= 0 THEN
         RAISE EXCEPTION 'n must be a positive integer, got %', coalesce(n::text, 'NULL')
             USING ERRCODE = '22023';
+    END IF;
+    -- The neighbours' norms: probes, or one scan of the norm index when an item's mean number
+    -- of neighbours is at least 1/20 of the items (as in cep.recommend).
+    v_all_norms := CASE current_setting('cep.recommend_norms', true)
+        WHEN 'probe' THEN false WHEN 'scan' THEN true END;
+    IF v_all_norms IS NULL THEN
+        SELECT c.reltuples INTO v_items FROM pg_catalog.pg_class AS c
+        WHERE c.oid = 'cep.recommender_pairs_norm_idx'::regclass;
+        SELECT c.reltuples INTO v_pairs FROM pg_catalog.pg_class AS c
+        WHERE c.oid = 'cep.recommender_pairs'::regclass;
+        v_all_norms := v_items <= 0 OR 2 * v_pairs / v_items >= v_items / 20;
     END IF;
     RETURN QUERY
     WITH me AS (
@@ -184,6 +198,18 @@ BEGIN
         CROSS JOIN me
         INNER JOIN cep.recommender_pairs AS q
             ON q.recommender_id = v_id AND q.item_a = nb.i AND q.item_b = q.item_a
+        WHERE NOT v_all_norms
+        UNION ALL
+        SELECT nb.i, nb.dot / sqrt(me.norm2 * q.dot_float)
+        FROM nb
+        CROSS JOIN me
+        INNER JOIN (
+            SELECT q.item_a, q.dot_float
+            FROM cep.recommender_pairs AS q
+            WHERE q.recommender_id = v_id AND q.item_b = q.item_a
+            OFFSET 0
+        ) AS q ON q.item_a = nb.i
+        WHERE v_all_norms
         ORDER BY 2 DESC
         FETCH FIRST similar_items.n ROWS WITH TIES
     ), ranked AS (
