@@ -50,12 +50,12 @@ COMMENT ON TABLE cep.recommender_users IS
 'Users with weights in a recommender''s horizon (one row per user; locked to serialize the '
 'changes of one user''s weights).';
 
--- Items are numbered (a bigint never reused) so that the state's keys are small and fixed-size:
+-- Items are numbered (an integer never reused) so that the state's keys are small and fixed-size:
 -- the read path hashes and compares numbers, not strings. Rows are only ever added (by the
 -- batch that first counts an item), never updated, so writers take no lock on them; an item
 -- keeps its row after its last weight expired (dropped with the recommender).
 CREATE TABLE cep.recommender_items (
-    item_no bigint GENERATED ALWAYS AS IDENTITY,
+    item_no integer GENERATED ALWAYS AS IDENTITY,
     recommender_id integer NOT NULL,
     item_id text COLLATE "C" NOT NULL,
     CONSTRAINT recommender_items_pkey PRIMARY KEY (item_no),
@@ -71,7 +71,7 @@ COMMENT ON TABLE cep.recommender_items IS
 CREATE TABLE cep.recommender_weights (
     recommender_id integer NOT NULL,
     user_id text COLLATE "C" NOT NULL,
-    item_no bigint NOT NULL,
+    item_no integer NOT NULL,
     bucket timestamptz NOT NULL,
     weight numeric NOT NULL,
     CONSTRAINT recommender_weights_pkey PRIMARY KEY (recommender_id, user_id, item_no, bucket),
@@ -93,8 +93,8 @@ COMMENT ON TABLE cep.recommender_weights IS
 -- row on its page.
 CREATE TABLE cep.recommender_pairs (
     recommender_id integer NOT NULL,
-    item_a bigint NOT NULL,
-    item_b bigint NOT NULL,
+    item_a integer NOT NULL,
+    item_b integer NOT NULL,
     dot numeric NOT NULL,
     dot_float float8 GENERATED ALWAYS AS (dot::float8) STORED,
     CONSTRAINT recommender_pairs_pkey PRIMARY KEY (recommender_id, item_a, item_b)

@@ -17,8 +17,8 @@ DECLARE
     v_cutoff timestamptz;
     v_users text [];
     v_rows bigint;
-    v_zero_a bigint [];
-    v_zero_b bigint [];
+    v_zero_a integer [];
+    v_zero_b integer [];
 BEGIN
     SELECT * INTO STRICT r FROM cep.recommenders AS x
     WHERE x.recommender_id = _expire_recommender.recommender;
