@@ -89,8 +89,8 @@ COMMENT ON TABLE cep.recommender_weights IS
 -- dot is the exact state; dot_float is its float8 image for the read path, carried in both
 -- indexes so that cep.recommend reads a user's items' neighbours by index-only range scans
 -- (every update is therefore a non-HOT update: the price of reads that never touch the heap
--- where the visibility map is current); free space on each page keeps the new version of a
--- row on its page.
+-- where the visibility map is current, hence autovacuum at 2% dead rows rather than 20%);
+-- free space on each page keeps the new version of a row on its page.
 CREATE TABLE cep.recommender_pairs (
     recommender_id integer NOT NULL,
     item_a integer NOT NULL,
@@ -101,7 +101,7 @@ CREATE TABLE cep.recommender_pairs (
     INCLUDE (dot_float),
     CONSTRAINT recommender_pairs_order_check CHECK (item_a <= item_b),
     CONSTRAINT recommender_pairs_dot_check CHECK (dot >= 0)
-) WITH (fillfactor = 80);
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02);
 
 -- Unique like the primary key, although that adds nothing to integrity: the uniqueness check
 -- of each insertion marks the entries of dead versions, which are then removed before a page
