@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -686,6 +687,42 @@ def test_repeatable_read_writers_of_one_user_succeed_or_retry(server, dbname, co
     b.rollback()
     insert(b, [(2, 1, "y", "view", at(1))])
     b.commit()
+    check_all(conn)
+
+
+def test_concurrent_first_sightings_of_an_item_number_it_once(server, dbname, connect):
+    """Writers of different users who both see an item for the first time: READ COMMITTED
+    waits and shares the number; REPEATABLE READ gets a retryable 40001."""
+    conn = connect()
+    setup_stream(conn)
+    create_recommender(conn)
+    a, b = connect(autocommit=False), connect(autocommit=False)
+    insert(a, [(1, 1, "new", "view", at(0)), (2, 1, "old", "view", at(0))])
+    b_pid = b.execute("SELECT pg_backend_pid()").fetchone()[0]
+    t = threading.Thread(target=lambda: insert(b, [(3, 2, "new", "like", at(1))]))
+    t.start()
+    for _ in range(500):                # b waits for a's uncommitted number of "new"
+        if conn.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                        (b_pid,)).fetchone()[0] == "Lock":
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("the second writer did not wait for the first one's new item")
+    a.commit()
+    t.join()
+    b.commit()
+    assert conn.execute("SELECT count(*) FROM cep.recommender_items").fetchone()[0] == 2
+    for c in (a, b):
+        c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        c.execute("SELECT 1")
+    insert(a, [(5, 3, "newer", "view", at(2))])
+    a.commit()
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        insert(b, [(6, 4, "newer", "view", at(3))])
+    b.rollback()
+    insert(b, [(6, 4, "newer", "view", at(3))])
+    b.commit()
+    assert conn.execute("SELECT count(*) FROM cep.recommender_items").fetchone()[0] == 3
     check_all(conn)
 
 
