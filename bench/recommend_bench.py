@@ -82,7 +82,8 @@ CLUSTER_SETTINGS = {
 # scratch), for the correctness check before the latency runs.
 CHECK_SQL = """
 WITH w AS (
-    SELECT user_id, item_id, sum(weight)::float8 AS w FROM cep.recommender_weights
+    SELECT x.user_id, i.item_id, sum(x.weight)::float8 AS w FROM cep.recommender_weights AS x
+    JOIN cep.recommender_items AS i USING (item_no)
     GROUP BY 1, 2
 ), mine AS (SELECT item_id, w FROM w WHERE user_id = %(u)s),
 norm AS (SELECT item_id, sqrt(sum(w * w)) AS n FROM w GROUP BY 1),

@@ -421,14 +421,17 @@ def section_recommendations(conn) -> None:
          ORDER BY sum(weight) DESC, user_id COLLATE "C" LIMIT 1)
         UNION ALL
         (SELECT user_id FROM cep.recommender_weights GROUP BY user_id
-         HAVING count(DISTINCT item_id) BETWEEN 4 AND 8 ORDER BY user_id COLLATE "C" LIMIT 2)
+         HAVING count(DISTINCT item_no) BETWEEN 4 AND 8 ORDER BY user_id COLLATE "C" LIMIT 2)
         """).fetchall()]
     for u in users:
         subheading(f"User {u}: what they did in the last 7 days, and what to show them next")
         print_query(conn, f"""
-            SELECT item_id, {CLUSTER_OF.format('item_id')} AS cluster, sum(weight) AS weight
-            FROM cep.recommender_weights WHERE user_id = %s
-            GROUP BY item_id ORDER BY weight DESC, item_id COLLATE "C" LIMIT 6""", (u,))
+            SELECT i.item_id, {CLUSTER_OF.format('i.item_id')} AS cluster,
+                   sum(w.weight) AS weight
+            FROM cep.recommender_weights AS w
+            JOIN cep.recommender_items AS i USING (item_no)
+            WHERE w.user_id = %s
+            GROUP BY i.item_id ORDER BY weight DESC, i.item_id LIMIT 6""", (u,))
         print_query(conn, f"""
             SELECT rank, item_id, {CLUSTER_OF.format('item_id')} AS cluster,
                    round(score::numeric, 3) AS score,
@@ -436,8 +439,10 @@ def section_recommendations(conn) -> None:
             FROM cep.recommend('shop', %s, 5)""", (u,))
     subheading("Items most similar to the most viewed item (cep.similar_items)")
     top = conn.execute("""
-        SELECT item_a FROM cep.recommender_pairs WHERE item_a = item_b
-        ORDER BY dot DESC, item_a LIMIT 1""").fetchone()[0]
+        SELECT i.item_id FROM cep.recommender_pairs AS p
+        JOIN cep.recommender_items AS i ON i.item_no = p.item_a
+        WHERE p.item_a = p.item_b
+        ORDER BY p.dot DESC, i.item_id LIMIT 1""").fetchone()[0]
     print_query(conn, f"""
         SELECT rank, item_id, {CLUSTER_OF.format('item_id')} AS cluster,
                round(similarity::numeric, 4) AS cosine

@@ -22,6 +22,7 @@ cep.poll_alerts(text, integer), cep.ack_alerts(text, bigint []), cep.metrics() T
 -- Reader of recommendations: cep.recommend and cep.similar_items run with the caller's rights
 -- and read the recommender state; cep.user_recommendations calls cep.recommend.
 GRANT SELECT ON cep.user_recommendations, cep.recommender_stats, cep.recommenders,
-cep.recommender_users, cep.recommender_weights, cep.recommender_pairs TO cep_reader;
+cep.recommender_users, cep.recommender_weights, cep.recommender_pairs, cep.recommender_items
+TO cep_reader;
 GRANT EXECUTE ON FUNCTION cep.recommend(text, text, integer),
 cep.similar_items(text, text, integer) TO cep_reader;

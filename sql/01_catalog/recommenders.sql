@@ -2,7 +2,8 @@
 -- horizon of user-item weights. Invariant: for every recommender, recommender_weights holds
 -- the summed action weights of exactly the counted events with time >= horizon_start, per
 -- (user, item, time bucket), and recommender_pairs holds, for items a <= b, the exact numeric
--- dot product of their user columns (the diagonal a = b is the squared norm), no zero rows.
+-- dot product of their user columns (the diagonal a = b is the squared norm), no zero rows;
+-- both key items by the number recommender_items gave them (never changed or reused).
 
 CREATE TABLE cep.recommenders (
     recommender_id integer GENERATED ALWAYS AS IDENTITY,
@@ -49,14 +50,31 @@ COMMENT ON TABLE cep.recommender_users IS
 'Users with weights in a recommender''s horizon (one row per user; locked to serialize the '
 'changes of one user''s weights).';
 
+-- Items are numbered (an integer never reused) so that the state's keys are small and fixed-size:
+-- the read path hashes and compares numbers, not strings. Rows are only ever added (by the
+-- batch that first counts an item), never updated, so writers take no lock on them; an item
+-- keeps its row after its last weight expired (dropped with the recommender).
+CREATE TABLE cep.recommender_items (
+    item_no integer GENERATED ALWAYS AS IDENTITY,
+    recommender_id integer NOT NULL,
+    item_id text COLLATE "C" NOT NULL,
+    CONSTRAINT recommender_items_pkey PRIMARY KEY (item_no),
+    CONSTRAINT recommender_items_item_key UNIQUE (recommender_id, item_id)
+);
+
+COMMENT ON TABLE cep.recommender_items IS
+'Items of a recommender (their text form) and the numbers that stand for them in '
+'recommender_weights and recommender_pairs; one row per item ever seen by the recommender '
+'(kept after its weights expired, so that a number never changes meaning).';
+
 -- Weights per time bucket, so that expiry subtracts exactly what the expired events added.
 CREATE TABLE cep.recommender_weights (
     recommender_id integer NOT NULL,
     user_id text COLLATE "C" NOT NULL,
-    item_id text COLLATE "C" NOT NULL,
+    item_no integer NOT NULL,
     bucket timestamptz NOT NULL,
     weight numeric NOT NULL,
-    CONSTRAINT recommender_weights_pkey PRIMARY KEY (recommender_id, user_id, item_id, bucket),
+    CONSTRAINT recommender_weights_pkey PRIMARY KEY (recommender_id, user_id, item_no, bucket),
     CONSTRAINT recommender_weights_weight_check CHECK (weight > 0)
 );
 
@@ -65,25 +83,41 @@ CREATE INDEX recommender_weights_bucket_idx ON cep.recommender_weights USING bri
 
 COMMENT ON TABLE cep.recommender_weights IS
 'User-item weights of a recommender: the sum of the action weights of a user''s counted '
-'events on an item within one time bucket (date_bin(bucket, time, epoch)); w(user, item) is '
-'the sum over the buckets.';
+'events on an item (recommender_items.item_no) within one time bucket (date_bin(bucket, '
+'time, epoch)); w(user, item) is the sum over the buckets.';
 
+-- dot is the exact state; dot_float is its float8 image for the read path, carried in both
+-- indexes so that cep.recommend reads a user's items' neighbours by index-only range scans
+-- (every update is therefore a non-HOT update: the price of reads that never touch the heap
+-- where the visibility map is current, hence autovacuum at 2% dead rows rather than 20%);
+-- free space on each page keeps the new version of a row on its page.
 CREATE TABLE cep.recommender_pairs (
     recommender_id integer NOT NULL,
-    item_a text COLLATE "C" NOT NULL,
-    item_b text COLLATE "C" NOT NULL,
+    item_a integer NOT NULL,
+    item_b integer NOT NULL,
     dot numeric NOT NULL,
-    CONSTRAINT recommender_pairs_pkey PRIMARY KEY (recommender_id, item_a, item_b),
+    dot_float float8 GENERATED ALWAYS AS (dot::float8) STORED,
+    CONSTRAINT recommender_pairs_pkey PRIMARY KEY (recommender_id, item_a, item_b)
+    INCLUDE (dot_float),
     CONSTRAINT recommender_pairs_order_check CHECK (item_a <= item_b),
     CONSTRAINT recommender_pairs_dot_check CHECK (dot >= 0)
-) WITH (fillfactor = 80);
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02);
 
-CREATE INDEX recommender_pairs_b_idx ON cep.recommender_pairs (recommender_id, item_b, item_a);
+-- Unique like the primary key, although that adds nothing to integrity: the uniqueness check
+-- of each insertion marks the entries of dead versions, which are then removed before a page
+-- splits, so the index does not bloat with the non-HOT updates (measured: 20% smaller state).
+CREATE UNIQUE INDEX recommender_pairs_b_idx ON cep.recommender_pairs (recommender_id, item_b, item_a)
+INCLUDE (dot_float);
+
+-- The squared norms alone, for the candidates of a recommendation (one hash join).
+CREATE INDEX recommender_pairs_norm_idx ON cep.recommender_pairs (recommender_id, item_a)
+INCLUDE (dot_float) WHERE item_a = item_b;
 
 COMMENT ON TABLE cep.recommender_pairs IS
 'Item-item dot products of a recommender: sum over users of w(user, item_a) * w(user, item_b) '
-'for item_a <= item_b; the row item_a = item_b holds the squared norm of the item. Only '
-'co-occurring pairs have a row. cosine(a, b) = dot / sqrt(norm2(a) * norm2(b)).';
+'for item numbers item_a <= item_b; the row item_a = item_b holds the squared norm of the '
+'item. Only co-occurring pairs have a row. cosine(a, b) = dot / sqrt(norm2(a) * norm2(b)); '
+'dot_float = dot::float8 is what the read path uses.';
 
 -- Appended only when a batch hits the fan-out cap (never a row updated by every batch).
 CREATE TABLE cep.recommender_log (

@@ -192,6 +192,8 @@ BEGIN
     WHERE u.recommender_id = _drop_recommender_state.recommender_id;
     DELETE FROM cep.recommender_log AS l
     WHERE l.recommender_id = _drop_recommender_state.recommender_id;
+    DELETE FROM cep.recommender_items AS i
+    WHERE i.recommender_id = _drop_recommender_state.recommender_id;
 END
 $fn$;
 

@@ -4,7 +4,8 @@
 -- to the pair (i, j) for every item j of u (and new_i^2 - old_i^2 to the diagonal), so the
 -- pairs stay the exact dot products; users are locked in key order before their old weights
 -- are read, and pairs are upserted in (item_a, item_b) order, so concurrent batches serialize
--- per user and never deadlock on pairs.
+-- per user and never deadlock on pairs. Items are numbered (recommender_items) before the
+-- batch is folded; the state is keyed by those numbers.
 
 -- The SQL text of an event's weight over row alias n: the action's weight, or NULL for an
 -- action the weights do not name (and for a NULL action).
@@ -83,32 +84,48 @@ $c$,
     WHERE %4$s AND %5$s > 0
     ORDER BY 2
     ON CONFLICT (recommender_id, user_id) DO UPDATE SET user_id = EXCLUDED.user_id;
+    -- recommender %1$s: number the batch's new items (only the new ones draw a number)
+    INSERT INTO cep.recommender_items (recommender_id, item_id)
+    SELECT %1$s, b.i
+    FROM (
+        SELECT DISTINCT (n.%3$I)::text COLLATE "C" AS i
+        FROM cep_new_rows AS n
+        WHERE %4$s AND %5$s > 0
+    ) AS b
+    WHERE NOT EXISTS (
+        SELECT 1 FROM cep.recommender_items AS x
+        WHERE x.recommender_id = %1$s AND x.item_id = b.i
+    )
+    ORDER BY 2
+    ON CONFLICT (recommender_id, item_id) DO NOTHING;
     -- recommender %1$s: weights per (user, item, bucket), then the pairs they change
     WITH b AS (
-        SELECT (n.%2$I)::text COLLATE "C" AS u, (n.%3$I)::text COLLATE "C" AS i,
+        SELECT (n.%2$I)::text COLLATE "C" AS u, it.item_no AS i, it.item_id AS iid,
             pg_catalog.date_bin(%6$L::interval, %7$s, '1970-01-01 00:00:00+00') AS bk,
             sum(%5$s) AS w, count(*) AS events
         FROM cep_new_rows AS n
+        INNER JOIN cep.recommender_items AS it
+            ON it.recommender_id = %1$s AND it.item_id = (n.%3$I)::text COLLATE "C"
         WHERE %4$s AND %5$s > 0
-        GROUP BY 1, 2, 3
+        GROUP BY 1, 2, 3, 4
     ), bi AS (
-        SELECT b.u, b.i, sum(b.w) AS w, sum(b.events) AS events
+        SELECT b.u, b.i, b.iid, sum(b.w) AS w, sum(b.events) AS events
         FROM b
-        GROUP BY b.u, b.i
+        GROUP BY b.u, b.i, b.iid
     ), cur AS (
         -- the users' weights before this batch (their rows are locked above), read user by
         -- user through the primary key whatever the statistics say
-        SELECT bu.u, x.item_id AS i, sum(x.weight) AS w
+        SELECT bu.u, x.item_no AS i, sum(x.weight) AS w
         FROM (SELECT DISTINCT bi.u FROM bi) AS bu
         CROSS JOIN LATERAL (
-            SELECT y.item_id, y.weight
+            SELECT y.item_no, y.weight
             FROM cep.recommender_weights AS y
             WHERE y.recommender_id = %1$s AND y.user_id = bu.u
         ) AS x
-        GROUP BY bu.u, x.item_id
+        GROUP BY bu.u, x.item_no
     ), fresh AS (
         SELECT bi.u, bi.i, bi.events,
-            pg_catalog.row_number() OVER (PARTITION BY bi.u ORDER BY bi.i) AS nth
+            pg_catalog.row_number() OVER (PARTITION BY bi.u ORDER BY bi.iid) AS nth
         FROM bi
         WHERE NOT EXISTS (SELECT 1 FROM cur AS c WHERE c.u = bi.u AND c.i = bi.i)
     ), refused AS (
@@ -124,12 +141,12 @@ $c$,
         LEFT JOIN cur AS c ON c.u = bi.u AND c.i = bi.i
         WHERE NOT EXISTS (SELECT 1 FROM refused AS f WHERE f.u = bi.u AND f.i = bi.i)
     ), ins AS (
-        INSERT INTO cep.recommender_weights AS x (recommender_id, user_id, item_id, bucket, weight)
+        INSERT INTO cep.recommender_weights AS x (recommender_id, user_id, item_no, bucket, weight)
         SELECT %1$s, b.u, b.i, b.bk, b.w
         FROM b
         WHERE NOT EXISTS (SELECT 1 FROM refused AS f WHERE f.u = b.u AND f.i = b.i)
         ORDER BY b.u, b.i, b.bk
-        ON CONFLICT (recommender_id, user_id, item_id, bucket)
+        ON CONFLICT (recommender_id, user_id, item_no, bucket)
         DO UPDATE SET weight = x.weight + EXCLUDED.weight
     ), capped AS (
         INSERT INTO cep.recommender_log (recommender_id, capped_events)

@@ -2,7 +2,8 @@
 -- Invariant: the weights of whole buckets older than the horizon (relative to the stream's
 -- watermark) are removed together with exactly their contributions to the item pairs, the same
 -- delta rule as ingest with old and new swapped; pairs that reach zero and users left without
--- items are deleted, so state is bounded by the horizon and numeric sums never drift.
+-- items are deleted, so state is bounded by the horizon and numeric sums never drift (item
+-- numbers stay: see cep.recommender_items).
 
 CREATE FUNCTION cep._expire_recommender(recommender integer)
 RETURNS bigint
@@ -16,8 +17,8 @@ DECLARE
     v_cutoff timestamptz;
     v_users text [];
     v_rows bigint;
-    v_zero_a text [];
-    v_zero_b text [];
+    v_zero_a integer [];
+    v_zero_b integer [];
 BEGIN
     SELECT * INTO STRICT r FROM cep.recommenders AS x
     WHERE x.recommender_id = _expire_recommender.recommender;
@@ -48,17 +49,17 @@ BEGIN
             DELETE FROM cep.recommender_weights AS w
             WHERE w.recommender_id = r.recommender_id AND w.user_id = ANY (v_users)
                 AND w.bucket < v_cutoff
-            RETURNING w.user_id, w.item_id, w.weight
+            RETURNING w.user_id, w.item_no, w.weight
         ), e AS (
-            SELECT g.user_id AS u, g.item_id AS i, sum(g.weight) AS w, count(*) AS n
+            SELECT g.user_id AS u, g.item_no AS i, sum(g.weight) AS w, count(*) AS n
             FROM gone AS g
-            GROUP BY g.user_id, g.item_id
+            GROUP BY g.user_id, g.item_no
         ), cur AS (
             -- the users' weights before the expiry (this statement's snapshot)
-            SELECT x.user_id AS u, x.item_id AS i, sum(x.weight) AS w
+            SELECT x.user_id AS u, x.item_no AS i, sum(x.weight) AS w
             FROM cep.recommender_weights AS x
             WHERE x.recommender_id = r.recommender_id AND x.user_id = ANY (v_users)
-            GROUP BY x.user_id, x.item_id
+            GROUP BY x.user_id, x.item_no
         ), ch AS (
             SELECT e.u, e.i, c.w AS old, c.w - e.w AS new
             FROM e

@@ -2,7 +2,8 @@
 -- Invariant: computed on read from the maintained weights and dot products, so results are
 -- always those of the committed state: score(i) = sum over the user's items j of
 -- w(user, j) * cos(i, j), cos(i, j) = dot(i, j) / (|i| |j|); ties ranked by item id (bytewise).
--- Only the top n are sorted; the cost is one index row per (user's item, co-occurring item).
+-- The cost is one index-only row per (user's item, co-occurring item), summed in float8 by one
+-- hash aggregate; item ids are compared as text only for the top n and their ties.
 
 CREATE FUNCTION cep.recommend(recommender text, user_id text, n integer DEFAULT 10)
 RETURNS TABLE (item_id text, score float8, rank integer, because_of text)
@@ -14,6 +15,10 @@ SET max_parallel_workers_per_gather = 0
 AS $fn$
 DECLARE
     v_id integer;
+    v_mine bigint;
+    v_items float8;
+    v_pairs float8;
+    v_all_norms boolean;
 BEGIN
     -- Looked up here rather than by cep._recommender_id: readers may call this function.
     SELECT r.recommender_id INTO v_id FROM cep.recommenders AS r
@@ -27,46 +32,90 @@ BEGIN
         RAISE EXCEPTION 'n must be a positive integer, got %', coalesce(n::text, 'NULL')
             USING ERRCODE = '22023';
     END IF;
+    -- The candidates' norms: one probe each, or one scan of all the norms into a hash table
+    -- when the candidates are likely more than 1/20 of the items (the user's items times the
+    -- mean number of neighbours of an item, from the planner's statistics: a plan choice only,
+    -- which SET cep.recommend_norms = probe or scan overrides).
+    v_all_norms := CASE current_setting('cep.recommend_norms', true)
+        WHEN 'probe' THEN false WHEN 'scan' THEN true END;
+    IF v_all_norms IS NULL THEN
+        SELECT count(DISTINCT w.item_no) INTO v_mine
+        FROM cep.recommender_weights AS w
+        WHERE w.recommender_id = v_id AND w.user_id = recommend.user_id;
+        SELECT c.reltuples INTO v_items FROM pg_catalog.pg_class AS c
+        WHERE c.oid = 'cep.recommender_pairs_norm_idx'::regclass;
+        SELECT c.reltuples INTO v_pairs FROM pg_catalog.pg_class AS c
+        WHERE c.oid = 'cep.recommender_pairs'::regclass;
+        v_all_norms := v_items <= 0 OR v_mine * 2 * v_pairs / v_items >= v_items / 20;
+    END IF;
     RETURN QUERY
     WITH mine AS (
-        SELECT w.item_id AS j, sum(w.weight) AS w
+        SELECT w.item_no AS j, sum(w.weight)::float8 AS w
         FROM cep.recommender_weights AS w
         WHERE w.recommender_id = v_id AND w.user_id = recommend.user_id
-        GROUP BY w.item_id
+        GROUP BY w.item_no
     ), mj AS (
         -- w(user, j) / |j| for each of the user's items j
-        SELECT m.j, m.w::float8 / sqrt(p.dot::float8) AS wn
+        SELECT m.j, m.w / sqrt(p.dot_float) AS wn
         FROM mine AS m
         INNER JOIN cep.recommender_pairs AS p
             ON p.recommender_id = v_id AND p.item_a = m.j AND p.item_b = m.j
-    ), nb AS MATERIALIZED (
-        -- every item i sharing a user with j, with w(user, j) / |j| * dot(i, j)
-        SELECT p.item_b AS i, mj.j, mj.wn * p.dot::float8 AS c
-        FROM mj
-        INNER JOIN cep.recommender_pairs AS p
-            ON p.recommender_id = v_id AND p.item_a = mj.j AND p.item_b > mj.j
+    ), sc AS (
+        -- every item i sharing a user with one of the user's items j: the sum over j of
+        -- w(user, j) / |j| * dot(i, j), read from the two covering indexes
+        SELECT nb.i, sum(nb.c) AS s
+        FROM (
+            SELECT p.item_b AS i, mj.wn * p.dot_float AS c
+            FROM mj
+            INNER JOIN cep.recommender_pairs AS p
+                ON p.recommender_id = v_id AND p.item_a = mj.j AND p.item_b > mj.j
+            UNION ALL
+            SELECT p.item_a, mj.wn * p.dot_float
+            FROM mj
+            INNER JOIN cep.recommender_pairs AS p
+                ON p.recommender_id = v_id AND p.item_b = mj.j AND p.item_a < mj.j
+        ) AS nb
+        GROUP BY nb.i
+    ), best AS (
+        -- the n best scores and every candidate tied with the last of them; the branch not
+        -- chosen by v_all_norms is skipped by its one-time filter
+        SELECT sc.i, sc.s / sqrt(q.dot_float) AS score
+        FROM sc
+        INNER JOIN cep.recommender_pairs AS q
+            ON q.recommender_id = v_id AND q.item_a = sc.i AND q.item_b = q.item_a
+        WHERE NOT v_all_norms AND NOT EXISTS (SELECT 1 FROM mine WHERE mine.j = sc.i)
         UNION ALL
-        SELECT p.item_a, mj.j, mj.wn * p.dot::float8
-        FROM mj
-        INNER JOIN cep.recommender_pairs AS p
-            ON p.recommender_id = v_id AND p.item_b = mj.j AND p.item_a < mj.j
+        SELECT sc.i, sc.s / sqrt(q.dot_float)
+        FROM sc
+        INNER JOIN (
+            SELECT q.item_a, q.dot_float
+            FROM cep.recommender_pairs AS q
+            WHERE q.recommender_id = v_id AND q.item_b = q.item_a
+            -- never parameterized by the candidate: one scan of the norm index
+            OFFSET 0
+        ) AS q ON q.item_a = sc.i
+        WHERE v_all_norms AND NOT EXISTS (SELECT 1 FROM mine WHERE mine.j = sc.i)
+        ORDER BY 2 DESC
+        FETCH FIRST recommend.n ROWS WITH TIES
     ), ranked AS (
-        SELECT sc.i, sc.s / sqrt(p.dot::float8) AS score
-        FROM (SELECT nb.i, sum(nb.c) AS s FROM nb GROUP BY nb.i) AS sc
-        INNER JOIN cep.recommender_pairs AS p
-            ON p.recommender_id = v_id AND p.item_a = sc.i AND p.item_b = sc.i
-        WHERE NOT EXISTS (SELECT 1 FROM mine WHERE mine.j = sc.i)
-        ORDER BY 2 DESC, sc.i
-        LIMIT n
+        SELECT x.i, it.item_id, x.score
+        FROM best AS x
+        INNER JOIN cep.recommender_items AS it ON it.item_no = x.i
+        ORDER BY x.score DESC, it.item_id
+        LIMIT recommend.n
     ), why AS (
         -- the user's item with the largest term of each chosen score
-        SELECT DISTINCT ON (nb.i) nb.i, nb.j
-        FROM nb
-        WHERE nb.i IN (SELECT ranked.i FROM ranked)
-        ORDER BY nb.i, nb.c DESC, nb.j
+        SELECT DISTINCT ON (x.i) x.i, ij.item_id AS j
+        FROM ranked AS x
+        CROSS JOIN mj
+        INNER JOIN cep.recommender_pairs AS p
+            ON p.recommender_id = v_id AND p.item_a = least(x.i, mj.j)
+            AND p.item_b = greatest(x.i, mj.j)
+        INNER JOIN cep.recommender_items AS ij ON ij.item_no = mj.j
+        ORDER BY x.i, mj.wn * p.dot_float DESC, ij.item_id
     )
-    SELECT x.i::text, x.score,
-        (row_number() OVER (ORDER BY x.score DESC, x.i))::integer,
+    SELECT x.item_id::text, x.score,
+        (row_number() OVER (ORDER BY x.score DESC, x.item_id))::integer,
         why.j::text
     FROM ranked AS x
     INNER JOIN why ON x.i = why.i
@@ -99,6 +148,9 @@ SET max_parallel_workers_per_gather = 0
 AS $fn$
 DECLARE
     v_id integer;
+    v_items float8;
+    v_pairs float8;
+    v_all_norms boolean;
 BEGIN
     -- Looked up here rather than by cep._recommender_id: readers may call this function.
     SELECT r.recommender_id INTO v_id FROM cep.recommenders AS r
@@ -112,33 +164,63 @@ BEGIN
         RAISE EXCEPTION 'n must be a positive integer, got %', coalesce(n::text, 'NULL')
             USING ERRCODE = '22023';
     END IF;
+    -- The neighbours' norms: probes, or one scan of the norm index when an item's mean number
+    -- of neighbours is at least 1/20 of the items (as in cep.recommend).
+    v_all_norms := CASE current_setting('cep.recommend_norms', true)
+        WHEN 'probe' THEN false WHEN 'scan' THEN true END;
+    IF v_all_norms IS NULL THEN
+        SELECT c.reltuples INTO v_items FROM pg_catalog.pg_class AS c
+        WHERE c.oid = 'cep.recommender_pairs_norm_idx'::regclass;
+        SELECT c.reltuples INTO v_pairs FROM pg_catalog.pg_class AS c
+        WHERE c.oid = 'cep.recommender_pairs'::regclass;
+        v_all_norms := v_items <= 0 OR 2 * v_pairs / v_items >= v_items / 20;
+    END IF;
     RETURN QUERY
     WITH me AS (
-        SELECT p.dot::float8 AS norm2
-        FROM cep.recommender_pairs AS p
-        WHERE p.recommender_id = v_id AND p.item_a = similar_items.item_id
-            AND p.item_b = similar_items.item_id
+        SELECT it.item_no AS j, p.dot_float AS norm2
+        FROM cep.recommender_items AS it
+        INNER JOIN cep.recommender_pairs AS p
+            ON p.recommender_id = v_id AND p.item_a = it.item_no AND p.item_b = it.item_no
+        WHERE it.recommender_id = v_id AND it.item_id = similar_items.item_id
     ), nb AS (
-        SELECT p.item_b AS i, p.dot::float8 AS dot
-        FROM cep.recommender_pairs AS p
-        WHERE p.recommender_id = v_id AND p.item_a = similar_items.item_id
-            AND p.item_b > similar_items.item_id
+        SELECT p.item_b AS i, p.dot_float AS dot
+        FROM me
+        INNER JOIN cep.recommender_pairs AS p
+            ON p.recommender_id = v_id AND p.item_a = me.j AND p.item_b > me.j
         UNION ALL
-        SELECT p.item_a, p.dot::float8
-        FROM cep.recommender_pairs AS p
-        WHERE p.recommender_id = v_id AND p.item_b = similar_items.item_id
-            AND p.item_a < similar_items.item_id
-    ), ranked AS (
-        SELECT nb.i, nb.dot / sqrt(me.norm2 * q.dot::float8) AS similarity
+        SELECT p.item_a, p.dot_float
+        FROM me
+        INNER JOIN cep.recommender_pairs AS p
+            ON p.recommender_id = v_id AND p.item_b = me.j AND p.item_a < me.j
+    ), best AS (
+        SELECT nb.i, nb.dot / sqrt(me.norm2 * q.dot_float) AS similarity
         FROM nb
         CROSS JOIN me
-        JOIN cep.recommender_pairs AS q
-            ON q.recommender_id = v_id AND q.item_a = nb.i AND q.item_b = nb.i
-        ORDER BY 2 DESC, nb.i
-        LIMIT n
+        INNER JOIN cep.recommender_pairs AS q
+            ON q.recommender_id = v_id AND q.item_a = nb.i AND q.item_b = q.item_a
+        WHERE NOT v_all_norms
+        UNION ALL
+        SELECT nb.i, nb.dot / sqrt(me.norm2 * q.dot_float)
+        FROM nb
+        CROSS JOIN me
+        INNER JOIN (
+            SELECT q.item_a, q.dot_float
+            FROM cep.recommender_pairs AS q
+            WHERE q.recommender_id = v_id AND q.item_b = q.item_a
+            OFFSET 0
+        ) AS q ON q.item_a = nb.i
+        WHERE v_all_norms
+        ORDER BY 2 DESC
+        FETCH FIRST similar_items.n ROWS WITH TIES
+    ), ranked AS (
+        SELECT it.item_id, x.similarity
+        FROM best AS x
+        INNER JOIN cep.recommender_items AS it ON it.item_no = x.i
+        ORDER BY x.similarity DESC, it.item_id
+        LIMIT similar_items.n
     )
-    SELECT x.i::text, x.similarity,
-        (row_number() OVER (ORDER BY x.similarity DESC, x.i))::integer
+    SELECT x.item_id::text, x.similarity,
+        (row_number() OVER (ORDER BY x.similarity DESC, x.item_id))::integer
     FROM ranked AS x
     ORDER BY 3;
 END

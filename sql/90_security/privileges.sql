@@ -61,6 +61,8 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump('cep.recommenders', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.recommenders_recommender_id_seq', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_users', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_items', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_items_item_no_seq', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_weights', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_pairs', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.recommender_log', '');

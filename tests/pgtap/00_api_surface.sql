@@ -64,8 +64,8 @@ SELECT tables_are(
         'rule_versions', 'rule_sets', 'risk_policies', 'risk_assessments', 'rule_keys',
         'rule_history', 'rule_history_fields', 'rule_log', 'patterns', 'pattern_state',
         'pattern_late_events', 'matches', 'pattern_log', 'absence_pending',
-        'recommenders', 'recommender_users', 'recommender_weights', 'recommender_pairs',
-        'recommender_log', 'stream_queue', 'imported_alerts', 'rule_bucket_series', 'rule_bucket_keys',
+        'recommenders', 'recommender_users', 'recommender_items', 'recommender_weights',
+        'recommender_pairs', 'recommender_log', 'stream_queue', 'imported_alerts', 'rule_bucket_series', 'rule_bucket_keys',
         'rule_buckets'
     ]
 );
