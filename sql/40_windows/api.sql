@@ -48,6 +48,11 @@ BEGIN
         RAISE EXCEPTION 'invalid window name %: %', quote_literal(name), SQLERRM
             USING ERRCODE = '22023';
     END;
+    -- Checked on the text: assigned to a name, a longer part would be silently truncated.
+    IF EXISTS (SELECT 1 FROM unnest(v_parts) AS p (part) WHERE octet_length(p.part) > 63) THEN
+        RAISE EXCEPTION 'window name % is longer than 63 bytes', quote_literal(name)
+            USING ERRCODE = '42622';
+    END IF;
     IF cardinality(v_parts) = 1 THEN
         SELECT n.nspname INTO v_schema FROM pg_catalog.pg_class AS c
         JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
@@ -63,10 +68,6 @@ BEGIN
     ELSE
         RAISE EXCEPTION 'invalid window name %: at most schema.name', quote_literal(name)
             USING ERRCODE = '22023';
-    END IF;
-    IF octet_length(v_view) > 63 THEN
-        RAISE EXCEPTION 'window name % is longer than 63 bytes', quote_literal(name)
-            USING ERRCODE = '42622';
     END IF;
     IF EXISTS (SELECT 1 FROM cep.windows AS x WHERE x.name = create_window.name) THEN
         RAISE EXCEPTION 'window "%" already exists', name USING ERRCODE = '42710';
