@@ -34,11 +34,12 @@ SCHEMA = 'My "Schema"'
 TX = "Trans Actions.2024"
 OT = 'Other "T"'
 CS = "Click Stream"
-PT = "Part Tx"
+PT = 'Part "Tx" é'
+PT += "y" * (45 - len(PT.encode()))           # the longest a partitioned table may have
 
 S_TX = 'tx "main"'
 S_OT = "other 's\""
-S_CS = "clicks; x"
+S_CS = "clicks; x\\y"
 S_PT = 'part "tx"'
 
 W_TUMBLE = '"Tumble ""W"""'                    # parse_ident syntax: one quoted name
@@ -429,6 +430,24 @@ def test_hostile_identifiers_end_to_end(conn):
         "'1970-01-01 00:00+00') - interval '4 minutes', \"Created At\", interval '1 minute') "
         "AS ws GROUP BY 1, 2 ORDER BY 1, 2 NULLS FIRST").format(qn(TX))).fetchall()
     assert got == want
+    # the tumbling window's mergeable partials, merged alone, equal its view
+    merged = [(ws, json.loads(g), json.loads(a, parse_float=Decimal)) for ws, g, a in ex(
+        "SELECT window_start, group_values::text, aggregates::text "
+        "FROM cep.merge_window_partials(ARRAY[cep.window_partials(%s)])", (W_TUMBLE,))]
+    view = ex(sql.SQL('SELECT window_start, "user id", count, "sum_Amount $", "A""vg" FROM {}')
+              .format(qn('Tumble "W"'))).fetchall()
+    got_m = sorted((ws, g["user id"], a["count"], a["sum_Amount $"], a['A"vg'])
+                   for ws, g, a in merged)
+    assert got_m == sorted(view)
+    # slice publications by a quoted key column: every row in exactly one slice
+    pubs = ex("SELECT publication, row_filter FROM cep.create_slice_publications("
+              "%s::regclass, 'user id', 3, prefix => 'pub \"tx\"')", (regclass(TX),)).fetchall()
+    assert [p for p, _ in pubs] == [f'pub "tx"_{i}_of_3' for i in range(3)]
+    in_slices = sum(ex(sql.SQL("SELECT count(*) FROM {} WHERE " + f).format(qn(TX))).fetchone()[0]
+                    for _, f in pubs)
+    assert in_slices == sum(map(len, tx_stmts))
+    for p, _ in pubs:
+        ex(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(p)))
     ot_rows = [r for rows in ot_stmts for r in rows]
     got = {(k, ws): (we, n, s) for ws, we, k, n, s in ex(sql.SQL(
         'SELECT window_start, window_end, "Key""Col", count, "s""um" FROM {}').format(
@@ -451,6 +470,17 @@ def test_hostile_identifiers_end_to_end(conn):
         want_ids = {a.event_id for a in model.assessments.values() if r.rule_id in a.fired}
         assert hits[r.rule_id] == want_ids, name
         assert want_ids, f"rule {name} never fired: the workload does not exercise it"
+    # cep.evaluate_rules reads the quoted fields of a JSON event like the model does
+    last_t = max(r[2] for rows in tx_stmts for r in rows)
+    probe = {"Id": 10 ** 9, "user id": 3, "Created At": last_t + dt.timedelta(seconds=1),
+             "Amount $": Decimal("950"), "loc;ation": "Ber'lin", "select": "a"}
+    fired_now = {rid: t for rid, t in ex(
+        "SELECT rule_id, triggered FROM cep.evaluate_rules(%s, %s)",
+        (S_TX, json.dumps({k: v.isoformat() if isinstance(v, dt.datetime) else
+                           float(v) if isinstance(v, Decimal) else v
+                           for k, v in probe.items() if k != "Id"})))}
+    want_now = model.evaluate(probe, [r for r in rules.values()])
+    assert {rid: fired_now[rid] for rid in want_now} == want_now and any(want_now.values())
     # and the plain field rules once more, as counts over the raw rows in SQL
     for name, where in (('big "amt"', '"Amount $" > 900'),
                         ("loc 'in'", '"loc;ation" IN (\'Ber\'\'lin\', \'Os"lo\')')):
@@ -518,6 +548,10 @@ def test_hostile_identifiers_end_to_end(conn):
     assert dict(ex("SELECT stream, events_total FROM cep.stream_stats")) == counts
     assert dict(ex("SELECT stream, late_events FROM cep.stream_stats")) == dict.fromkeys(
         counts, 0)
+    for s, n in counts.items():
+        assert ex("SELECT sum(events) FROM cep.timeline(%s, '1 minute', '1 hour')",
+                  (s,)).fetchone()[0] == n
+    assert ex("SELECT streams FROM cep.dashboard").fetchone()[0] == len(counts)
     assert {w for (w,) in ex('SELECT "window" FROM cep.window_stats')} == {
         W_TUMBLE, W_HOP, W_SESS}
     pstats = dict(ex("SELECT pattern, matches FROM cep.pattern_stats"))
