@@ -586,6 +586,13 @@ def test_hostile_identifiers_end_to_end(conn):
 
     # 4 ingest functions, 1 processing function, 2 matchers (absence detectors have none)
     check_generated(conn, 7)
+    # no placeholder left in a matcher; with names that do not spell it, cep._bind_rows is the
+    # plain replace of cep_new_rows it stands for
+    assert ex("SELECT count(*) FROM pg_proc WHERE proname ~ '^_pattern_[0-9]+$' "
+              "AND prosrc ~ '@[A-Z_]+@'").fetchone()[0] == 0
+    assert ex("SELECT bool_and(cep._bind_rows(cep._compile_ingest(s.stream_id), 'x AS y') "
+              "= replace(cep._compile_ingest(s.stream_id), 'cep_new_rows', 'x AS y')) "
+              "FROM cep.streams AS s").fetchone()[0]
 
     # -- drop everything by its hostile name --
     with pytest.raises(psycopg.errors.DependentObjectsStillExist):
