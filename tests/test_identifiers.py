@@ -11,6 +11,9 @@ against cep.find_matches and the pattern rule's hits against the matches' last e
 absence detector against a Python scan, recommendations against a Python cosine
 recomputation, monitoring and cep.metrics() against table counts. Then every definition is
 dropped by its hostile name, and DROP EXTENSION leaves the tables intact and insertable.
+A second test uses columns, constants and names spelled like the generated code's own words
+(cep_new_rows, v_watermark, p_to, @PID@ placeholders); a third dumps and restores the hostile
+setup half way through its workload.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import math
 import random
 import re
+import subprocess
 from decimal import Decimal
 
 import psycopg
@@ -755,3 +759,58 @@ def test_names_that_spell_generated_code(conn):
                                expected=lambda r: r[8] == "ok") and got_abs
     assert dict(ex("SELECT stream, events_total FROM cep.stream_stats")) == {"s": len(rest)}
     check_generated(conn, 3)        # ingest, processing, the pattern's matcher
+
+
+@pytest.mark.slow
+def test_hostile_identifiers_survive_dump_and_restore(server, dbname):
+    """pg_dump and pg_restore of the hostile setup half way through the workload: the restored
+    database goes on with the other half, and its results equal the recomputations."""
+    rng = random.Random(4242)
+    tx_cols = ["Id", "user id", "Created At", "Amount $", "loc;ation", "select"]
+    with server.connect(dbname) as c:
+        now = c.execute("SELECT now()").fetchone()[0].astimezone(UTC)
+        t0 = epoch_bin(now - dt.timedelta(hours=3), dt.timedelta(minutes=1))
+        make_tables(c)
+        rules = define_everything(c, t0)
+        tx_stmts = tx_statements(rng, t0)
+        for rows in tx_stmts[:3]:
+            insert(c, TX, tx_cols, rows)
+    restored = server.new_database(template="template0", prefix="restored")
+    try:
+        dump = subprocess.run(["pg_dump", "-Fc", dbname], env=server.env(dbname),
+                              capture_output=True, check=True).stdout
+        res = subprocess.run(["pg_restore", "--exit-on-error", "-d", restored], input=dump,
+                             env=server.env(restored), capture_output=True)
+        assert res.returncode == 0, res.stderr.decode()
+        with server.connect(restored) as c:
+            for rows in tx_stmts[3:]:
+                insert(c, TX, tx_cols, rows)
+            c.execute("SELECT cep.advance_watermark(%s)", (S_TX,))
+            model = rr.Stream(TX_KINDS, key="user id", time="Created At", ident="Id")
+            for r in rules.values():
+                model.add_rule(r)
+            model.policy = rr.Policy(block_action={"set": {"Status'": "blocked"}})
+            for rows in tx_stmts:
+                model.ingest([dict(zip(tx_cols, r)) for r in rows])
+            for name, r in rules.items():
+                got = {e for (e,) in c.execute(
+                    "SELECT event_id FROM cep.risk_assessments WHERE %s = ANY (triggered_rules)",
+                    (r.rule_id,))}
+                assert got == {a.event_id for a in model.assessments.values()
+                               if r.rule_id in a.fired}, name
+            got = c.execute(sql.SQL('SELECT window_start, "user id", count, "sum_Amount $" '
+                                    "FROM {} ORDER BY 1, 2").format(qn('Tumble "W"'))).fetchall()
+            want = c.execute(sql.SQL(
+                "SELECT date_bin('1 minute', \"Created At\", '1970-01-01 00:00+00'), \"user id\", "
+                'count(*), sum("Amount $") FROM {} GROUP BY 1, 2 ORDER BY 1, 2').format(
+                    qn(TX))).fetchall()
+            assert got == want
+            live = sorted(c.execute("SELECT partition_key, first_time, last_time, event_ids, "
+                                    "classifiers FROM cep.matches WHERE pattern = %s",
+                                    (P_TX,)).fetchall())
+            assert live and live == sorted(c.execute(
+                "SELECT * FROM cep.find_matches(%s)", (P_TX,)).fetchall())
+            assert c.execute("SELECT events_total FROM cep.stream_stats WHERE stream = %s",
+                             (S_TX,)).fetchone()[0] == sum(map(len, tx_stmts))
+    finally:
+        server.drop_database(restored)
