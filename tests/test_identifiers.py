@@ -344,13 +344,15 @@ GENERATED_CHECK = """
 SELECT p.oid::regprocedure::text AS fn, c.line
 FROM pg_catalog.pg_proc AS p
 LEFT JOIN cep.streams AS s ON s.ingest_function = p.proname
+LEFT JOIN cep.streams AS r ON format('_replica_%s', r.stream_id) = p.proname
 CROSS JOIN LATERAL public.plpgsql_check_function(
-    p.oid::regprocedure, coalesce(s.source, 0),
+    p.oid::regprocedure, coalesce(s.source, r.source, 0),
     newtable => CASE WHEN s.source IS NOT NULL THEN 'cep_new_rows' END,
     fatal_errors => false, extra_warnings => true, performance_warnings => false,
     security_warnings => true
 ) AS c(line)
-WHERE p.pronamespace = 'cep'::regnamespace AND p.proname ~ '^_(ingest|process|pattern)_[0-9]+$'
+WHERE p.pronamespace = 'cep'::regnamespace
+    AND p.proname ~ '^_(ingest|process|pattern|replica)_[0-9]+$'
 """
 
 
@@ -358,7 +360,8 @@ def check_generated(conn, expected: int) -> None:
     """plpgsql_check finds nothing in the generated functions (EXPECTED of them)."""
     conn.execute("CREATE EXTENSION IF NOT EXISTS plpgsql_check")
     assert conn.execute("SELECT count(*) FROM pg_proc WHERE pronamespace = 'cep'::regnamespace "
-                        "AND proname ~ '^_(ingest|process|pattern)_[0-9]+$'").fetchone()[0] \
+                        "AND proname ~ '^_(ingest|process|pattern|replica)_[0-9]+$'"
+                        ).fetchone()[0] \
         == expected
     findings = conn.execute(GENERATED_CHECK).fetchall()
     assert findings == [], "\n".join(f"{fn}: {line}" for fn, line in findings)
@@ -758,7 +761,29 @@ def test_names_that_spell_generated_code(conn):
                                start=lambda r: r[4] == "cep_new_rows",
                                expected=lambda r: r[8] == "ok") and got_abs
     assert dict(ex("SELECT stream, events_total FROM cep.stream_stats")) == {"s": len(rest)}
-    check_generated(conn, 3)        # ingest, processing, the pattern's matcher
+
+    # a replica stream over the same kind of names: rows applied as by a subscription
+    ex('CREATE TABLE public.t3 (id bigint PRIMARY KEY, k integer NOT NULL, '
+       'created_at timestamptz NOT NULL, cep_new_rows numeric NOT NULL, v_watermark text)')
+    ex("SELECT cep.attach_replica_stream('s3 @PID@', 'public.t3', 'created_at', 'k')")
+    ex("SELECT cep.create_window('w3', 's3 @PID@', 'tumbling', '5 minutes', "
+       "group_by => '{v_watermark}', aggregates => '{count(*), sum(cep_new_rows)}')")
+    rep = [(r[0], r[1], r[2], r[3], r[4]) for r in first]
+    with conn.transaction():
+        ex("SET LOCAL session_replication_role = replica")
+        for chunk in (rep[:70], rep[70:]):
+            ex(sql.SQL("INSERT INTO public.t3 VALUES {}").format(sql.SQL(", ").join(
+                sql.SQL("({})").format(sql.SQL(", ").join(sql.Literal(v) for v in r))
+                for r in chunk)))
+    assert ex("SELECT cep.process_stream('s3 @PID@')").fetchone()[0] == len(rep)
+    got = ex("SELECT window_start, v_watermark, count, sum_cep_new_rows FROM public.w3 "
+             "ORDER BY 1, 2").fetchall()
+    want = ex("SELECT date_bin('5 minutes', created_at, '1970-01-01 00:00+00'), v_watermark, "
+              "count(*), sum(cep_new_rows) FROM public.t3 GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+    assert got == want and got
+    # ingest, processing and the pattern's matcher of s; ingest, processing and row trigger
+    # of s3
+    check_generated(conn, 6)
 
 
 @pytest.mark.slow
