@@ -48,6 +48,11 @@ BEGIN
         RAISE EXCEPTION 'invalid window name %: %', quote_literal(name), SQLERRM
             USING ERRCODE = '22023';
     END;
+    -- Checked on the text: assigned to a name, a longer part would be silently truncated.
+    IF EXISTS (SELECT 1 FROM unnest(v_parts) AS p (part) WHERE octet_length(p.part) > 63) THEN
+        RAISE EXCEPTION 'window name % is longer than 63 bytes', quote_literal(name)
+            USING ERRCODE = '42622';
+    END IF;
     IF cardinality(v_parts) = 1 THEN
         SELECT n.nspname INTO v_schema FROM pg_catalog.pg_class AS c
         JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
@@ -63,10 +68,6 @@ BEGIN
     ELSE
         RAISE EXCEPTION 'invalid window name %: at most schema.name', quote_literal(name)
             USING ERRCODE = '22023';
-    END IF;
-    IF octet_length(v_view) > 63 THEN
-        RAISE EXCEPTION 'window name % is longer than 63 bytes', quote_literal(name)
-            USING ERRCODE = '42622';
     END IF;
     IF EXISTS (SELECT 1 FROM cep.windows AS x WHERE x.name = create_window.name) THEN
         RAISE EXCEPTION 'window "%" already exists', name USING ERRCODE = '42710';
@@ -175,13 +176,13 @@ BEGIN
 
     -- Backfill: the events already in the table (all but the late ones) go through the same
     -- section of code as a batch would.
-    v_backfill := replace(
-        replace(cep._window_section(v_id), 'cep_new_rows', format(
-            '(SELECT src.* FROM %s AS src WHERE NOT EXISTS (SELECT 1 FROM cep.late_events AS le '
-            'WHERE le.stream_id = %s AND le.event_id = src.%I::bigint))',
-            s.source, s.stream_id, s.id_column)),
-        'v_watermark', '''-infinity''::timestamptz');
-    EXECUTE format('DO %L', 'BEGIN ' || v_backfill || ' END');
+    v_backfill := cep._bind_rows(cep._window_section(v_id), format(
+        '(SELECT src.* FROM %s AS src WHERE NOT EXISTS (SELECT 1 FROM cep.late_events AS le '
+        'WHERE le.stream_id = %s AND le.event_id = src.%I::bigint))',
+        s.source, s.stream_id, s.id_column));
+    EXECUTE format('DO %L',
+        E'#variable_conflict use_variable\nDECLARE v_watermark timestamptz := ''-infinity''; BEGIN '
+        || v_backfill || ' END');
     RETURN v_id;
 END
 $fn$;

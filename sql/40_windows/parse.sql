@@ -14,7 +14,7 @@ DECLARE
     v_fn text;
     v_distinct boolean;
     v_col name;
-    v_alias name;
+    v_alias text;
     v_type regtype;
     v_base regtype;
     v_result jsonb := '[]'::jsonb;
@@ -33,8 +33,8 @@ BEGIN
     FOREACH v_item IN ARRAY aggregates LOOP
         v_m := regexp_match(
             coalesce(v_item, ''),
-            '^\s*(count|sum|avg|min|max)\s*\(\s*(distinct\s+)?(\*|[A-Za-z_][A-Za-z0-9_$]*|"[^"]+")\s*\)'
-            '\s*(?:as\s+([A-Za-z_][A-Za-z0-9_$]*|"[^"]+"))?\s*$',
+            '^\s*(count|sum|avg|min|max)\s*\(\s*(distinct\s+)?(\*|[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")\s*\)'
+            '\s*(?:as\s+([A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+"))?\s*$',
             'i');
         IF v_m IS NULL THEN
             RAISE EXCEPTION 'invalid aggregate %', coalesce(quote_literal(v_item), 'NULL')
@@ -98,7 +98,7 @@ BEGIN
             RAISE EXCEPTION 'aggregate %: output column "%" is already used', quote_literal(v_item),
                 v_alias USING ERRCODE = '42701', HINT = 'Give it another name with AS.';
         END IF;
-        v_names := v_names || v_alias;
+        v_names := v_names || v_alias::name;
         v_result := v_result || jsonb_build_object(
             'fn', CASE WHEN v_distinct THEN 'count_distinct' ELSE v_fn END,
             'col', v_col,

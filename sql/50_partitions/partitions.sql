@@ -58,6 +58,7 @@ DECLARE
     p cep.partitioned_streams;
     s cep.streams;
     v_schema name;
+    v_nsp oid;
     v_table name;
     v_lo timestamptz;
     v_hi timestamptz;
@@ -70,7 +71,7 @@ BEGIN
     SELECT * INTO STRICT p FROM cep.partitioned_streams AS x
     WHERE x.stream_id = _premake_partitions.stream_id;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _premake_partitions.stream_id;
-    SELECT n.nspname, c.relname INTO STRICT v_schema, v_table
+    SELECT n.nspname, n.oid, c.relname INTO STRICT v_schema, v_nsp, v_table
     FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
     WHERE c.oid = s.source;
     FOR v_i IN 0 .. p.premake LOOP
@@ -79,7 +80,7 @@ BEGIN
         v_name := format('%s_p%s', v_table, to_char(v_lo, 'YYYYMMDD_HH24MISS'));
         CONTINUE WHEN EXISTS (
             SELECT 1 FROM pg_catalog.pg_class AS c
-            WHERE c.relnamespace = v_schema::regnamespace AND c.relname = v_name
+            WHERE c.relnamespace = v_nsp AND c.relname = v_name
         );
         -- Bounds as UTC wall-clock text, which reads the same for timestamp and timestamptz.
         v_bounds := format('FROM (%L) TO (%L)',

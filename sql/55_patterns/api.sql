@@ -294,7 +294,9 @@ $p$,
     ON CONFLICT DO NOTHING;
 $a$,
             p.pattern_id, p.within,
-            replace(cep._absence_rows_sql(s, p), format(' FROM %s AS s', s.source), ' FROM cep_new_rows AS s'),
+            -- (the rows SQL ends with its FROM clause: only that is swapped)
+            left(cep._absence_rows_sql(s, p), -length(format(' FROM %s AS s', s.source)))
+                || ' FROM cep_new_rows AS s',
             (SELECT d.sql FROM cep._pat_define_sql(p.start_condition, s.source, '{}', 'start') AS d))
         END, '' ORDER BY p.pattern_id), ''),
         min(s.stream_id), min(s.allowed_lateness), min(s.id_column),

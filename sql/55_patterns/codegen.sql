@@ -122,6 +122,9 @@ DECLARE
     v_col name;
     v_phs text [];
     v_vals text [];
+    -- The matcher's parameters, qualified by its name where the user's table is in scope
+    -- (use_column: a column of the same name would win).
+    v_fn text := format('_pattern_%s', pattern_id);
 BEGIN
     SELECT * INTO STRICT p FROM cep.patterns AS x WHERE x.pattern_id = _pattern_function_sql.pattern_id;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = p.stream_id;
@@ -523,7 +526,7 @@ BEGIN
 END
 $t$;
 
-    -- Fill the placeholders in this order (@FINISH@ contains @RESOLVE@).
+    -- The placeholders and their values (@FINISH@ contains @RESOLVE@).
     SELECT array_agg(x.ph ORDER BY x.o), array_agg(x.val ORDER BY x.o) INTO v_phs, v_vals
     FROM unnest(ARRAY[
         '@FINISH@',
@@ -561,13 +564,13 @@ $t$;
             cep._stream_time_sql(s, 's'),
             s.id_column, v_sel, v_prev_sel, s.source, v_prev_join,
             s.time_column,
-            cep._stream_raw_time_sql(s, 'p_from'),
+            cep._stream_raw_time_sql(s, v_fn || '.p_from'),
             s.time_column,
-            cep._stream_raw_time_sql(s, 'p_to'),
-            format(' AND (NOT p_find OR NOT EXISTS (SELECT 1 FROM cep.late_events AS l WHERE '
-                'l.stream_id = %s AND l.event_id = s.%I)) AND (NOT p_find OR NOT EXISTS ('
-                'SELECT 1 FROM cep.pattern_late_events AS pl WHERE pl.pattern_id = %s AND '
-                'pl.event_id = s.%I))', s.stream_id, s.id_column, p.pattern_id, s.id_column)
+            cep._stream_raw_time_sql(s, v_fn || '.p_to'),
+            format(' AND (NOT %5$s.p_find OR NOT EXISTS (SELECT 1 FROM cep.late_events AS l WHERE '
+                'l.stream_id = %1$s AND l.event_id = s.%2$I)) AND (NOT %5$s.p_find OR NOT EXISTS ('
+                'SELECT 1 FROM cep.pattern_late_events AS pl WHERE pl.pattern_id = %3$s AND '
+                'pl.event_id = s.%4$I))', s.stream_id, s.id_column, p.pattern_id, s.id_column, v_fn)
                 || cep._processed_sql(s, 's')),
         format(
             'SELECT e.*, (%s | %s) AS mask FROM (SELECT %s AS k, %s AS t, s.%I::bigint AS id%s%s '
@@ -587,7 +590,7 @@ $t$;
             s.time_column,
             cep._stream_raw_time_sql(s, 'kr.lo'),
             s.time_column,
-            cep._stream_raw_time_sql(s, 'p_to'),
+            cep._stream_raw_time_sql(s, v_fn || '.p_to'),
             v_prev_join, s.stream_id, s.id_column),
         format('SELECT %s FROM %s AS s WHERE %s AND s.%I > %s ORDER BY %s LIMIT 1',
             cep._stream_time_sql(s, 's'),
@@ -598,15 +601,15 @@ $t$;
                      WHERE a.attrelid = s.source AND a.attname = s.key_column)) END)
                 || cep._processed_sql(s, 's'),
             s.time_column,
-            cep._stream_raw_time_sql(s, 'p_to'),
+            cep._stream_raw_time_sql(s, v_fn || '.p_to'),
             -- ordered by an expression: the (key, time) index finds the rows, never a walk
             -- along the time index
             format('s.%I + interval ''0 seconds''', s.time_column)),
         format('SELECT %s AS k, %s AS t, s.%I::bigint AS id%s FROM %s AS s '
-            'WHERE s.%I = ANY (p_own)',
+            'WHERE s.%I = ANY (%s.p_own)',
             cep._stream_key_sql(s, 's'),
             cep._stream_time_sql(s, 's'),
-            s.id_column, v_sel, s.source, s.id_column),
+            s.id_column, v_sel, s.source, s.id_column, v_fn),
         coalesce(cep._pattern_relevance_sql(p.pattern_id), 'true'),
         CASE WHEN p.contiguity = 'relaxed' THEN 'x.mask <> 0 AND' ELSE '' END,
         CASE WHEN v_dyn = '' THEN '(e.mask >> (v_var - 1)) & 1 = 1'
@@ -628,9 +631,14 @@ $t$;
         p.pattern_id::text,
         s.stream_id::text
     ]) WITH ORDINALITY AS x (ph, val, o);
-    FOR v_i IN 1 .. cardinality(v_phs) LOOP
-        v_template := replace(v_template, v_phs[v_i], v_vals[v_i]);
-    END LOOP;
+    -- @FINISH@ first (fixed text that brings @RESOLVE@), then every placeholder in one pass:
+    -- a value is inserted once and never scanned again, so a table, column, name or condition
+    -- that contains a placeholder's spelling stays as it is.
+    v_template := replace(v_template, v_phs[1], v_vals[1]);
+    SELECT string_agg(coalesce(v_vals[array_position(v_phs, m.tok[1])], m.tok[1]), ''
+        ORDER BY m.o)
+    INTO v_template
+    FROM regexp_matches(v_template, '@[A-Z_]+@|[^@]+|@', 'g') WITH ORDINALITY AS m (tok, o);
     RETURN v_template;
 END
 $fn$;

@@ -155,13 +155,13 @@ BEGIN
 
     -- Backfill: the events already in the table (all but the late ones) since horizon_start go
     -- through the same section of code as a batch would.
-    v_backfill := replace(
-        replace(cep._recommender_section(v_id), 'cep_new_rows', format(
-            '(SELECT src.* FROM %s AS src WHERE NOT EXISTS (SELECT 1 FROM cep.late_events AS le '
-            'WHERE le.stream_id = %s AND le.event_id = src.%I::bigint))',
-            s.source, s.stream_id, s.id_column)),
-        'v_watermark', format('%L::timestamptz', v_start));
-    EXECUTE format('DO %L', 'BEGIN ' || v_backfill || ' END');
+    v_backfill := cep._bind_rows(cep._recommender_section(v_id), format(
+        '(SELECT src.* FROM %s AS src WHERE NOT EXISTS (SELECT 1 FROM cep.late_events AS le '
+        'WHERE le.stream_id = %s AND le.event_id = src.%I::bigint))',
+        s.source, s.stream_id, s.id_column));
+    EXECUTE format('DO %L', format(E'#variable_conflict use_variable\n'
+        'DECLARE v_watermark timestamptz := %L; BEGIN ', v_start)
+        || v_backfill || ' END');
     RETURN v_id;
 END
 $fn$;

@@ -40,7 +40,7 @@ SELECT functions_are(
         '_recommender_id', '_recommender_weight_expr', '_recommender_section',
         '_drop_recommender_state', '_expire_recommender',
         'process_stream', 'set_stream_mode', '_process_queue', '_unprocessed', '_compile_checks',
-        '_batch_sql', '_reject_sql', '_compile_enqueue', '_queued_rows_sql', '_processed_sql',
+        '_batch_sql', '_reject_sql', '_compile_enqueue', '_queued_rows_sql', '_bind_rows', '_processed_sql',
         '_rule_bucket_width', '_rule_bucket_value', '_rule_bucket_sql', '_rule_set_series',
         'create_slice_publications', 'attach_replica_stream', 'window_partials',
         'merge_window_partials', 'import_alerts', '_slice_hash_function', '_apply_queued'
