@@ -1,28 +1,40 @@
 -- Patterns API: cep.create_pattern, cep.create_absence, cep.drop_pattern, cep.find_matches,
 -- and the pattern section of a stream's ingest function.
 
-CREATE FUNCTION cep._pattern_prepare_stream(s cep.streams)
+CREATE FUNCTION cep._pattern_prepare_stream(s cep.streams, absence boolean)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
+DECLARE
+    v_cols name [];
 BEGIN
-    -- Matchers read the events between two watermarks: an index led by the time column.
+    -- Matchers read a key's events from where its runs stand: an index led by (key, time).
+    -- Absence detectors (and keyless streams) read the events between two watermarks: an
+    -- index led by the time column. (find_matches reads a time range: a scan, or this index.)
+    v_cols := CASE WHEN absence OR s.key_column IS NULL THEN ARRAY[s.time_column]
+        ELSE ARRAY[s.key_column, s.time_column] END;
     IF NOT EXISTS (
         SELECT 1 FROM pg_catalog.pg_index AS i
         WHERE i.indrelid = s.source AND i.indpred IS NULL AND i.indexprs IS NULL
-            AND i.indkey[0] = (SELECT a.attnum FROM pg_catalog.pg_attribute AS a
-                WHERE a.attrelid = s.source AND a.attname = s.time_column)
+            AND i.indnkeyatts >= cardinality(v_cols)
+            AND (
+                SELECT bool_and(i.indkey[c.n - 1] = a.attnum)
+                FROM unnest(v_cols) WITH ORDINALITY AS c (col, n)
+                INNER JOIN pg_catalog.pg_attribute AS a ON a.attrelid = s.source AND c.col = a.attname
+            )
     ) THEN
-        RAISE NOTICE 'pg_cep: creating an index on %(%) for patterns', s.source, s.time_column;
-        EXECUTE format('CREATE INDEX ON %s (%I)', s.source, s.time_column);
+        RAISE NOTICE 'pg_cep: creating an index on %(%) for %', s.source,
+            array_to_string(v_cols, ', '), CASE WHEN absence THEN 'absence detectors' ELSE 'patterns' END;
+        EXECUTE format('CREATE INDEX ON %s (%s)', s.source,
+            (SELECT string_agg(format('%I', c), ', ' ORDER BY n) FROM unnest(v_cols) WITH ORDINALITY AS u (c, n)));
     END IF;
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._pattern_prepare_stream(cep.streams) IS
-'Internal: make sure a stream''s table has an index led by its time column (patterns read '
-'the events between two watermarks).';
+COMMENT ON FUNCTION cep._pattern_prepare_stream(cep.streams, boolean) IS
+'Internal: make sure a stream''s table has the index its patterns (led by key and time) or '
+'absence detectors (led by time) read through.';
 
 -- Create (or replace) a pattern's generated matcher function.
 CREATE FUNCTION cep._pattern_install(pattern_id integer)
@@ -422,7 +434,7 @@ BEGIN
         v_vars, v_prog)
     RETURNING pattern_id INTO v_id;
     PERFORM cep._pattern_install(v_id);
-    PERFORM cep._pattern_prepare_stream(s);
+    PERFORM cep._pattern_prepare_stream(s, false);
 
     -- Past events: taken up to the current watermark, under a lock that keeps inserts out
     -- until the new ingest code is in place.
@@ -488,7 +500,7 @@ BEGIN
     VALUES (name, s.stream_id, 'absence', make_interval(secs => extract(epoch FROM within)),
         start_condition, expected_condition)
     RETURNING pattern_id INTO v_id;
-    PERFORM cep._pattern_prepare_stream(s);
+    PERFORM cep._pattern_prepare_stream(s, true);
     EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', s.source);
     -- Stored starts not yet past their deadline wait like new ones.
     EXECUTE format(
