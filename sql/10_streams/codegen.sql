@@ -376,7 +376,21 @@ COMMENT ON FUNCTION cep._tie_to_extension(regprocedure, name, regclass) IS
 'Internal: mark a generated function, and/or a trigger pg_cep put on a user table, as dependent '
 'on the extension, so that DROP EXTENSION pg_cep drops them too.';
 
-CREATE FUNCTION cep._regenerate_stream(stream_id integer)
+-- A generated body with GUARD as the first statements of its outermost block (generated
+-- bodies open that block with BEGIN alone on a line at column 0; nested blocks are indented).
+CREATE FUNCTION cep._with_guard(code text, guard text)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT regexp_replace(code, E'\nBEGIN\n', E'\nBEGIN' || guard || E'\n')
+$fn$;
+
+COMMENT ON FUNCTION cep._with_guard(text, text) IS
+'Internal: generated code with GUARD put first in its outermost block.';
+
+CREATE FUNCTION cep._regenerate_stream(stream_id integer, healing boolean DEFAULT FALSE)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -394,10 +408,6 @@ DECLARE
     -- more than running them, and their shape does not depend on the parameters)
     v_sets constant text := ' SET enable_seqscan = off SET TimeZone = ''UTC'' SET jit = off '
         'SET extra_float_digits = 1 SET plan_cache_mode = force_generic_plan';
-    -- (inside cep._stream_renamed: the old code names a table that is gone, so the queue is
-    -- not applied with it first, and a synchronous stream gets a processing function too)
-    v_healing constant boolean := coalesce(current_setting('cep.healing_stream', true), '')
-        = stream_id::text;
     v_relname name;
     v_nspname name;
     v_guard text;
@@ -411,7 +421,9 @@ BEGIN
             USING ERRCODE = '42P01',
             HINT = format('Remove the stream with SELECT cep.drop_stream(%L).', s.name);
     END IF;
-    IF s.mode = 'async' AND NOT v_healing
+    -- (healing, from cep._stream_renamed: the old code names a table that is gone, so the
+    -- queue is not applied with it first, and a synchronous stream gets a processing function)
+    IF s.mode = 'async' AND NOT healing
         AND to_regprocedure(format('cep.%I(bigint [])', v_process)) IS NOT NULL THEN
         -- Statements queued before this change are applied with the definitions they were
         -- queued under (a synchronous stream would have applied them already); callers that
@@ -437,13 +449,12 @@ BEGIN
                 -- (the writer side of an asynchronous stream depends on no other setting)
                 CASE s.mode WHEN 'async' THEN '' ELSE v_sets END,
                 CASE s.mode WHEN 'async' THEN cep._compile_enqueue(s.stream_id)
-                    ELSE regexp_replace(cep._compile_ingest(s.stream_id), E'\nBEGIN\n',
-                        E'\nBEGIN' || v_guard || E'\n') END);
+                    ELSE cep._with_guard(cep._compile_ingest(s.stream_id), v_guard) END);
             v_comment := CASE s.mode WHEN 'async'
                 THEN format('Generated ingest function of pg_cep asynchronous stream %s: checks '
                     'and queues each statement.', stream_id)
                 ELSE format('Generated ingest function of pg_cep stream %s.', stream_id) END;
-        ELSIF v_name = v_process AND (s.mode = 'async' OR v_healing) THEN
+        ELSIF v_name = v_process AND (s.mode = 'async' OR healing) THEN
             v_args := 'bigint []';
             v_guard := format($g$
     IF %s::pg_catalog.oid::pg_catalog.regclass::text <> %L THEN
@@ -453,8 +464,8 @@ BEGIN
                 'CREATE OR REPLACE FUNCTION cep.%I(p_ids bigint []) RETURNS integer '
                 'LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%s AS %L',
                 v_name, v_sets,
-                regexp_replace(cep._bind_rows(cep._compile_ingest(s.stream_id),
-                    cep._queued_rows_sql(s.stream_id)), E'\nBEGIN\n', E'\nBEGIN' || v_guard || E'\n'));
+                cep._with_guard(cep._bind_rows(cep._compile_ingest(s.stream_id),
+                    cep._queued_rows_sql(s.stream_id)), v_guard));
             v_comment := format('Generated processing function of pg_cep asynchronous stream '
                 '%s: applies one queued statement.', stream_id);
         ELSIF v_name = v_replica AND s.replica_batch IS NOT NULL THEN
@@ -493,9 +504,11 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._regenerate_stream(integer) IS
+COMMENT ON FUNCTION cep._regenerate_stream(integer, boolean) IS
 'Internal: rebuild a stream''s generated ingest function (and, for an asynchronous stream, '
-'its processing function; for a replica stream, its row trigger function) from the catalog.';
+'its processing function; for a replica stream, its row trigger function) from the catalog; '
+'HEALING (after a rename): without applying the queue first, with a processing function '
+'for a synchronous stream too.';
 
 -- A stream's table (or its schema) was renamed after its code was generated: rebuild the
 -- code (ingest and processing functions, pattern matchers) under the new name, and apply the
@@ -514,13 +527,11 @@ BEGIN
     -- one session rebuilds at a time (a second one rebuilds again, harmlessly)
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _stream_renamed.stream_id
     FOR UPDATE;
-    PERFORM set_config('cep.healing_stream', stream_id::text, true);
-    PERFORM cep._regenerate_stream(stream_id);
+    PERFORM cep._regenerate_stream(stream_id, true);
     PERFORM cep._pattern_install(p.pattern_id)
     FROM cep.patterns AS p
     WHERE p.stream_id = _stream_renamed.stream_id AND p.kind = 'pattern'
     ORDER BY p.pattern_id;
-    PERFORM set_config('cep.healing_stream', '', true);
     IF ids IS NULL THEN
         RETURN 0;
     END IF;

@@ -68,8 +68,7 @@ BEGIN
         'last_time timestamptz, event_ids bigint [], classifiers text []) LANGUAGE plpgsql '
         'SET search_path = pg_catalog, pg_temp SET TimeZone = ''UTC'' SET jit = off '
         'SET plan_cache_mode = force_custom_plan AS %L',
-        v_fn, regexp_replace(cep._pattern_function_sql(pattern_id), E'\nBEGIN\n',
-            E'\nBEGIN' || v_guard || E'\n'));
+        v_fn, cep._with_guard(cep._pattern_function_sql(pattern_id), v_guard));
     BEGIN
         EXECUTE v_ddl;
     EXCEPTION WHEN object_not_in_prerequisite_state THEN

@@ -24,7 +24,7 @@ SELECT functions_are(
         '_raise_alerts', '_consumer_id', '_time_expr', '_parse_aggregates', '_window_ddl',
         '_window_section', '_drop_window_objects', '_window_stats', '_stream_horizon',
         '_refuse_default_partition', '_premake_partitions', '_retire_partitions', '_prom_label',
-        '_compile_ingest', '_feature_sections', '_tie_to_extension', '_regenerate_stream', '_stream_renamed', '_sketch_estimate',
+        '_compile_ingest', '_feature_sections', '_tie_to_extension', '_with_guard', '_regenerate_stream', '_stream_renamed', '_sketch_estimate',
         'set_risk_policy', 'evaluate_rules',
         '_rule_fail', '_rule_field', '_rule_constant', '_rule_window', '_rule_col',
         '_rule_check_keys', '_rule_op', '_rule_compile', '_rule_needs', '_rule_set',

@@ -13,3 +13,7 @@ ALTER TABLE cep.streams ADD CONSTRAINT streams_replica_check CHECK (
 
 -- create_stream gained the mode argument; the replaced 10_streams/api.sql creates the new one.
 DROP FUNCTION cep.create_stream(text, regclass, name, name, name, interval, interval, boolean, text);
+
+-- cep._regenerate_stream gained a parameter (healing, with a default): the one-argument
+-- function of 0.1.0 goes, so that calls resolve to the new one.
+DROP FUNCTION cep._regenerate_stream(integer);
