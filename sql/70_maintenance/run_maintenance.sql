@@ -15,6 +15,7 @@ DECLARE
     v_table name;
     v_now timestamptz := clock_timestamp();
     v_stats_retention interval := cep._setting('stats_retention')::interval;
+    v_orphans integer [];
 BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtext('pg_cep run_maintenance')) THEN
         task := 'skipped: another session is running maintenance';
@@ -25,11 +26,11 @@ BEGIN
 
     -- Streams whose table was dropped: reported, and left out of every task below (their
     -- windows, matches and alerts stay until cep.drop_stream).
-    SELECT count(*) INTO v_n
+    SELECT coalesce(array_agg(s.stream_id), '{}') INTO v_orphans
     FROM cep.streams AS s
     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.source);
     task := 'orphaned_streams';
-    items := v_n;
+    items := cardinality(v_orphans);
     RETURN NEXT;
 
     -- Queued statements of asynchronous streams, up to 100000 events per stream per call (a
@@ -37,8 +38,7 @@ BEGIN
     SELECT coalesce(sum(p.events), 0) INTO v_n
     FROM cep.streams AS s
     CROSS JOIN LATERAL cep._process_queue(s.stream_id, 100000, false) AS p
-    WHERE s.mode = 'async'
-        AND EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.source);
+    WHERE s.mode = 'async' AND s.stream_id <> ALL (v_orphans);
     task := 'process_streams';
     items := v_n;
     RETURN NEXT;
@@ -200,15 +200,13 @@ BEGIN
     -- Time partitions: make them ahead, retire the ones past retention.
     SELECT coalesce(sum(cep._premake_partitions(ps.stream_id)), 0) INTO v_n
     FROM cep.partitioned_streams AS ps
-    INNER JOIN cep.streams AS s ON ps.stream_id = s.stream_id
-    WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.source);
+    WHERE ps.stream_id <> ALL (v_orphans);
     task := 'premake_partitions';
     items := v_n;
     RETURN NEXT;
     SELECT coalesce(sum(cep._retire_partitions(ps.stream_id)), 0) INTO v_n
     FROM cep.partitioned_streams AS ps
-    INNER JOIN cep.streams AS s ON ps.stream_id = s.stream_id
-    WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.source);
+    WHERE ps.stream_id <> ALL (v_orphans);
     task := 'retire_partitions';
     items := v_n;
     RETURN NEXT;
@@ -274,7 +272,7 @@ BEGIN
     SELECT count(cep.advance_watermark(s.name, v_now - s.allowed_lateness)) INTO v_n
     FROM cep.streams AS s
     WHERE s.wall_clock AND cep._watermark(s.stream_id) < v_now - s.allowed_lateness
-        AND EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.source);
+        AND s.stream_id <> ALL (v_orphans);
     task := 'wall_clock_watermarks';
     items := v_n;
     RETURN NEXT;
@@ -286,8 +284,7 @@ BEGIN
     FROM (
         SELECT DISTINCT p.stream_id, cep._watermark(p.stream_id) AS w
         FROM cep.patterns AS p
-        INNER JOIN cep.streams AS s ON p.stream_id = s.stream_id
-        WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.source)
+        WHERE p.stream_id <> ALL (v_orphans)
     ) AS x
     WHERE isfinite(x.w);
     task := 'advance_patterns';
