@@ -425,7 +425,6 @@ BEGIN
     SELECT array_agg(v.name ORDER BY u.ord) AS names,
         array_agg(v.risk_score::text::numeric ORDER BY u.ord) AS scores,
         array_agg(v.mode = 'enforce' ORDER BY u.ord) AS enforce,
-        array_agg(v.kind ORDER BY u.ord) AS kinds,
         -- each rule's entry in an alert's details, made once here rather than per alert
         array_agg(jsonb_build_object('rule_id', u.rule_id, 'name', v.name, 'kind', v.kind,
             'score', v.risk_score::text::numeric::float8, 'version', u.version)
@@ -521,7 +520,7 @@ $l$,
         r_scores constant numeric [] := %17$L::numeric [];
         r_enforce constant boolean [] := %16$L::boolean [];
         r_names constant text [] := %15$L::text [];
-        r_objs constant jsonb [] := %26$L::jsonb [];
+        r_objs constant jsonb [] := %21$L::jsonb [];
         v_rule_alerts cep.alert_draft [];
 %23$s
         v_rule_hits bigint [];
@@ -609,15 +608,14 @@ $r$,
         v_alert_cond,                                     -- 18
         s.stream_id,                                      -- 19
         v_block,                                          -- 20
-        NULL,                                             -- 21 (unused)
+        v_meta.objs,                                      -- 21
         v_lock,                                           -- 22
         CASE WHEN p.block_action IS NOT NULL
             THEN E'\n        v_rule_blocked bigint [];' ELSE '' END,  -- 23
         CASE WHEN p.block_action IS NOT NULL
             THEN E',\n        (SELECT array_agg(i.event_id) FROM ins AS i WHERE i.blocked)'
             ELSE '' END,                                  -- 24
-        CASE WHEN p.block_action IS NOT NULL THEN ', v_rule_blocked' ELSE '' END,  -- 25
-        v_meta.objs);                                     -- 26
+        CASE WHEN p.block_action IS NOT NULL THEN ', v_rule_blocked' ELSE '' END);  -- 25
 END
 $fn$;
 
