@@ -154,10 +154,16 @@ BEGIN
     EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', s.source);
 
     INSERT INTO cep.windows (
-        name, stream_id, kind, size, slide, group_by, aggregates, retention, view, state_table
+        name, stream_id, kind, size, slide, group_by, aggregates, retention, view, state_table,
+        pane
     ) VALUES (
         name, v_stream_id, kind, size, slide, v_group, v_aggs,
-        retention, 'pg_catalog.pg_class'::regclass, 'pending'
+        retention, 'pg_catalog.pg_class'::regclass, 'pending',
+        -- panes: the greatest common divisor of size and slide (in microseconds), so that
+        -- every window is a whole number of panes
+        CASE kind WHEN 'session' THEN NULL WHEN 'tumbling' THEN size
+            ELSE gcd((extract(epoch FROM size) * 1000000)::bigint,
+                (extract(epoch FROM slide) * 1000000)::bigint) * interval '1 microsecond' END
     ) RETURNING window_id INTO v_id;
     UPDATE cep.windows AS x SET state_table = format('window_%s', v_id)
     WHERE x.window_id = v_id;
@@ -230,6 +236,13 @@ BEGIN
     SELECT * INTO STRICT w FROM cep.windows AS x WHERE x.window_id = _drop_window_objects.window_id;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = w.view) THEN
         EXECUTE format('DROP VIEW %s', w.view);
+    END IF;
+    -- (tumbling and hopping: the view of merged panes the user's view read)
+    IF EXISTS (
+        SELECT 1 FROM pg_catalog.pg_class AS c
+        WHERE c.relnamespace = 'cep'::regnamespace AND c.relkind = 'v' AND c.relname = w.state_table
+    ) THEN
+        EXECUTE format('DROP VIEW cep.%I', w.state_table);
     END IF;
     FOR v_table IN
         SELECT c.relname FROM pg_catalog.pg_class AS c

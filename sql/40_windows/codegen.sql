@@ -1,8 +1,10 @@
--- Code generation for windows: the state table, the view, and the section of the stream's
--- ingest function that folds a batch into the state.
--- Invariant: a batch touches only the windows its on-time events fall into; tumbling and
--- hopping state is upserted pre-aggregated in (window_start, group) order, so concurrent
--- batches lock rows in one order and no row is affected twice; session state is merged per
+-- Code generation for windows: the state, the view, and the section of the stream's ingest
+-- function that folds a batch into the state.
+-- Invariant: a batch touches only the windows its on-time events fall into. Tumbling and
+-- hopping windows append one partial aggregate per (pane, group) of the batch to
+-- cep.window_<id>_panes -- no row is updated or locked, so writers never wait for each other
+-- there, and an event costs one pane row however many hopping windows it falls in -- and
+-- cep.window_<id> merges the panes of each window when read; session state is merged per
 -- session key after locking that key's anchor row, so concurrent merges serialize per key.
 
 CREATE FUNCTION cep._window_ddl(window_id integer, view_name text)
@@ -26,6 +28,9 @@ DECLARE
     v_ddl text [] := '{}'::text [];
     v_key_type text;
     v_wm text;
+    v_pane_cols text := '';
+    v_merged text := '';
+    v_same_group text := '';
 BEGIN
     SELECT * INTO STRICT w FROM cep.windows AS x WHERE x.window_id = _window_ddl.window_id;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = w.stream_id;
@@ -38,11 +43,34 @@ BEGIN
         v_gcols := v_gcols || format(', g_%s %s', v_i, v_type);
         v_gkey := v_gkey || format(', g_%s', v_i);
         v_view_g := v_view_g || format(', s.g_%s AS %I', v_i, v_col);
+        v_same_group := v_same_group || format(' AND d.g_%1$s IS NOT DISTINCT FROM s.g_%1$s', v_i);
     END LOOP;
 
     FOR v_agg IN SELECT value FROM jsonb_array_elements(w.aggregates) LOOP
         v_cols := v_cols || format(', %I %s%s', v_agg->>'state', v_agg->>'state_type',
             CASE WHEN v_agg->>'fn' IN ('count', 'count_distinct') THEN ' NOT NULL DEFAULT 0' ELSE '' END);
+        -- a pane's partial and how the panes of a window merge
+        CASE v_agg->>'fn'
+            WHEN 'count' THEN
+                v_pane_cols := v_pane_cols || format(', %I bigint NOT NULL', v_agg->>'state');
+                v_merged := v_merged || format(', sum(s.%1$I)::bigint AS %1$I', v_agg->>'state');
+            WHEN 'count_distinct' THEN
+                v_merged := v_merged || format(
+                    ', (SELECT count(*) FROM cep.%1$I AS d WHERE d.window_start = x.ws%2$s) AS %3$I',
+                    w.state_table || '_' || (v_agg->>'state'), v_same_group, v_agg->>'state');
+            WHEN 'sum' THEN
+                v_pane_cols := v_pane_cols || format(', %I %s', v_agg->>'state', v_agg->>'state_type');
+                v_merged := v_merged || format(', sum(s.%1$I)::%2$s AS %1$I',
+                    v_agg->>'state', v_agg->>'state_type');
+            WHEN 'avg' THEN
+                v_pane_cols := v_pane_cols || format(', %I %s, %I bigint NOT NULL',
+                    v_agg->>'state', v_agg->>'state_type', (v_agg->>'state') || '_n');
+                v_merged := v_merged || format(', sum(s.%1$I)::%2$s AS %1$I, sum(s.%3$I)::bigint AS %3$I',
+                    v_agg->>'state', v_agg->>'state_type', (v_agg->>'state') || '_n');
+            ELSE
+                v_pane_cols := v_pane_cols || format(', %I %s', v_agg->>'state', v_agg->>'state_type');
+                v_merged := v_merged || format(', %1$s(s.%2$I) AS %2$I', v_agg->>'fn', v_agg->>'state');
+        END CASE;
         IF v_agg->>'fn' = 'avg' THEN
             v_cols := v_cols || format(', %I bigint NOT NULL DEFAULT 0', (v_agg->>'state') || '_n');
             v_view_a := v_view_a || format(', (s.%I / NULLIF(s.%I, 0))::%s AS %I',
@@ -93,19 +121,37 @@ BEGIN
             CASE WHEN s.key_column = ANY (w.group_by) THEN '' ELSE format(', s.k AS %I', s.key_column) END,
             v_view_g, v_view_a, w.state_table, v_wm);
     ELSE
+        -- Panes: partial aggregates, appended per batch (several rows per pane and group until
+        -- maintenance merges them). No unique index: nothing is upserted, nothing is locked.
         v_ddl := v_ddl || format(
-            'CREATE TABLE cep.%1$I (window_start timestamptz NOT NULL, window_end timestamptz NOT NULL'
-            '%2$s%3$s, CONSTRAINT %4$I UNIQUE NULLS NOT DISTINCT (window_start%5$s)) '
-            'WITH (fillfactor = 80)',
-            w.state_table, v_gcols, v_cols, w.state_table || '_key', v_gkey);
+            'CREATE TABLE cep.%1$I (pane_start timestamptz NOT NULL%2$s%3$s)',
+            w.state_table || '_panes', v_gcols, v_pane_cols);
+        v_ddl := v_ddl || format('CREATE INDEX %I ON cep.%I (pane_start)',
+            w.state_table || '_panes_start_idx', w.state_table || '_panes');
         FOR v_agg IN SELECT value FROM jsonb_array_elements(w.aggregates)
             WHERE value->>'fn' = 'count_distinct' LOOP
+            -- distinct values are kept per window (they do not add up over panes)
             v_ddl := v_ddl || format(
                 'CREATE TABLE cep.%1$I (window_start timestamptz NOT NULL%2$s, v %3$s NOT NULL, '
                 'CONSTRAINT %4$I UNIQUE NULLS NOT DISTINCT (window_start%5$s, v))',
                 w.state_table || '_' || (v_agg->>'state'), v_gcols, v_agg->>'type',
                 w.state_table || '_' || (v_agg->>'state') || '_key', v_gkey);
         END LOOP;
+        -- The windows: each pane belongs to the windows on the slide grid that contain it;
+        -- those that ended before purged_before are gone (their panes may be partly kept for
+        -- later windows), so they are hidden.
+        v_ddl := v_ddl || format(
+            'CREATE VIEW cep.%1$I AS SELECT x.ws AS window_start, x.ws + %2$L::interval AS window_end'
+            '%3$s%4$s FROM cep.%5$I AS s CROSS JOIN LATERAL (SELECT pg_catalog.date_bin('
+            '%6$L::interval, s.pane_start, ''1970-01-01 00:00:00+00'') - k.k * %6$L::interval AS ws '
+            'FROM pg_catalog.generate_series(0, %7$s) AS k (k)) AS x '
+            'WHERE x.ws + %2$L::interval > s.pane_start AND x.ws + %2$L::interval >= '
+            '(SELECT c.purged_before FROM cep.windows AS c WHERE c.window_id = %8$s) '
+            'GROUP BY x.ws%9$s',
+            w.state_table, w.size, replace(v_gkey, ', g_', ', s.g_'), v_merged,
+            w.state_table || '_panes', coalesce(w.slide, w.size),
+            ceil(extract(epoch FROM w.size) / extract(epoch FROM coalesce(w.slide, w.size)))::integer - 1,
+            w.window_id, replace(v_gkey, ', g_', ', s.g_'));
         v_ddl := v_ddl || format(
             'CREATE VIEW %1$s AS SELECT s.window_start, s.window_end%2$s%3$s, '
             's.window_end <= wm.watermark AS is_final FROM cep.%4$I AS s %5$s',
@@ -137,8 +183,6 @@ DECLARE
     v_b_g text := '';
     v_v_sel text := '';
     v_ins_cols text := '';
-    v_batch_aggs text := '';
-    v_merge text := '';
     v_item_event text := '';
     v_island_aggs text := '';
     v_st text;
@@ -148,6 +192,8 @@ DECLARE
     v_sql text;
     v_distinct text := '';
     v_session_distinct text := '';
+    v_pane_cols text := '';
+    v_pane_aggs text := '';
 BEGIN
     SELECT * INTO STRICT w FROM cep.windows AS x WHERE x.window_id = _window_section.window_id;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = w.stream_id;
@@ -167,17 +213,18 @@ BEGIN
             v_v_sel := v_v_sel || format(', n.%I AS %I', v_agg->>'col', v_v);
         END IF;
         v_ins_cols := v_ins_cols || format(', %I', v_st);
+        IF v_agg->>'fn' <> 'count_distinct' THEN
+            v_pane_cols := v_pane_cols || format(', %I', v_st)
+                || CASE WHEN v_agg->>'fn' = 'avg' THEN format(', %I', v_st || '_n') ELSE '' END;
+        END IF;
         CASE v_agg->>'fn'
             WHEN 'count' THEN
-                v_batch_aggs := v_batch_aggs || CASE WHEN v_agg->>'col' IS NULL THEN ', count(*)'
+                v_pane_aggs := v_pane_aggs || CASE WHEN v_agg->>'col' IS NULL THEN ', count(*)'
                     ELSE format(', count(b.%I)', v_v) END;
-                v_merge := v_merge || format(', %1$I = s.%1$I + EXCLUDED.%1$I', v_st);
                 v_item_event := v_item_event || CASE WHEN v_agg->>'col' IS NULL THEN ', 1::bigint'
                     ELSE format(', CASE WHEN b.%I IS NULL THEN 0 ELSE 1 END::bigint', v_v) END;
                 v_island_aggs := v_island_aggs || format(', sum(i.%1$I)::bigint AS %1$I', v_st);
             WHEN 'count_distinct' THEN
-                v_batch_aggs := v_batch_aggs || ', 0';
-                v_merge := v_merge || format(', %1$I = s.%1$I', v_st);
                 v_item_event := v_item_event || ', 0::bigint';
                 v_island_aggs := v_island_aggs || format(', 0::bigint AS %I', v_st);
                 v_session_distinct := v_session_distinct || format($d$
@@ -228,41 +275,26 @@ $d$,
                     format('n.%I', s.key_column)
                         || (SELECT coalesce(string_agg(format(', n.%I', g), ''), '') FROM unnest(w.group_by) AS g),
                     v_t, w.state_table, w.state_table || '_' || v_st, v_st);
+                -- the window's count is the number of its values (merged when read)
                 v_distinct := v_distinct || format($d$
-    WITH nv AS (
-        INSERT INTO cep.%1$I AS d (window_start%2$s, v)
-        SELECT DISTINCT b.ws%3$s, b.%4$I
-        FROM (%5$s) AS b
-        WHERE b.%4$I IS NOT NULL
-        ORDER BY 1%6$s, %7$s
-        ON CONFLICT DO NOTHING
-        RETURNING d.window_start%8$s
-    )
-    UPDATE cep.%9$I AS s SET %10$I = s.%10$I + c.n
-    FROM (SELECT nv.window_start%11$s, count(*) AS n FROM nv GROUP BY nv.window_start%11$s) AS c
-    WHERE s.window_start = c.window_start%12$s;
+    INSERT INTO cep.%1$I AS d (window_start%2$s, v)
+    SELECT DISTINCT b.ws%3$s, b.%4$I
+    FROM (%5$s) AS b
+    WHERE b.%4$I IS NOT NULL
+    ORDER BY 1%6$s, %7$s
+    ON CONFLICT DO NOTHING;
 $d$,
                     w.state_table || '_' || v_st, v_g_list, v_b_g, v_v, '%EXPAND%',
                     (SELECT coalesce(string_agg(format(', %s', g + 1), ''), '')
                         FROM generate_series(1, cardinality(w.group_by)) AS g),
-                    cardinality(w.group_by) + 2,
-                    (SELECT coalesce(string_agg(format(', d.g_%s', g), ''), '')
-                        FROM generate_series(1, cardinality(w.group_by)) AS g),
-                    w.state_table, v_st,
-                    (SELECT coalesce(string_agg(format(', nv.g_%s', g), ''), '')
-                        FROM generate_series(1, cardinality(w.group_by)) AS g),
-                    (SELECT coalesce(string_agg(format(' AND s.g_%1$s IS NOT DISTINCT FROM c.g_%1$s', g), ''), '')
-                        FROM generate_series(1, cardinality(w.group_by)) AS g));
+                    cardinality(w.group_by) + 2);
             WHEN 'sum' THEN
-                v_batch_aggs := v_batch_aggs || format(', sum(b.%I)::%s', v_v, v_agg->>'state_type');
-                v_merge := v_merge || format(', %1$I = coalesce(s.%1$I + EXCLUDED.%1$I, s.%1$I, EXCLUDED.%1$I)', v_st);
+                v_pane_aggs := v_pane_aggs || format(', sum(b.%I)::%s', v_v, v_agg->>'state_type');
                 v_item_event := v_item_event || format(', b.%I::%s', v_v, v_agg->>'state_type');
                 v_island_aggs := v_island_aggs || format(', sum(i.%1$I)::%2$s AS %1$I', v_st, v_agg->>'state_type');
             WHEN 'avg' THEN
                 v_ins_cols := v_ins_cols || format(', %I', v_st || '_n');
-                v_batch_aggs := v_batch_aggs || format(', sum(b.%1$I::%2$s), count(b.%1$I)', v_v, v_agg->>'state_type');
-                v_merge := v_merge || format(', %1$I = coalesce(s.%1$I + EXCLUDED.%1$I, s.%1$I, EXCLUDED.%1$I)'
-                    ', %2$I = s.%2$I + EXCLUDED.%2$I', v_st, v_st || '_n');
+                v_pane_aggs := v_pane_aggs || format(', sum(b.%1$I::%2$s), count(b.%1$I)', v_v, v_agg->>'state_type');
                 v_item_event := v_item_event || format(
                     ', b.%1$I::%2$s, CASE WHEN b.%1$I IS NULL THEN 0 ELSE 1 END::bigint',
                     v_v, v_agg->>'state_type');
@@ -270,13 +302,11 @@ $d$,
                     ', sum(i.%1$I)::%2$s AS %1$I, sum(i.%3$I)::bigint AS %3$I',
                     v_st, v_agg->>'state_type', v_st || '_n');
             WHEN 'min' THEN
-                v_batch_aggs := v_batch_aggs || format(', min(b.%I)', v_v);
-                v_merge := v_merge || format(', %1$I = least(s.%1$I, EXCLUDED.%1$I)', v_st);
+                v_pane_aggs := v_pane_aggs || format(', min(b.%I)', v_v);
                 v_item_event := v_item_event || format(', b.%I', v_v);
                 v_island_aggs := v_island_aggs || format(', min(i.%1$I) AS %1$I', v_st);
             WHEN 'max' THEN
-                v_batch_aggs := v_batch_aggs || format(', max(b.%I)', v_v);
-                v_merge := v_merge || format(', %1$I = greatest(s.%1$I, EXCLUDED.%1$I)', v_st);
+                v_pane_aggs := v_pane_aggs || format(', max(b.%I)', v_v);
                 v_item_event := v_item_event || format(', b.%I', v_v);
                 v_island_aggs := v_island_aggs || format(', max(i.%1$I) AS %1$I', v_st);
         END CASE;
@@ -297,17 +327,20 @@ $d$,
             (SELECT coalesce(string_agg(format(', e0.%I', 'v_' || (a->>'state')), ''), '')
                 FROM jsonb_array_elements(w.aggregates) AS a WHERE a->>'col' IS NOT NULL),
             v_t, v_g_sel, v_v_sel, coalesce(w.slide, w.size), v_n - 1, w.size);
+        -- The batch's partial aggregates per pane and group, appended.
         v_sql := format($s$
-    -- window %1$s (%2$s %3$s): fold the batch into its windows
-    INSERT INTO cep.%4$I AS s (window_start, window_end%5$s%6$s)
-    SELECT b.ws, b.ws + %7$L::interval%8$s%9$s
-    FROM (%10$s) AS b
-    GROUP BY b.ws%8$s
-    ORDER BY b.ws%8$s
-    ON CONFLICT (window_start%5$s) DO UPDATE SET window_end = EXCLUDED.window_end%11$s;
+    -- window %1$s (%2$s %3$s, panes of %4$s): append the batch's partials
+    INSERT INTO cep.%5$I (pane_start%6$s%7$s)
+    SELECT b.ps%8$s%9$s
+    FROM (
+        SELECT pg_catalog.date_bin(%4$L::interval, %10$s, '1970-01-01 00:00:00+00') AS ps%11$s%12$s
+        FROM cep_new_rows AS n
+        WHERE %10$s >= v_watermark
+    ) AS b
+    GROUP BY b.ps%8$s;
 $s$,
-            w.window_id, w.kind, w.size, w.state_table, v_g_list, v_ins_cols, w.size, v_b_g,
-            v_batch_aggs, v_expand, v_merge);
+            w.window_id, w.kind, w.size, w.pane, w.state_table || '_panes', v_g_list,
+            v_pane_cols, v_b_g, v_pane_aggs, v_t, v_g_sel, v_v_sel);
         RETURN v_sql || replace(v_distinct, '%EXPAND%', v_expand);
     END IF;
 
@@ -408,3 +441,75 @@ $fn$;
 COMMENT ON FUNCTION cep._window_section(integer) IS
 'Internal: the section of the stream''s generated ingest function that folds a batch''s '
 'on-time events into one window''s state.';
+
+-- Maintenance of a tumbling or hopping window's panes: the rows of panes starting in [$1, $2)
+-- that share their pane and group with another row are replaced by one merged row.
+CREATE FUNCTION cep._window_compact_sql(window_id integer)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    w cep.windows;
+    v_agg jsonb;
+    v_st text;
+    v_cols text := '';
+    v_merged text := '';
+    v_groups text := '';
+BEGIN
+    SELECT * INTO STRICT w FROM cep.windows AS x WHERE x.window_id = _window_compact_sql.window_id;
+    SELECT coalesce(string_agg(format(', g_%s', g), ''), '') INTO v_groups
+    FROM generate_series(1, cardinality(w.group_by)) AS g;
+    FOR v_agg IN SELECT value FROM jsonb_array_elements(w.aggregates) LOOP
+        v_st := v_agg->>'state';
+        CASE v_agg->>'fn'
+            WHEN 'count_distinct' THEN
+                CONTINUE;
+            WHEN 'count' THEN
+                v_cols := v_cols || format(', %I', v_st);
+                v_merged := v_merged || format(', sum(m.%I)::bigint', v_st);
+            WHEN 'sum' THEN
+                v_cols := v_cols || format(', %I', v_st);
+                v_merged := v_merged || format(', sum(m.%I)::%s', v_st, v_agg->>'state_type');
+            WHEN 'avg' THEN
+                v_cols := v_cols || format(', %I, %I', v_st, v_st || '_n');
+                v_merged := v_merged || format(', sum(m.%I)::%s, sum(m.%I)::bigint',
+                    v_st, v_agg->>'state_type', v_st || '_n');
+            ELSE
+                v_cols := v_cols || format(', %I', v_st);
+                v_merged := v_merged || format(', %s(m.%I)', v_agg->>'fn', v_st);
+        END CASE;
+    END LOOP;
+    -- (DELETE ... RETURNING merges exactly the rows this statement removed: rows another
+    -- session appends meanwhile, or that another compaction took first, are left alone)
+    RETURN format($c$
+    WITH moved AS (
+        DELETE FROM cep.%1$I AS t
+        WHERE t.pane_start >= $1 AND t.pane_start < $2
+            AND t.ctid IN (
+                SELECT d.ctid
+                FROM (
+                    SELECT u.ctid, count(*) OVER (PARTITION BY u.pane_start%2$s) AS c
+                    FROM cep.%1$I AS u
+                    WHERE u.pane_start >= $1 AND u.pane_start < $2
+                ) AS d
+                WHERE d.c > 1
+            )
+        RETURNING t.*
+    ), ins AS (
+        INSERT INTO cep.%1$I (pane_start%2$s%3$s)
+        SELECT m.pane_start%4$s%5$s
+        FROM moved AS m
+        GROUP BY m.pane_start%4$s
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM moved) - (SELECT count(*) FROM ins)
+$c$,
+        w.state_table || '_panes', v_groups, v_cols, replace(v_groups, ', g_', ', m.g_'), v_merged);
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._window_compact_sql(integer) IS
+'Internal: the statement that merges a tumbling or hopping window''s pane rows of the same pane '
+'and group within [$1, $2), returning how many rows it removed.';

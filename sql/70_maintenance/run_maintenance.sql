@@ -13,6 +13,8 @@ DECLARE
     v_rows bigint;
     v_window record;
     v_table name;
+    v_lo timestamptz;
+    v_hi timestamptz;
     v_now timestamptz := clock_timestamp();
     v_stats_retention interval := cep._setting('stats_retention')::interval;
     v_orphans integer [];
@@ -146,10 +148,17 @@ BEGIN
                 v_window.state_table, v_window.size)
             USING v_window.watermark - v_window.retention;
         ELSE
-            -- window_end = window_start + size: the unique index on window_start serves this.
-            EXECUTE format('DELETE FROM cep.%I AS t WHERE t.window_start < $1 - %L::interval',
-                v_window.state_table, v_window.size)
-            USING v_window.watermark - v_window.retention;
+            -- Windows that ended before the cutoff are hidden from the view, and the panes
+            -- that only they contain are deleted (a pane that a later window shares stays).
+            UPDATE cep.windows AS x
+            SET purged_before = v_window.watermark - v_window.retention
+            WHERE x.window_id = v_window.window_id
+                AND x.purged_before < v_window.watermark - v_window.retention;
+            EXECUTE format('DELETE FROM cep.%I AS t WHERE t.pane_start < $1',
+                v_window.state_table || '_panes')
+            USING date_bin(coalesce(v_window.slide, v_window.size),
+                v_window.watermark - v_window.retention - v_window.size - interval '1 microsecond',
+                '1970-01-01 00:00:00+00') + coalesce(v_window.slide, v_window.size);
         END IF;
         GET DIAGNOSTICS v_rows = ROW_COUNT;
         v_n := v_n + v_rows;
@@ -177,6 +186,32 @@ BEGIN
         END IF;
     END LOOP;
     task := 'purge_windows';
+    items := v_n;
+    RETURN NEXT;
+
+    -- Tumbling and hopping windows: merge the partial rows of closed panes (each batch
+    -- appends its own), up to 1000 panes per window and call.
+    v_n := 0;
+    FOR v_window IN
+        SELECT w.*, cep._watermark(w.stream_id) AS watermark
+        FROM cep.windows AS w
+        WHERE w.kind <> 'session'
+        ORDER BY w.window_id
+    LOOP
+        EXECUTE format('SELECT min(t.pane_start) FROM cep.%I AS t WHERE t.pane_start >= $1',
+            v_window.state_table || '_panes')
+        INTO v_lo
+        USING v_window.compacted_until;
+        -- (panes that start before the pane of the watermark are closed)
+        v_hi := least(v_lo + 1000 * v_window.pane, CASE WHEN isfinite(v_window.watermark)
+            THEN date_bin(v_window.pane, v_window.watermark, '1970-01-01 00:00:00+00')
+            ELSE v_window.watermark END);
+        CONTINUE WHEN v_lo IS NULL OR v_hi <= v_lo;
+        EXECUTE cep._window_compact_sql(v_window.window_id) INTO v_rows USING v_lo, v_hi;
+        v_n := v_n + v_rows;
+        UPDATE cep.windows AS x SET compacted_until = v_hi WHERE x.window_id = v_window.window_id;
+    END LOOP;
+    task := 'compact_windows';
     items := v_n;
     RETURN NEXT;
 
