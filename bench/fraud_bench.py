@@ -90,6 +90,9 @@ PROCESS_ROWS = 10_000            # max_rows of each cep.process_stream call (asy
 # (a) and (q)'s writers take 0.1 s per workload: extra writer-only pairs per workload and repeat
 # (about 0.6 s each) make their ratio a median of more than a couple of samples
 WRITER_PAIRS = 4
+# ... each over more rows than the other runs, so that a run lasts about half a second
+WRITER_ROWS = 200_000
+WRITER_SINGLE_ROWS = 12_000
 CLIENT_COUNTS = (2, 8)
 USERS = 4800                     # at rules_bench's 10 transactions per user and day:
 RATE = USERS * rules_bench.REALISTIC_PER_USER_DAY / 24     # 2,000 per hour of event time
@@ -185,6 +188,12 @@ def add_arguments(p, exclusive_group) -> None:
     p.add_argument("--fraud-process-rows", type=int, default=PROCESS_ROWS,
                    help="fraud part, async variant: max_rows of each cep.process_stream call "
                         f"(default {PROCESS_ROWS})")
+    p.add_argument("--fraud-writer-rows", type=int, default=WRITER_ROWS,
+                   help="fraud profile: rows of each writer-side run of (a) and (q) in "
+                        f"1000-row batches (default {WRITER_ROWS})")
+    p.add_argument("--fraud-writer-single-rows", type=int, default=WRITER_SINGLE_ROWS,
+                   help="fraud profile: rows of each writer-side run of (a) and (q) as "
+                        f"single-row INSERTs (default {WRITER_SINGLE_ROWS})")
     p.add_argument("--fraud-writer-pairs", type=int, default=WRITER_PAIRS,
                    help="fraud part, async variant: extra writer-side measurements of (a) and "
                         f"(q) per workload and repeat (default {WRITER_PAIRS})")
@@ -200,9 +209,12 @@ def check_args(p, args) -> None:
         p.error("--fraud-only and --skip-fraud exclude each other")
     if (args.fraud_rows < 1000 * max(CLIENT_COUNTS) or args.fraud_single_rows < 500
             or args.fraud_repeat < 1 or args.fraud_process_rows < 1
-            or args.fraud_writer_pairs < 0):
+            or args.fraud_writer_pairs < 0 or args.fraud_writer_rows < 1000 * max(CLIENT_COUNTS)
+            or args.fraud_writer_single_rows < 500):
         p.error(f"need --fraud-rows >= {1000 * max(CLIENT_COUNTS)}, --fraud-single-rows >= "
-                "500, --fraud-repeat >= 1, --fraud-process-rows >= 1, --fraud-writer-pairs >= 0")
+                "500, --fraud-repeat >= 1, --fraud-process-rows >= 1, --fraud-writer-pairs >= 0, "
+                f"--fraud-writer-rows >= {1000 * max(CLIENT_COUNTS)}, "
+                "--fraud-writer-single-rows >= 500")
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -226,10 +238,14 @@ def lateness_minutes(clients: int, statement_rows: int) -> int:
     return max(MIN_LATENESS_MIN, int(np.ceil(1.5 * clients * statement_rows / RATE * 60)))
 
 
-def prepare_workloads(args, base) -> list[FWorkload]:
-    """Per client count: the same measured rows, and a warm-up of the rows just before them
+def prepare_workloads(args, base, rows: int | None = None,
+                      single_rows: int | None = None) -> list[FWorkload]:
+    """Per client count: the same measured rows (ROWS and SINGLE_ROWS, by default
+    --fraud-rows and --fraud-single-rows), and a warm-up of the rows just before them
     that spans at least the allowed lateness (so the measured inserts find a stream in steady
     state: windows closing and the pattern processing events at the rate they arrive)."""
+    rows = args.fraud_rows if rows is None else rows
+    single_rows = args.fraud_single_rows if single_rows is None else single_rows
     end = int(time.time() * workload.US) - 5 * workload.US
     rows_per_batch = base.BATCH_ROWS
     out = []
@@ -239,7 +255,7 @@ def prepare_workloads(args, base) -> list[FWorkload]:
         return -(-max(need, minimum) // c) * c
     warm_b = {c: warm_count(c, rows_per_batch, c) for c in CLIENT_COUNTS}
     n_warm = max(warm_b.values()) * rows_per_batch
-    ev = transactions(args.fraud_rows + n_warm, args.seed + 300, end)
+    ev = transactions(rows + n_warm, args.seed + 300, end)
     warm, meas = _slice(ev, 0, n_warm), _slice(ev, n_warm, len(ev))
     items, warm_items = (base.batch_items(meas, rows_per_batch),
                          base.batch_items(warm, rows_per_batch))
@@ -251,7 +267,7 @@ def prepare_workloads(args, base) -> list[FWorkload]:
                              lateness_minutes(c, rows_per_batch), facts))
     warm_s = {c: warm_count(c, 1, MIN_WARM_SINGLE) for c in CLIENT_COUNTS}
     n_warm = max(warm_s.values())
-    ev = transactions(args.fraud_single_rows + n_warm, args.seed + 301, end)
+    ev = transactions(single_rows + n_warm, args.seed + 301, end)
     warm, meas = _slice(ev, 0, n_warm), _slice(ev, n_warm, len(ev))
     rows, warm_rows = meas.value_rows(), warm.value_rows()
     facts = rules_bench.describe(meas)
@@ -744,6 +760,11 @@ def run(cluster, args, base) -> dict:
     plan = {wl.key: main + (two if wl.clients == CLIENT_COUNTS[0] else []) for wl in workloads}
     results = {wl.key: {v.key: [] for v in plan[wl.key]} for wl in workloads}
     pairs = args.fraud_writer_pairs if with_async else 0
+    # The writer-side pairs insert more rows than the other runs (nothing is processed or
+    # checked there), so that each run lasts long enough to be timed.
+    writer_wl = ({w.key: w for w in prepare_workloads(args, base, args.fraud_writer_rows,
+                                                       args.fraud_writer_single_rows)}
+                 if pairs else {})
     for wl in workloads:
         results[wl.key].update({"a_w": [], "q_w": []})      # writer-side pairs
     width = max(len(v.name) for v in main + two)
@@ -768,7 +789,7 @@ def run(cluster, args, base) -> dict:
             got = []
             for i in range(pairs):
                 for v in ([PLAIN, ASYNC] if (r + i) % 2 == 0 else [ASYNC, PLAIN]):
-                    m = measure(cluster, v, wl, base, writer_only=True)
+                    m = measure(cluster, v, writer_wl[wl.key], base, writer_only=True)
                     results[wl.key][f"{v.key}_w"].append(m)
                 got.append(results[wl.key]["q_w"][-1].eps / results[wl.key]["a_w"][-1].eps)
             if got:
@@ -966,6 +987,8 @@ def summarize(raw: dict, args) -> dict:
                          "async": not args.skip_fraud_async,
                          "process_max_rows": args.fraud_process_rows,
                          "writer_pairs": args.fraud_writer_pairs,
+                         "writer_rows": args.fraud_writer_rows,
+                         "writer_single_rows": args.fraud_writer_single_rows,
                          "windows": WINDOWS_SQL.strip(), "pattern": PATTERN_SQL,
                          "rules": "bench/rules_bench.py SEED_RULES_SQL, POLICY_SQL"}
     out["target_p_over_a"] = TARGET_P_A
@@ -1121,7 +1144,9 @@ def print_async_report(s: dict, subheading, print_table) -> None:
     print(f"(q): the same table, data and definitions as (p) on a stream created with mode => "
           f"'async': the writers'\nstatements only check the rows and queue one row per "
           f"statement. runs: writer-side runs of each of (a)\nand (q) (the main runs and "
-          f"{p['writer_pairs']} writer-only pairs per repeat; events/s: their median; paired: "
+          f"{p['writer_pairs']} writer-only pairs per repeat, of {p.get('writer_rows', 0):,} "
+          f"rows in batches and {p.get('writer_single_rows', 0):,}\nsingle rows; events/s: "
+          f"their median; paired: "
           f"the median of\nthe pairs' ratios; p50, p99: over all their statements). "
           f"processing: after the last writer,\none session calls "
           f"cep.process_stream('transactions', {p['process_max_rows']:,}) until it returns 0 "

@@ -252,7 +252,13 @@ BEGIN
 END
 $body$,
         s.stream_id, s.max_future_skew, (cep._compile_checks(s.stream_id)).bad_any,
-        cep._reject_sql(s.stream_id), cep._batch_sql(s.stream_id),
+        cep._reject_sql(s.stream_id),
+        -- (the batch as _batch_sql has it, but the key as it is: the checks only ask whether
+        -- it is NULL, and its text form would cost a conversion per row)
+        format('(SELECT %s AS t, %s AS k, n.%I::bigint AS id%s FROM cep_new_rows AS n)',
+            cep._time_expr(s.stream_id),
+            CASE WHEN s.key_column IS NULL THEN 'NULL::text' ELSE format('n.%I', s.key_column) END,
+            s.id_column, (cep._compile_checks(s.stream_id)).cols),
         CASE WHEN u.uniq THEN 'the id column is unique: max - min + 1 = count says so'
             ELSE 'the id column has no unique index: only a single row is known to be' END,
         CASE WHEN u.uniq THEN 'v_hi - v_lo + 1 = v_events' ELSE 'v_events = 1' END)
