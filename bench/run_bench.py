@@ -50,6 +50,10 @@ The "Patterns" part (bench/patterns_bench.py) runs after the recommendations: a 
 plain INSERT) and with 5 and 20 active patterns, with a live = find_matches = reference guard
 (a failure gives exit code 1); then cep.find_matches over 1M stored events (--find-events);
 --patterns-only runs just it, --skip-patterns skips it.
+The "Operations" part (bench/ops_bench.py) runs last: cep.run_maintenance() over 100
+streams' state when nothing is due, and every monitoring view over a table of 10M events
+(--ops-only runs just it, --skip-ops skips it; --ops-streams, --ops-stream-events, --ops-events,
+--ops-repeat).
 Results are printed and written to bench/results/latest.json. Timings never fail the run (a
 failed correctness check of the alert or rules part does, after the results are written).
 
@@ -89,6 +93,7 @@ sys.path.insert(0, str(HERE.parent / "demo"))
 
 import alert_delivery  # noqa: E402
 import fraud_bench  # noqa: E402
+import ops_bench  # noqa: E402
 import patterns_bench  # noqa: E402
 import rules_bench  # noqa: E402
 import recommend_bench  # noqa: E402
@@ -611,9 +616,11 @@ def parse_args(argv=None):
     recommend_bench.add_arguments(p)
     patterns_bench.add_arguments(p, part)
     fraud_bench.add_arguments(p, part)
+    ops_bench.add_arguments(p, part)
     args = p.parse_args(argv)
     patterns_bench.check_args(p, args)
     fraud_bench.check_args(p, args)
+    ops_bench.check_args(p, args)
     if args.rows < BATCH_ROWS * CLIENTS or args.single_rows < 100 or args.repeat < 1:
         p.error(f"need --rows >= {BATCH_ROWS * CLIENTS}, --single-rows >= 100, --repeat >= 1")
     if args.alerts < 1000 or not 1 <= args.alert_batch <= 100_000:
@@ -637,6 +644,8 @@ def main(argv=None) -> int:
         return patterns_bench.main_only(args, sys.modules[__name__])
     if args.fraud_only:
         return fraud_bench.main_only(args, sys.modules[__name__])
+    if args.ops_only:
+        return ops_bench.main_only(args, sys.modules[__name__])
     t_start = time.perf_counter()
     heading("pg_cep insert-path benchmark")
     workloads = [] if args.rules_only else prepare_workloads(args)
@@ -686,6 +695,10 @@ def main(argv=None) -> int:
             subheading("Runs: patterns")
             pattern_data = patterns_bench.prepare(args)
             patterns_raw = patterns_bench.run(cluster, args, pattern_data)
+        ops = None
+        if not (args.rules_only or args.skip_ops):
+            subheading("Runs: operations (maintenance, monitoring)")
+            ops = ops_bench.run(cluster, args)
     if not args.rules_only:
         summary = summarize(results, workloads)
         print_report(summary)
@@ -707,6 +720,9 @@ def main(argv=None) -> int:
         patterns_bench.add_to_json(out, patterns, args)
     if fraud:
         fraud_bench.add_to_json(out, fraud)
+    if ops:
+        ops_bench.print_report(ops, heading, subheading, print_table)
+        ops_bench.add_to_json(out, ops)
     print(f"\nWrote {out.relative_to(HERE.parent)}. "
           f"Total bench time {time.perf_counter() - t_start:.0f} s.")
     print("Targets are reported, not enforced: timings never change the exit code.")

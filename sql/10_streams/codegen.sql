@@ -150,27 +150,29 @@ DECLARE
     v_bad_id bigint;
     v_micros bigint;
 BEGIN
-    SELECT coalesce(w.watermark, '-infinity'),
+    -- (one aggregate over the batch, no grouping: the watermark is a one-row relation)
+    SELECT max(w.watermark),
         count(*),
-        count(*) FILTER (WHERE e.t < coalesce(w.watermark, '-infinity')),
+        count(*) FILTER (WHERE e.t < w.watermark),
         count(*) FILTER (WHERE %3$s),
-        min(e.t) FILTER (WHERE e.t >= coalesce(w.watermark, '-infinity')),
+        min(e.t) FILTER (WHERE e.t >= w.watermark),
         max(e.t),
         array_agg(DISTINCT (pg_catalog.hashtext(e.k) & 4095)::smallint)
-            FILTER (WHERE e.t >= coalesce(w.watermark, '-infinity') AND e.k IS NOT NULL)
+            FILTER (WHERE e.t >= w.watermark AND e.k IS NOT NULL)
     INTO v_watermark, v_events, v_late, v_bad, v_min, v_max, v_sketch
     FROM %7$s AS e
-    LEFT JOIN (
+    CROSS JOIN (
         -- ORDER BY + LIMIT on the (stream_id, watermark DESC) index, and enable_seqscan off
         -- on this function: the cached plan stays an index probe however the table grew.
-        SELECT l.watermark FROM cep.stream_log AS l
-        WHERE l.stream_id = %1$s
-        ORDER BY l.watermark DESC
-        LIMIT 1
-    ) AS w ON true
-    GROUP BY w.watermark;
+        SELECT coalesce((
+            SELECT l.watermark FROM cep.stream_log AS l
+            WHERE l.stream_id = %1$s
+            ORDER BY l.watermark DESC
+            LIMIT 1
+        ), '-infinity') AS watermark
+    ) AS w;
 
-    IF v_events IS NULL THEN
+    IF v_events = 0 THEN
         RETURN NULL;
     END IF;
 

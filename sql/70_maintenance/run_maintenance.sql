@@ -253,12 +253,19 @@ BEGIN
     task := 'compact_rule_log';
     items := v_n;
     RETURN NEXT;
+    -- (each stream's bound computed once, not once per key)
     DELETE FROM cep.rule_keys AS k
     WHERE (k.stream_id, k.k) IN (
         SELECT o.stream_id, o.k
-        FROM cep.rule_keys AS o
-        WHERE o.last_seen < cep._watermark(o.stream_id) - cep._rule_horizon(o.stream_id)
-            - interval '1 hour'
+        FROM (
+            SELECT s.stream_id,
+                cep._watermark(s.stream_id) - cep._rule_horizon(s.stream_id) - interval '1 hour'
+                    AS bound
+            FROM cep.streams AS s
+            WHERE EXISTS (SELECT 1 FROM cep.rule_keys AS x WHERE x.stream_id = s.stream_id)
+            OFFSET 0    -- (kept a subquery: not pulled up into a per-key join condition)
+        ) AS b
+        JOIN cep.rule_keys AS o ON o.stream_id = b.stream_id AND o.last_seen < b.bound
         LIMIT 50000
     );
     GET DIAGNOSTICS v_n = ROW_COUNT;
@@ -351,11 +358,16 @@ BEGIN
     DELETE FROM cep.pattern_state AS x
     WHERE (x.pattern_id, x.k) IN (
         SELECT o.pattern_id, o.k
-        FROM cep.pattern_state AS o
-        JOIN cep.patterns AS p ON p.pattern_id = o.pattern_id
-        JOIN cep.streams AS s ON s.stream_id = p.stream_id
-        WHERE NOT o.active AND o.pending_t IS NULL
-            AND o.upto_t < cep._watermark(s.stream_id) - s.allowed_lateness - interval '1 hour'
+        FROM (
+            -- (each pattern's bound computed once, not once per key)
+            SELECT p.pattern_id,
+                cep._watermark(s.stream_id) - s.allowed_lateness - interval '1 hour' AS bound
+            FROM cep.patterns AS p
+            JOIN cep.streams AS s ON s.stream_id = p.stream_id
+            OFFSET 0
+        ) AS b
+        JOIN cep.pattern_state AS o ON o.pattern_id = b.pattern_id
+        WHERE NOT o.active AND o.pending_t IS NULL AND o.upto_t < b.bound
         LIMIT 50000
         FOR UPDATE OF o SKIP LOCKED
     );
