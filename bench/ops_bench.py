@@ -60,7 +60,7 @@ SELECT (hashint8(g) & 1048575) %% {users} + 1,
            (hashint8(g * 5) & 1048575) %% 7 + 1],
        ((hashint8(g * 7) & 1048575) %% 2000000) / 100.0,
        (ARRAY['Berlin', 'Lagos', 'Lima', 'Oslo', 'Pune'])[(hashint8(g * 11) & 1048575) %% 5 + 1],
-       %(end)s::timestamptz - %(span)s::interval * (1 - (g - %(lo)s)::float8 / %(total)s)
+       %(end)s::timestamptz - %(span)s::interval * (1 - (g - %(first)s)::float8 / %(total)s)
 FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS g
 """
 
@@ -169,7 +169,7 @@ def _load(dsn: str, table: str, total: int, users: int, clients: int, end: str,
                     if lo > last:
                         return
                     c.execute(sql, {"lo": lo, "hi": min(last, lo + 999), "total": total,
-                                    "end": end, "span": span})
+                                    "first": first, "end": end, "span": span})
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 

@@ -82,6 +82,10 @@ def test_grant_recipe_admin_writer_reader(server, dbname, roles):
         assert r.execute("SELECT events_total FROM cep.stream_stats WHERE stream = 'tx'"
                          ).fetchone()[0] == 100
         assert r.execute("SELECT events_last_hour FROM cep.dashboard").fetchone()[0] == 200
+        # every column of the monitoring views, not only those the planner would compute
+        assert r.execute("SELECT active_keys FROM cep.dashboard").fetchone()[0] > 0
+        for view in ("stream_stats", "dashboard", "consumer_stats"):
+            r.execute(f"SELECT * FROM cep.{view}").fetchall()
         assert r.execute("SELECT sum(events) FROM cep.timeline('tx')").fetchone()[0] == 100
         assert r.execute("SELECT count(*) FROM cep.alerts").fetchone()[0] == 0
         # A reader runs durable consumers.

@@ -59,6 +59,9 @@ CREATE TABLE cep.stream_log (
     max_batch_micros bigint NOT NULL DEFAULT 0,
     key_sketch smallint[],
     compacted boolean NOT NULL DEFAULT FALSE,
+    -- compacted rows: the key sketch as a bitmap (bit i set = position i seen), which the
+    -- dashboard ORs over an hour's rows instead of counting the distinct array elements
+    key_bits bit(4096),
     CONSTRAINT stream_log_counts_check CHECK (events >= 0 AND late_events >= 0 AND batches >= 0)
 );
 
@@ -71,7 +74,8 @@ COMMENT ON TABLE cep.stream_log IS
 'Append-only ingest log: one row per ingested statement with its counts, event-time range, '
 'watermark candidate, ingest time and a key sketch (the distinct values of '
 'hashtext(key) & 4095 among its on-time events); compacted to one row per minute by '
-'cep.run_maintenance(). The watermark of a stream is max(watermark) over its rows.';
+'cep.run_maintenance(), whose rows keep the sketch as a bitmap (key_bits). The watermark of a '
+'stream is max(watermark) over its rows.';
 
 -- Events that arrived older than the watermark: they stay in the source table but do not
 -- change closed results; kept here so they can be audited and excluded by recomputations.

@@ -513,3 +513,47 @@ $fn$;
 COMMENT ON FUNCTION cep._window_compact_sql(integer) IS
 'Internal: the statement that merges a tumbling or hopping window''s pane rows of the same pane '
 'and group within [$1, $2), returning how many rows it removed.';
+
+-- Monitoring of a tumbling or hopping window from its panes ($1 the watermark, $2 purged_before):
+-- open windows, pane rows, end of the newest closed window. Through the index on pane_start:
+-- the open windows have their panes within one size of the watermark; the newest closed window
+-- is one of the newest pane's before the watermark (failing that, of an older pane's: a closed
+-- window that does not contain that pane ends before it starts).
+CREATE FUNCTION cep._window_stats_sql(window_id integer)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT format(
+        'SELECT (SELECT count(*) FROM (SELECT DISTINCT x.ws%1$s FROM cep.%2$I AS s %3$s '
+        'WHERE s.pane_start > $1 - %4$L::interval AND x.ws + %4$L::interval > s.pane_start '
+        'AND x.ws + %4$L::interval > $1) AS o), '
+        '(SELECT count(*) FROM cep.%2$I), '
+        'coalesce((SELECT max(x.ws + %4$L::interval) FROM (SELECT DISTINCT s.pane_start '
+        'FROM cep.%2$I AS s WHERE s.pane_start < $1 AND s.pane_start > '
+        '(SELECT max(u.pane_start) FROM cep.%2$I AS u WHERE u.pane_start < $1) '
+        '- %4$L::interval - %5$L::interval) AS s %3$s '
+        'WHERE x.ws + %4$L::interval > s.pane_start '
+        'AND x.ws + %4$L::interval <= $1 AND x.ws + %4$L::interval >= $2), '
+        '(SELECT max(x.ws + %4$L::interval) FROM cep.%2$I AS s %3$s '
+        'WHERE s.pane_start < $1 AND x.ws + %4$L::interval > s.pane_start '
+        'AND x.ws + %4$L::interval <= $1 AND x.ws + %4$L::interval >= $2))',
+        (SELECT coalesce(string_agg(format(', s.g_%s', g), ''), '')
+            FROM generate_series(1, cardinality(w.group_by)) AS g),
+        w.state_table || '_panes',
+        -- the windows on the slide grid a pane can belong to (filtered by the callers)
+        format('CROSS JOIN LATERAL (SELECT pg_catalog.date_bin(%1$L::interval, '
+            's.pane_start, ''1970-01-01 00:00:00+00'') - k.k * %1$L::interval AS ws '
+            'FROM pg_catalog.generate_series(0, %2$s) AS k (k)) AS x',
+            coalesce(w.slide, w.size),
+            ceil(extract(epoch FROM w.size)
+                / extract(epoch FROM coalesce(w.slide, w.size)))::integer - 1),
+        w.size, coalesce(w.slide, w.size))
+    FROM cep.windows AS w
+    WHERE w.window_id = _window_stats_sql.window_id
+$fn$;
+
+COMMENT ON FUNCTION cep._window_stats_sql(integer) IS
+'Internal: the query of cep.window_stats''s figures for a tumbling or hopping window, read from '
+'its panes near the watermark ($1) and hiding windows purged before $2.';

@@ -3,6 +3,25 @@
 -- advisory lock; a second caller skips instead of waiting), and never changes a figure that
 -- the monitoring views report: compaction preserves sums, maxima and sketches.
 
+-- Compacted ingest-log rows keep their key sketch as a bitmap (see cep.dashboard).
+CREATE FUNCTION cep._sketch_bits(positions smallint[])
+RETURNS bit(4096)
+LANGUAGE sql
+IMMUTABLE
+STRICT
+PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT string_agg(CASE WHEN p.position IS NULL THEN '0' ELSE '1' END, '' ORDER BY i.i)::bit(4096)
+    FROM generate_series(0, 4095) AS i (i)
+    LEFT JOIN (SELECT DISTINCT x.position FROM unnest(positions) AS x (position)) AS p
+        ON p.position = i.i
+$fn$;
+
+COMMENT ON FUNCTION cep._sketch_bits(smallint[]) IS
+'Internal: a key sketch''s positions (0 to 4095) as a bitmap: bit i is set when position i is '
+'in the array.';
+
 CREATE FUNCTION cep.run_maintenance()
 RETURNS TABLE (task text, items bigint)
 LANGUAGE plpgsql
@@ -60,10 +79,11 @@ BEGIN
     ), ins AS (
         INSERT INTO cep.stream_log (
             stream_id, logged_at, batches, events, late_events, min_event_time,
-            max_event_time, watermark, ingest_micros, max_batch_micros, key_sketch, compacted
+            max_event_time, watermark, ingest_micros, max_batch_micros, key_bits, compacted
         )
         SELECT g.stream_id, g.minute, g.batches, g.events, g.late_events, g.min_event_time,
-            g.max_event_time, g.watermark, g.ingest_micros, g.max_batch_micros, k.key_sketch, true
+            g.max_event_time, g.watermark, g.ingest_micros, g.max_batch_micros,
+            cep._sketch_bits(k.key_sketch), true
         FROM (
             SELECT m.stream_id,
                 date_bin('1 minute', m.logged_at, '1970-01-01 00:00:00+00') AS minute,

@@ -13,15 +13,18 @@ SELECT
     l.last_poll_at,
     c.redelivery_timeout
 FROM cep.consumers AS c
-LEFT JOIN LATERAL (
+-- (one pass over the pending alerts for all consumers: a subquery per consumer made the
+-- planner multiply its cost by its guess of the consumers, and JIT-compile the view)
+LEFT JOIN (
     SELECT
+        cp.consumer_id,
         count(*) AS pending,
         count(*) FILTER (WHERE cp.delivered_at IS NOT NULL) AS in_flight,
         min(a.created_at) AS oldest
     FROM cep.consumer_pending AS cp
     INNER JOIN cep.alerts AS a ON cp.alert_id = a.alert_id
-    WHERE cp.consumer_id = c.consumer_id
-) AS p ON TRUE
+    GROUP BY cp.consumer_id
+) AS p ON c.consumer_id = p.consumer_id
 LEFT JOIN LATERAL (
     SELECT
         sum(cl.delivered) AS delivered,

@@ -21,6 +21,7 @@ LANGUAGE sql
 STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $fn$
     -- Each view is read once: a CTE referenced several times is materialized (only the columns
     -- used are listed, so the rest of a view is not computed).

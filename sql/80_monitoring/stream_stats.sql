@@ -2,27 +2,6 @@
 -- Invariant: these read only pg_cep's own bookkeeping (cep.stream_log, cep.alerts), never the
 -- event tables, so they stay cheap however large the streams grow.
 
--- Linear-counting estimate of distinct keys from the number of distinct positions that
--- hashtext(key) & 4095 took (within a few percent below ~10k keys; saturates near 30k, where it
--- reports the saturation bound).
-CREATE FUNCTION cep._sketch_estimate(positions bigint)
-RETURNS bigint
-LANGUAGE sql
-IMMUTABLE
-PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-    SELECT CASE
-        WHEN positions IS NULL OR positions <= 0 THEN 0
-        WHEN positions >= 4096 THEN round(4096 * ln(4096::float8))::bigint
-        ELSE round(-4096 * ln((4096 - positions)::float8 / 4096))::bigint
-    END
-$fn$;
-
-COMMENT ON FUNCTION cep._sketch_estimate(bigint) IS
-'Internal: estimated number of distinct keys behind a key sketch with POSITIONS distinct '
-'positions out of 4096 (linear counting).';
-
 CREATE VIEW cep.stream_stats AS
 SELECT
     s.name AS stream,
@@ -108,14 +87,37 @@ WITH recent AS (
     GROUP BY l.stream_id
 ),
 
-keys AS (
+bits AS (
     SELECT
         l.stream_id,
-        count(DISTINCT p.position) AS positions
+        bit_or(l.key_bits) AS bits
     FROM cep.stream_log AS l
-    CROSS JOIN LATERAL unnest(l.key_sketch) AS p (position)
-    WHERE l.logged_at >= clock_timestamp() - interval '1 hour'
+    WHERE l.logged_at >= clock_timestamp() - interval '1 hour' AND l.key_bits IS NOT NULL
     GROUP BY l.stream_id
+),
+
+-- The positions of the key sketch seen in the hour: the bitmaps of compacted rows ORed, plus
+-- the positions of the newest rows' arrays that are not in them. (Written out here, not
+-- calling internal functions: readers of the view run its functions with their own rights.)
+keys AS (
+    SELECT
+        r.stream_id,
+        coalesce(bit_count(b.bits), 0) + (
+            SELECT count(*)
+            FROM (
+                -- (hashed, not sorted: the newest rows can hold many positions)
+                SELECT p.position
+                FROM cep.stream_log AS u
+                CROSS JOIN LATERAL unnest(u.key_sketch) AS p (position)
+                WHERE
+                    u.stream_id = r.stream_id AND u.key_bits IS NULL
+                    AND u.logged_at >= clock_timestamp() - interval '1 hour'
+                    AND (b.bits IS NULL OR get_bit(b.bits, p.position) = 0)
+                GROUP BY p.position
+            ) AS d
+        ) AS positions
+    FROM recent AS r
+    LEFT JOIN bits AS b ON r.stream_id = b.stream_id
 )
 
 SELECT
@@ -124,7 +126,13 @@ SELECT
     round(coalesce(sum(r.events_last_minute), 0) / 60.0, 3) AS events_per_second,
     round(sum(r.ingest_micros)::numeric / nullif(sum(r.batches), 0) / 1000.0, 3)
         AS avg_ingest_latency_ms,
-    coalesce(sum(cep._sketch_estimate(k.positions)), 0)::bigint AS active_keys,
+    -- linear counting: the distinct keys behind that many of 4096 positions of
+    -- hashtext(key) & 4095 (within a few percent below ~10k keys; saturates near 30k)
+    coalesce(sum(CASE
+        WHEN k.positions IS NULL OR k.positions <= 0 THEN 0
+        WHEN k.positions >= 4096 THEN round(4096 * ln(4096::float8))
+        ELSE round(-4096 * ln((4096 - k.positions)::float8 / 4096))
+    END), 0)::bigint AS active_keys,
     (
         SELECT count(*) FROM cep.alerts AS al
         WHERE al.created_at >= clock_timestamp() - interval '1 hour'

@@ -1,5 +1,6 @@
 -- Monitoring of windows: cep.window_stats.
--- Invariant: reads only window state tables and stream bookkeeping, never the event tables.
+-- Invariant: reads only window state tables and stream bookkeeping, never the event tables;
+-- for tumbling and hopping windows only the panes near the watermark, through their index.
 
 CREATE FUNCTION cep._window_stats()
 RETURNS TABLE (
@@ -15,11 +16,10 @@ LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $fn$
 DECLARE
     w record;
-    v_end text;
-    v_cmp text;
 BEGIN
     FOR w IN
         SELECT x.*, s.name AS stream_name, cep._watermark(s.stream_id) AS watermark,
@@ -29,15 +29,20 @@ BEGIN
         JOIN cep.streams AS s ON s.stream_id = x.stream_id
         ORDER BY x.window_id
     LOOP
-        v_end := CASE WHEN w.kind = 'session'
-            THEN format('(t.last_event + %L::interval)', w.size) ELSE 't.window_end' END;
-        v_cmp := CASE WHEN w.kind = 'session' THEN '<' ELSE '<=' END;
-        EXECUTE format(
-            'SELECT count(*) FILTER (WHERE NOT (%1$s %2$s $1)), count(*), '
-            'max(%1$s) FILTER (WHERE %1$s %2$s $1) FROM cep.%3$I AS t',
-            v_end, v_cmp, w.state_table)
-        INTO open_windows, state_rows, last_closed_end
-        USING w.watermark;
+        IF w.kind = 'session' THEN
+            EXECUTE format(
+                'SELECT count(*) FILTER (WHERE NOT (t.last_event + %1$L::interval < $1)), '
+                'count(*), max(t.last_event + %1$L::interval) '
+                'FILTER (WHERE t.last_event + %1$L::interval < $1) FROM cep.%2$I AS t',
+                w.size, w.state_table)
+            INTO open_windows, state_rows, last_closed_end
+            USING w.watermark;
+        ELSE
+            -- (from the panes near the watermark, see cep._window_stats_sql)
+            EXECUTE cep._window_stats_sql(w.window_id)
+            INTO open_windows, state_rows, last_closed_end
+            USING w.watermark, w.purged_before;
+        END IF;
         window_name := w.name;
         stream := w.stream_name;
         kind := w.kind;

@@ -17,3 +17,12 @@ DROP FUNCTION cep.create_stream(text, regclass, name, name, name, interval, inte
 -- cep._regenerate_stream gained a parameter (healing, with a default): the one-argument
 -- function of 0.1.0 goes, so that calls resolve to the new one.
 DROP FUNCTION cep._regenerate_stream(integer);
+
+-- 0.2.0: compacted ingest-log rows keep their key sketch as a bitmap.
+ALTER TABLE cep.stream_log ADD COLUMN key_bits bit(4096);
+COMMENT ON TABLE cep.stream_log IS
+'Append-only ingest log: one row per ingested statement with its counts, event-time range, '
+'watermark candidate, ingest time and a key sketch (the distinct values of '
+'hashtext(key) & 4095 among its on-time events); compacted to one row per minute by '
+'cep.run_maintenance(), whose rows keep the sketch as a bitmap (key_bits). The watermark of a '
+'stream is max(watermark) over its rows.';
