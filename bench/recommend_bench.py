@@ -9,9 +9,15 @@ spread over the last 48 hours, loaded in 1000-row INSERT ... SELECT FROM unnest(
 
   (a) plain        -- the table alone (primary key and (user_id, created_at) index);
   (r) recommender  -- the same table as a stream with one recommender
-                      (cep.create_recommender('clicks', ...), default weights, 7-day horizon).
+                      (cep.create_recommender('clicks', ...), default weights, 7-day horizon);
+  (f) floor        -- the least any exact item-item model maintained on ingest must write: the
+                      same table with a statement trigger that keeps w(u, i) and every
+                      co-occurring pair's dot product in two bare tables (numeric, primary keys
+                      only, no item numbering, horizon buckets, float images, second index,
+                      fan-out cap or monitoring), the users of the batch locked first; checked to
+                      hold the same number of pairs and the same sum of dot products as (r).
 
-Reported: events/s of both, r/a (target >= 0.3), pg_cep's time per event, the state's size,
+Reported: events/s of all three, r/a (target >= 0.3) and f/a, pg_cep's time per event, the state's size,
 then the latency of cep.recommend(recommender, user, 10) for --rec-queries users drawn like
 the events (active users are asked more often) and of cep.similar_items(recommender, item, 10),
 one query at a time from one connection: p50 / p95 (target < 20 ms) / p99 / max, measured by
@@ -66,6 +72,56 @@ SELECT cep.create_stream('clicks', 'clicks', 'created_at', key_column => 'user_i
                          allowed_lateness => '1 hour');
 SELECT cep.create_recommender('clicks', 'clicks', 'user_id', 'item_id', 'action');
 """
+# Variant (f): the floor of exact pair maintenance on ingest (see the docstring).
+FLOOR_SQL = """
+CREATE TABLE floor_users (u int PRIMARY KEY);
+CREATE TABLE floor_w (u int, i int, w numeric NOT NULL, PRIMARY KEY (u, i));
+CREATE TABLE floor_p (a int, b int, dot numeric NOT NULL, PRIMARY KEY (a, b));
+CREATE FUNCTION floor_rec() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- the batch's users, locked in order (a statement of its own: the next one's snapshot
+    -- then sees what the sessions that held them committed)
+    INSERT INTO floor_users AS x (u)
+    SELECT DISTINCT n.user_id FROM new_rows AS n ORDER BY 1
+    ON CONFLICT (u) DO UPDATE SET u = EXCLUDED.u;
+    WITH d AS (
+        SELECT n.user_id AS u, n.item_id AS i,
+            sum(CASE n.action WHEN 'view' THEN 1 WHEN 'like' THEN 3 WHEN 'share' THEN 5
+                WHEN 'purchase' THEN 10 ELSE 0 END)::numeric AS dw
+        FROM new_rows AS n
+        GROUP BY 1, 2
+    ), c AS (
+        SELECT d.u, d.i, coalesce(w.w, 0) AS w0, coalesce(w.w, 0) + d.dw AS w1
+        FROM d LEFT JOIN floor_w AS w ON w.u = d.u AND w.i = d.i
+        WHERE d.dw <> 0
+    ), upd AS (
+        INSERT INTO floor_w AS w (u, i, w)
+        SELECT c.u, c.i, c.w1 FROM c ORDER BY 1, 2
+        ON CONFLICT (u, i) DO UPDATE SET w = EXCLUDED.w
+    ), allw AS (
+        SELECT w.u, w.i, w.w AS w0, w.w AS w1
+        FROM floor_w AS w
+        WHERE w.u IN (SELECT c.u FROM c)
+            AND NOT EXISTS (SELECT 1 FROM c WHERE c.u = w.u AND c.i = w.i)
+        UNION ALL
+        SELECT c.u, c.i, c.w0, c.w1 FROM c
+    ), deltas AS (
+        SELECT x.i AS a, y.i AS b, sum(x.w1 * y.w1 - x.w0 * y.w0) AS dd
+        FROM allw AS x
+        JOIN allw AS y ON y.u = x.u AND x.i <= y.i
+        WHERE EXISTS (SELECT 1 FROM c WHERE c.u = x.u AND (c.i = x.i OR c.i = y.i))
+        GROUP BY 1, 2
+    )
+    INSERT INTO floor_p AS p (a, b, dot)
+    SELECT deltas.a, deltas.b, deltas.dd FROM deltas WHERE deltas.dd <> 0 ORDER BY 1, 2
+    ON CONFLICT (a, b) DO UPDATE SET dot = p.dot + EXCLUDED.dot;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER floor_rec AFTER INSERT ON clicks REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION floor_rec();
+"""
+
 # Run on its own, the same cluster settings as bench/run_bench.py.
 CLUSTER_SETTINGS = {
     "fsync": "on",
@@ -210,6 +266,32 @@ def run(cluster, args, data: dict) -> dict:
               f"writes/event", flush=True)
         out["ratio"] = out["recommender"]["events_per_second"] / out["plain"]["events_per_second"]
 
+        # (f) the floor, in the same database (its tables are apart from pg_cep's)
+        pairs_r, dots_r = admin.execute(
+            "SELECT count(*), sum(dot) FROM cep.recommender_pairs WHERE dot <> 0").fetchone()
+        clicks_bytes = admin.execute("SELECT pg_total_relation_size('clicks')").fetchone()[0]
+        admin.execute("DROP TABLE clicks")
+        admin.execute(TABLE_SQL)
+        admin.execute(FLOOR_SQL)
+        admin.execute("CHECKPOINT")
+        secs = _load(dsn, data["batches"], args.rec_clients)
+        admin.execute("SELECT pg_stat_clear_snapshot()")
+        floor_writes = admin.execute(
+            "SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables "
+            "WHERE relid = 'floor_p'::regclass").fetchone()[0]
+        pairs_f, dots_f = admin.execute(
+            "SELECT count(*), sum(dot) FROM floor_p WHERE dot <> 0").fetchone()
+        out["floor"] = {"seconds": secs, "events_per_second": n / secs,
+                        "pair_writes_per_event": floor_writes / n,
+                        "same_pairs_as_r": pairs_f == pairs_r and dots_f == dots_r,
+                        "pairs": pairs_f}
+        out["floor_ratio"] = n / secs / out["plain"]["events_per_second"]
+        print(f"  (f) floor        {n / secs:>10,.0f} events/s  ({secs:6.1f} s)  "
+              f"{floor_writes / n:.1f} pair row writes/event; same pairs and dot products as "
+              f"(r): {out['floor']['same_pairs_as_r']}", flush=True)
+        admin.execute("DROP TABLE clicks, floor_users, floor_w, floor_p")
+        admin.execute("DROP FUNCTION floor_rec()")
+
         admin.execute("VACUUM ANALYZE cep.recommender_weights, cep.recommender_pairs, "
                       "cep.recommender_users")
         st = admin.execute(
@@ -218,8 +300,8 @@ def run(cluster, args, data: dict) -> dict:
         sizes = admin.execute(
             "SELECT pg_total_relation_size('cep.recommender_pairs'), "
             "pg_total_relation_size('cep.recommender_weights'), "
-            "pg_total_relation_size('cep.recommender_users'), "
-            "pg_total_relation_size('clicks')").fetchone()
+            "pg_total_relation_size('cep.recommender_users'), %s::bigint",
+            (clicks_bytes,)).fetchone()
         out["state"] = dict(zip(["users", "items", "item_pairs", "weight_rows",
                                  "capped_events"], st))
         out["state"].update(pairs_mb=sizes[0] / 2**20, weights_mb=sizes[1] / 2**20,
@@ -273,7 +355,12 @@ def print_report(r: dict) -> None:
         ("(r) one recommender", round(r["recommender"]["events_per_second"]),
          round(r["recommender"]["seconds"], 1),
          round(r["recommender"]["ingest_micros_per_event"], 1)),
+        ("(f) floor: exact pairs, bare tables", round(r["floor"]["events_per_second"]),
+         round(r["floor"]["seconds"], 1), None),
     ])
+    print(f"f/a = {r['floor_ratio']:.3f}: the floor of any exact item-item model kept on "
+          f"ingest ({r['floor']['pair_writes_per_event']:.1f} pair row writes/event; same pairs "
+          f"and dot products as (r): {r['floor']['same_pairs_as_r']}).")
     print(f"r/a = {r['ratio']:.3f} (target >= {TARGET_RATIO}: "
           f"{'met' if r['ratio'] >= TARGET_RATIO else 'NOT met'}); each event wrote "
           f"{r['recommender']['pair_writes_per_event']:.1f} item-pair rows on average "
