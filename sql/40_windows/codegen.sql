@@ -7,6 +7,39 @@
 -- cep.window_<id> merges the panes of each window when read; session state is merged per
 -- session key after locking that key's anchor row, so concurrent merges serialize per key.
 
+-- The pane columns of a tumbling or hopping window's aggregates (count(distinct) keeps its
+-- values apart): their definitions, their names, and how the panes of one window (or several
+-- rows of one pane) merge, over row alias ALIAS.
+CREATE FUNCTION cep._window_pane_columns(
+    aggregates jsonb, alias text, OUT defs text, OUT cols text, OUT merged text
+)
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT
+        coalesce(string_agg(format(', %I %s', c.col, c.type), '' ORDER BY a.n, c.o), ''),
+        coalesce(string_agg(format(', %I', c.col), '' ORDER BY a.n, c.o), ''),
+        coalesce(string_agg(format(', %s(%s.%I)%s AS %I', c.merge, alias, c.col, c.conv, c.col),
+            '' ORDER BY a.n, c.o), '')
+    FROM jsonb_array_elements(aggregates) WITH ORDINALITY AS a (agg, n)
+    CROSS JOIN LATERAL (
+        VALUES
+            (1, a.agg->>'state',
+                CASE a.agg->>'fn' WHEN 'count' THEN 'bigint NOT NULL' ELSE a.agg->>'state_type' END,
+                CASE WHEN a.agg->>'fn' IN ('min', 'max') THEN a.agg->>'fn' ELSE 'sum' END,
+                CASE WHEN a.agg->>'fn' IN ('min', 'max') THEN ''
+                    ELSE '::' || (a.agg->>'state_type') END),
+            (2, (a.agg->>'state') || '_n', 'bigint NOT NULL', 'sum', '::bigint')
+    ) AS c (o, col, type, merge, conv)
+    WHERE a.agg->>'fn' <> 'count_distinct' AND (c.o = 1 OR a.agg->>'fn' = 'avg')
+$fn$;
+
+COMMENT ON FUNCTION cep._window_pane_columns(jsonb, text) IS
+'Internal: the pane columns of a tumbling or hopping window''s aggregates as column '
+'definitions, as a list of names, and as the expressions over row alias ALIAS that merge '
+'several rows into one.';
+
 CREATE FUNCTION cep._window_ddl(window_id integer, view_name text)
 RETURNS text[]
 LANGUAGE plpgsql
@@ -28,8 +61,7 @@ DECLARE
     v_ddl text [] := '{}'::text [];
     v_key_type text;
     v_wm text;
-    v_pane_cols text := '';
-    v_merged text := '';
+    v_distinct_counts text := '';
     v_same_group text := '';
 BEGIN
     SELECT * INTO STRICT w FROM cep.windows AS x WHERE x.window_id = _window_ddl.window_id;
@@ -49,28 +81,12 @@ BEGIN
     FOR v_agg IN SELECT value FROM jsonb_array_elements(w.aggregates) LOOP
         v_cols := v_cols || format(', %I %s%s', v_agg->>'state', v_agg->>'state_type',
             CASE WHEN v_agg->>'fn' IN ('count', 'count_distinct') THEN ' NOT NULL DEFAULT 0' ELSE '' END);
-        -- a pane's partial and how the panes of a window merge
-        CASE v_agg->>'fn'
-            WHEN 'count' THEN
-                v_pane_cols := v_pane_cols || format(', %I bigint NOT NULL', v_agg->>'state');
-                v_merged := v_merged || format(', sum(s.%1$I)::bigint AS %1$I', v_agg->>'state');
-            WHEN 'count_distinct' THEN
-                v_merged := v_merged || format(
-                    ', (SELECT count(*) FROM cep.%1$I AS d WHERE d.window_start = x.ws%2$s) AS %3$I',
-                    w.state_table || '_' || (v_agg->>'state'), v_same_group, v_agg->>'state');
-            WHEN 'sum' THEN
-                v_pane_cols := v_pane_cols || format(', %I %s', v_agg->>'state', v_agg->>'state_type');
-                v_merged := v_merged || format(', sum(s.%1$I)::%2$s AS %1$I',
-                    v_agg->>'state', v_agg->>'state_type');
-            WHEN 'avg' THEN
-                v_pane_cols := v_pane_cols || format(', %I %s, %I bigint NOT NULL',
-                    v_agg->>'state', v_agg->>'state_type', (v_agg->>'state') || '_n');
-                v_merged := v_merged || format(', sum(s.%1$I)::%2$s AS %1$I, sum(s.%3$I)::bigint AS %3$I',
-                    v_agg->>'state', v_agg->>'state_type', (v_agg->>'state') || '_n');
-            ELSE
-                v_pane_cols := v_pane_cols || format(', %I %s', v_agg->>'state', v_agg->>'state_type');
-                v_merged := v_merged || format(', %1$s(s.%2$I) AS %2$I', v_agg->>'fn', v_agg->>'state');
-        END CASE;
+        -- (count(distinct) merges by counting the window's values)
+        IF v_agg->>'fn' = 'count_distinct' THEN
+            v_distinct_counts := v_distinct_counts || format(
+                ', (SELECT count(*) FROM cep.%1$I AS d WHERE d.window_start = x.ws%2$s) AS %3$I',
+                w.state_table || '_' || (v_agg->>'state'), v_same_group, v_agg->>'state');
+        END IF;
         IF v_agg->>'fn' = 'avg' THEN
             v_cols := v_cols || format(', %I bigint NOT NULL DEFAULT 0', (v_agg->>'state') || '_n');
             v_view_a := v_view_a || format(', (s.%I / NULLIF(s.%I, 0))::%s AS %I',
@@ -125,7 +141,7 @@ BEGIN
         -- maintenance merges them). No unique index: nothing is upserted, nothing is locked.
         v_ddl := v_ddl || format(
             'CREATE TABLE cep.%1$I (pane_start timestamptz NOT NULL%2$s%3$s)',
-            w.state_table || '_panes', v_gcols, v_pane_cols);
+            w.state_table || '_panes', v_gcols, (cep._window_pane_columns(w.aggregates, 's')).defs);
         v_ddl := v_ddl || format('CREATE INDEX %I ON cep.%I (pane_start)',
             w.state_table || '_panes_start_idx', w.state_table || '_panes');
         FOR v_agg IN SELECT value FROM jsonb_array_elements(w.aggregates)
@@ -148,7 +164,8 @@ BEGIN
             'WHERE x.ws + %2$L::interval > s.pane_start AND x.ws + %2$L::interval >= '
             '(SELECT c.purged_before FROM cep.windows AS c WHERE c.window_id = %8$s) '
             'GROUP BY x.ws%9$s',
-            w.state_table, w.size, replace(v_gkey, ', g_', ', s.g_'), v_merged,
+            w.state_table, w.size, replace(v_gkey, ', g_', ', s.g_'),
+            (cep._window_pane_columns(w.aggregates, 's')).merged || v_distinct_counts,
             w.state_table || '_panes', coalesce(w.slide, w.size),
             ceil(extract(epoch FROM w.size) / extract(epoch FROM coalesce(w.slide, w.size)))::integer - 1,
             w.window_id, replace(v_gkey, ', g_', ', s.g_'));
@@ -192,7 +209,6 @@ DECLARE
     v_sql text;
     v_distinct text := '';
     v_session_distinct text := '';
-    v_pane_cols text := '';
     v_pane_aggs text := '';
 BEGIN
     SELECT * INTO STRICT w FROM cep.windows AS x WHERE x.window_id = _window_section.window_id;
@@ -213,10 +229,6 @@ BEGIN
             v_v_sel := v_v_sel || format(', n.%I AS %I', v_agg->>'col', v_v);
         END IF;
         v_ins_cols := v_ins_cols || format(', %I', v_st);
-        IF v_agg->>'fn' <> 'count_distinct' THEN
-            v_pane_cols := v_pane_cols || format(', %I', v_st)
-                || CASE WHEN v_agg->>'fn' = 'avg' THEN format(', %I', v_st || '_n') ELSE '' END;
-        END IF;
         CASE v_agg->>'fn'
             WHEN 'count' THEN
                 v_pane_aggs := v_pane_aggs || CASE WHEN v_agg->>'col' IS NULL THEN ', count(*)'
@@ -340,7 +352,8 @@ $d$,
     GROUP BY b.ps%8$s;
 $s$,
             w.window_id, w.kind, w.size, w.pane, w.state_table || '_panes', v_g_list,
-            v_pane_cols, v_b_g, v_pane_aggs, v_t, v_g_sel, v_v_sel);
+            (cep._window_pane_columns(w.aggregates, 'b')).cols, v_b_g, v_pane_aggs, v_t, v_g_sel,
+            v_v_sel);
         RETURN v_sql || replace(v_distinct, '%EXPAND%', v_expand);
     END IF;
 
@@ -446,44 +459,13 @@ COMMENT ON FUNCTION cep._window_section(integer) IS
 -- that share their pane and group with another row are replaced by one merged row.
 CREATE FUNCTION cep._window_compact_sql(window_id integer)
 RETURNS text
-LANGUAGE plpgsql
+LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-DECLARE
-    w cep.windows;
-    v_agg jsonb;
-    v_st text;
-    v_cols text := '';
-    v_merged text := '';
-    v_groups text := '';
-BEGIN
-    SELECT * INTO STRICT w FROM cep.windows AS x WHERE x.window_id = _window_compact_sql.window_id;
-    SELECT coalesce(string_agg(format(', g_%s', g), ''), '') INTO v_groups
-    FROM generate_series(1, cardinality(w.group_by)) AS g;
-    FOR v_agg IN SELECT value FROM jsonb_array_elements(w.aggregates) LOOP
-        v_st := v_agg->>'state';
-        CASE v_agg->>'fn'
-            WHEN 'count_distinct' THEN
-                CONTINUE;
-            WHEN 'count' THEN
-                v_cols := v_cols || format(', %I', v_st);
-                v_merged := v_merged || format(', sum(m.%I)::bigint', v_st);
-            WHEN 'sum' THEN
-                v_cols := v_cols || format(', %I', v_st);
-                v_merged := v_merged || format(', sum(m.%I)::%s', v_st, v_agg->>'state_type');
-            WHEN 'avg' THEN
-                v_cols := v_cols || format(', %I, %I', v_st, v_st || '_n');
-                v_merged := v_merged || format(', sum(m.%I)::%s, sum(m.%I)::bigint',
-                    v_st, v_agg->>'state_type', v_st || '_n');
-            ELSE
-                v_cols := v_cols || format(', %I', v_st);
-                v_merged := v_merged || format(', %s(m.%I)', v_agg->>'fn', v_st);
-        END CASE;
-    END LOOP;
     -- (DELETE ... RETURNING merges exactly the rows this statement removed: rows another
     -- session appends meanwhile, or that another compaction took first, are left alone)
-    RETURN format($c$
+    SELECT format($c$
     WITH moved AS (
         DELETE FROM cep.%1$I AS t
         WHERE t.pane_start >= $1 AND t.pane_start < $2
@@ -506,8 +488,14 @@ BEGIN
     )
     SELECT (SELECT count(*) FROM moved) - (SELECT count(*) FROM ins)
 $c$,
-        w.state_table || '_panes', v_groups, v_cols, replace(v_groups, ', g_', ', m.g_'), v_merged);
-END
+        w.state_table || '_panes', g.list, c.cols, replace(g.list, ', g_', ', m.g_'), c.merged)
+    FROM cep.windows AS w
+    CROSS JOIN LATERAL cep._window_pane_columns(w.aggregates, 'm') AS c
+    CROSS JOIN LATERAL (
+        SELECT coalesce(string_agg(format(', g_%s', i), '' ORDER BY i), '') AS list
+        FROM generate_series(1, cardinality(w.group_by)) AS i
+    ) AS g
+    WHERE w.window_id = _window_compact_sql.window_id
 $fn$;
 
 COMMENT ON FUNCTION cep._window_compact_sql(integer) IS

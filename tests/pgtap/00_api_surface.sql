@@ -22,7 +22,7 @@ SELECT functions_are(
         'create_recommender', 'drop_recommender', 'recommend', 'similar_items',
         '_stream_id', '_watermark', '_setting', '_valid_setting', '_ring_doorbell',
         '_raise_alerts', '_consumer_id', '_time_expr', '_parse_aggregates', '_window_ddl',
-        '_window_section', '_drop_window_objects', '_window_stats', '_window_compact_sql', '_window_stats_sql', '_stream_horizon',
+        '_window_section', '_drop_window_objects', '_window_stats', '_window_compact_sql', '_window_stats_sql', '_window_pane_columns', '_stream_horizon',
         '_refuse_default_partition', '_premake_partitions', '_retire_partitions', '_prom_label',
         '_compile_ingest', '_feature_sections', '_tie_to_extension', '_with_guard', '_regenerate_stream', '_stream_renamed', '_sketch_bits',
         'set_risk_policy', 'evaluate_rules',
