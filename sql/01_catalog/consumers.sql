@@ -14,7 +14,7 @@ CREATE TABLE cep.consumers (
         octet_length(name) BETWEEN 1 AND 63 AND name !~ '[[:cntrl:]]'
     ),
     CONSTRAINT consumers_timeout_check CHECK (redelivery_timeout > '0 seconds')
-);
+) WITH (autovacuum_analyze_threshold = 1, autovacuum_analyze_scale_factor = 0);
 
 COMMENT ON TABLE cep.consumers IS
 'Durable alert consumers (cep.create_consumer): name and redelivery timeout.';

@@ -3,6 +3,9 @@
 -- Ingest never updates a shared row: every statement appends to cep.stream_log (watermark
 -- candidate, counters, timing), which readers sum and cep.run_maintenance() compacts.
 
+-- (analyzed by autovacuum after any change: the monitoring views join it to the logs, and a
+-- never-analyzed small table is taken for hundreds of rows, which made the planner JIT-compile
+-- them; the other catalogs the views start from do the same)
 CREATE TABLE cep.streams (
     stream_id integer GENERATED ALWAYS AS IDENTITY,
     name text NOT NULL,
@@ -40,7 +43,7 @@ CREATE TABLE cep.streams (
     CONSTRAINT streams_replica_check CHECK (
         replica_batch IS NULL OR (mode = 'async' AND replica_batch IN ('transaction', 'merged'))
     )
-);
+) WITH (autovacuum_analyze_threshold = 1, autovacuum_analyze_scale_factor = 0);
 
 COMMENT ON TABLE cep.streams IS
 'Registered event streams: one row per source table (see cep.create_stream).';

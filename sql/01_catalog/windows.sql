@@ -33,7 +33,7 @@ CREATE TABLE cep.windows (
     ),
     CONSTRAINT windows_retention_check CHECK (retention >= '0 seconds'),
     CONSTRAINT windows_pane_check CHECK ((kind = 'session') = (pane IS NULL))
-);
+) WITH (autovacuum_analyze_threshold = 1, autovacuum_analyze_scale_factor = 0);
 
 CREATE INDEX windows_stream_idx ON cep.windows (stream_id);
 

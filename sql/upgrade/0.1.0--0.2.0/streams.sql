@@ -26,3 +26,6 @@ COMMENT ON TABLE cep.stream_log IS
 'hashtext(key) & 4095 among its on-time events); compacted to one row per minute by '
 'cep.run_maintenance(), whose rows keep the sketch as a bitmap (key_bits). The watermark of a '
 'stream is max(watermark) over its rows.';
+
+-- 0.2.0: the stream catalog is analyzed by autovacuum after any change (see 01_catalog).
+ALTER TABLE cep.streams SET (autovacuum_analyze_threshold = 1, autovacuum_analyze_scale_factor = 0);
