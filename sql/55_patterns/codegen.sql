@@ -122,6 +122,8 @@ DECLARE
     v_col name;
     v_phs text [];
     v_vals text [];
+    v_lazy boolean;
+    v_final text;
     -- The matcher's parameters, qualified by its name where the user's table is in scope
     -- (use_column: a column of the same name would win).
     v_fn text := format('_pattern_%s', pattern_id);
@@ -129,6 +131,8 @@ BEGIN
     SELECT * INTO STRICT p FROM cep.patterns AS x WHERE x.pattern_id = _pattern_function_sql.pattern_id;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = p.stream_id;
     v_prog := p.program;
+    v_lazy := p.engine = 'lazy';
+    v_final := cep._pattern_final_sql(p.pattern_id);
 
     -- Conditions: static ones (no var.col) go into the event's mask, computed in SQL; the
     -- others are evaluated per thread with its bindings b. Undefined variables match always.
@@ -208,6 +212,7 @@ DECLARE
     c_within constant interval := @WITHIN@;
     c_skip_past constant boolean := @SKIP_PAST@;
     c_cap constant integer := @CAP@;
+    c_lazy constant boolean := @LAZY@;
     e record;
     st cep.pattern_state;
     v_key text;
@@ -242,100 +247,13 @@ DECLARE
     v_keys text [];
     v_done text [] := '{}'::text [];
     v_lo timestamptz [];
-    v_opend timestamptz [];
+    v_cuts timestamptz [];
+    v_floor timestamptz;
     v_tids tid [];
-    v_out cep.pattern_state [] := '{}'::cep.pattern_state [];
-    v_pending boolean := false;
-    v_behind boolean := false;
+    v_out cep.pattern_state [] := '{}'::cep.pattern_state [];@ENGINE_VARS@
 BEGIN
     IF NOT p_find THEN
-        -- The keys to advance: those of this statement's on-time events (p_keys), those with
-        -- events waiting for the watermark (pending_t), and those whose runs time out or end
-        -- with the input. Their state rows are locked in key order (a key first seen gets
-        -- one): a session advancing one of these keys makes this one wait for its commit, and
-        -- the statements below then see its events and runs (READ COMMITTED).
-        -- A writer advances only its own keys, so that sessions writing different keys never
-        -- wait for each other's commit (design principle 5). Keys whose events wait for the
-        -- watermark or whose runs time out are advanced by cep.advance_watermark and
-        -- cep.run_maintenance (p_keys NULL), which wait for every key they need.
-        IF p_keys IS NOT NULL THEN
-            v_keys := p_keys;
-        ELSE
-            SELECT array_agg(DISTINCT y.k ORDER BY y.k) INTO v_keys
-            FROM (
-                SELECT ps.k FROM cep.pattern_state AS ps
-                WHERE ps.pattern_id = @PID@ AND ps.pending_t <= p_to
-                UNION
-                SELECT ps.k FROM cep.pattern_state AS ps
-                WHERE ps.pattern_id = @PID@ AND ps.active AND (p_eoi OR ps.deadline < p_to)
-            ) AS y;
-        END IF;
-        IF v_keys IS NULL THEN
-            RETURN;
-        END IF;
-        IF p_keys IS NULL THEN
-            -- lock the keys in key order (one index probe each, never a scan of every key's
-            -- state); per key, the earliest event to take: its first event still waiting for
-            -- the watermark
-            WITH l AS (
-                SELECT x.k, x.pending_t, x.ctid
-                FROM unnest(v_keys) AS u (k)
-                CROSS JOIN LATERAL (
-                    SELECT ps.k, ps.pending_t, ps.ctid FROM cep.pattern_state AS ps
-                    WHERE ps.pattern_id = @PID@ AND ps.k = u.k
-                    FOR NO KEY UPDATE
-                ) AS x
-            )
-            SELECT array_agg(l.k ORDER BY l.k),
-                array_agg(CASE WHEN l.pending_t <= p_to THEN l.pending_t END ORDER BY l.k),
-                array_agg(l.pending_t ORDER BY l.k),
-                array_agg(l.ctid ORDER BY l.k),
-                coalesce(bool_or(l.pending_t IS NOT NULL), false)
-            INTO v_keys, v_lo, v_opend, v_tids, v_pending
-            FROM l;
-        ELSE
-            -- This statement's keys: each row created if missing and locked in one step, in
-            -- key order (ON CONFLICT locks the row its WHERE leaves unchanged). A row that
-            -- cep.run_maintenance purges meanwhile is waited for and created again: a separate
-            -- existence check and lock would find it gone and skip the key's events.
-            -- In the same step, the key's first event waiting for the watermark (pending_t)
-            -- takes this statement's first waiting event when that is earlier, unless the
-            -- key's waiting events are reached now (then it is set after matching).
-            INSERT INTO cep.pattern_state AS ps (pattern_id, k, pending_t)
-            SELECT @PID@, u.k, u.nx FROM unnest(p_keys, p_nx) AS u (k, nx)
-            ORDER BY u.k
-            ON CONFLICT (pattern_id, k) DO UPDATE SET pending_t = excluded.pending_t
-            WHERE excluded.pending_t IS NOT NULL
-                AND (ps.pending_t IS NULL OR (ps.pending_t > p_to AND excluded.pending_t < ps.pending_t));
-            -- The rows are locked now, so this statement reads their committed state. Per
-            -- key, the earliest event to take: this statement's first on-time event of the
-            -- key or the key's first event still waiting for the watermark.
-            SELECT array_agg(u.k ORDER BY u.k),
-                array_agg(least(u.lo, CASE WHEN x.pending_t <= p_to THEN x.pending_t END) ORDER BY u.k),
-                array_agg(x.pending_t ORDER BY u.k),
-                array_agg(x.ctid ORDER BY u.k),
-                coalesce(bool_or(x.pending_t IS NOT NULL), false),
-                coalesce(bool_or(u.nx IS NOT NULL AND (u.nx, 0) <= (x.upto_t, x.upto_id)), false)
-            INTO v_keys, v_lo, v_opend, v_tids, v_pending, v_behind
-            FROM unnest(p_keys, p_lo, p_nx) AS u (k, lo, nx)
-            CROSS JOIN LATERAL (
-                SELECT ps.pending_t, ps.upto_t, ps.upto_id, ps.ctid FROM cep.pattern_state AS ps
-                WHERE ps.pattern_id = @PID@ AND ps.k = u.k
-                OFFSET 0
-            ) AS x;
-        END IF;
-        IF v_behind THEN
-            -- This statement's events beyond the watermark that another session (which
-            -- committed while this one waited for the key) already processed past: late
-            -- (under relaxed contiguity, those that can take part in a match).
-            INSERT INTO cep.pattern_late_events (pattern_id, event_id, event_time, partition_key)
-            SELECT @PID@, e.id, e.t, e.k
-            FROM (@OWN_EVENTS@) AS e
-            JOIN cep.pattern_state AS ps ON ps.pattern_id = @PID@ AND ps.k = e.k
-            WHERE e.t > p_to AND (e.t, e.id) <= (ps.upto_t, ps.upto_id) AND (@OWN_RELEVANT@);
-            GET DIAGNOSTICS v_n = ROW_COUNT;
-            v_late := v_late + v_n;
-        END IF;
+@BEGIN_LIVE@
     END IF;
 
     -- The events of the keys that need the matcher (an event that can start a match, or open
@@ -365,14 +283,15 @@ BEGIN
             v_have := true;
             v_done := v_done || v_key;
             IF p_find THEN
-                st := ROW(@PID@, v_key, NULL, NULL, 1, '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', NULL, false, NULL)::cep.pattern_state;
+                st := ROW(@PID@, v_key, NULL, NULL, 1, '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', NULL, false, NULL, NULL)::cep.pattern_state;
             ELSE
                 st := e.st_row;
-            END IF;
+            END IF;@FAST_FORWARD@
         END IF;
         IF st.upto_t IS NOT NULL AND (e.t, e.id) <= (st.upto_t, st.upto_id) THEN
-            -- Already processed, or (one of this statement's own rows) behind the key's progress.
-            IF e.id = ANY (p_own) THEN
+            -- Already processed, or (one of this statement's own rows) behind the key's progress
+            -- (a lazy pattern counts those before it matches, for every key of the statement).
+            IF e.id = ANY (p_own) AND NOT c_lazy THEN
                 INSERT INTO cep.pattern_late_events (pattern_id, event_id, event_time, partition_key)
                 VALUES (@PID@, e.id, e.t, e.k);
                 v_late := v_late + 1;
@@ -460,60 +379,19 @@ BEGIN
     END IF;
 
     IF NOT p_find THEN
-        -- Keys with no event taken whose runs time out or end with the input.
+        -- Keys with no event taken whose runs time out or end with the input (a lazy pattern:
+        -- every key it matches now).
         FOR st IN
             SELECT ps.* FROM cep.pattern_state AS ps
-            WHERE ps.pattern_id = @PID@ AND ps.k = ANY (v_keys) AND ps.active
-                AND (p_eoi OR ps.deadline < p_to)
+            WHERE ps.pattern_id = @PID@ AND ps.k = ANY (v_keys)
+                AND (c_lazy OR (ps.active AND (p_eoi OR ps.deadline < p_to)))
                 AND ps.k <> ALL (v_done)
             ORDER BY ps.k
         LOOP
             v_key := st.k;
             @FINISH@
         END LOOP;
-        -- One write per key: the new state of every key advanced above, and the first event
-        -- still waiting for the watermark (pending_t) of every key whose waiting events the
-        -- watermark reached.
-        IF cardinality(v_out) > 0 OR v_pending THEN
-            UPDATE cep.pattern_state AS ps
-            SET upto_t = CASE WHEN b.has THEN b.upto_t ELSE ps.upto_t END,
-                upto_id = CASE WHEN b.has THEN b.upto_id ELSE ps.upto_id END,
-                next_no = CASE WHEN b.has THEN b.next_no ELSE ps.next_no END,
-                r_no = CASE WHEN b.has THEN b.r_no ELSE ps.r_no END,
-                r_st = CASE WHEN b.has THEN b.r_st ELSE ps.r_st END,
-                r_sid = CASE WHEN b.has THEN b.r_sid ELSE ps.r_sid END,
-                r_best = CASE WHEN b.has THEN b.r_best ELSE ps.r_best END,
-                r_bend_t = CASE WHEN b.has THEN b.r_bend_t ELSE ps.r_bend_t END,
-                r_bend_id = CASE WHEN b.has THEN b.r_bend_id ELSE ps.r_bend_id END,
-                th_run = CASE WHEN b.has THEN b.th_run ELSE ps.th_run END,
-                th_pc = CASE WHEN b.has THEN b.th_pc ELSE ps.th_pc END,
-                th_path = CASE WHEN b.has THEN b.th_path ELSE ps.th_path END,
-                th_bind = CASE WHEN b.has THEN b.th_bind ELSE ps.th_bind END,
-                deadline = CASE WHEN NOT b.has THEN ps.deadline WHEN c_within IS NOT NULL THEN (
-                    SELECT min(b.r_st[array_position(b.r_no, u.t)]) + c_within
-                    FROM unnest(b.th_run) AS u (t)) END,
-                active = CASE WHEN b.has THEN cardinality(b.r_no) > 0 ELSE ps.active END,
-                pending_t = b.pending_t
-            FROM (
-                SELECT u.k, u.tid, w.k IS NOT NULL AS has,
-                    w.upto_t, w.upto_id, w.next_no, w.r_no, w.r_st, w.r_sid, w.r_best, w.r_bend_t,
-                    w.r_bend_id, w.th_run, w.th_pc, w.th_path, w.th_bind,
-                    -- events beyond the watermark wait: the key remembers its first one (a
-                    -- writer's own waiting events are in pending_t since it locked the key)
-                    CASE
-                        WHEN u.op IS NULL OR u.op > p_to THEN u.op
-                        -- taken from pending_t: the next waiting event may be an older arrival
-                        ELSE (@NEXT_EVENT@)
-                    END AS pending_t
-                FROM unnest(v_keys, v_opend, v_tids) AS u (k, op, tid)
-                LEFT JOIN unnest(v_out) AS w ON w.k = u.k
-                WHERE w.k IS NOT NULL OR u.op <= p_to
-                -- OFFSET 0: the next waiting event is looked up once per key
-                OFFSET 0
-            ) AS b
-            -- the rows are locked, so their tuple ids are still theirs: one probe per key
-            WHERE ps.ctid = b.tid AND (b.has OR ps.pending_t IS DISTINCT FROM b.pending_t);
-        END IF;
+@SAVE_LIVE@
         IF v_events > 0 OR v_matches > 0 OR v_drops > 0 OR v_late > 0 THEN
             INSERT INTO cep.pattern_log (pattern_id, events, matches, drops, late, last_match)
             VALUES (@PID@, v_events, v_matches, v_drops, v_late, v_last_match);
@@ -526,14 +404,20 @@ BEGIN
 END
 $t$;
 
-    -- The placeholders and their values (@FINISH@ contains @RESOLVE@).
+    -- The placeholders and their values. The first five are fixed code of the engine
+    -- (eager or lazy) that brings further placeholders: they are put in first.
     SELECT array_agg(x.ph ORDER BY x.o), array_agg(x.val ORDER BY x.o) INTO v_phs, v_vals
     FROM unnest(ARRAY[
         '@FINISH@',
+        '@FAST_FORWARD@',
+        '@BEGIN_LIVE@',
+        '@SAVE_LIVE@',
+        '@ENGINE_VARS@',
         '@RESOLVE@',
         '@EVENTS@',
         '@LIVE_EVENTS@',
         '@NEXT_EVENT@',
+        '@NEXT_FINAL@',
         '@OWN_EVENTS@',
         '@OWN_RELEVANT@',
         '@RELAXED@',
@@ -549,16 +433,22 @@ $t$;
         '@WITHIN@',
         '@SKIP_PAST@',
         '@CAP@',
+        '@LAZY@',
         '@NAME@',
         '@STREAM@',
         '@PID@',
         '@SID@'
     ], ARRAY[
         cep._pattern_finish_sql(),
+        CASE WHEN v_lazy THEN cep._pattern_fast_forward_sql() ELSE '' END,
+        CASE WHEN v_lazy THEN cep._pattern_lazy_begin_sql() ELSE cep._pattern_eager_begin_sql() END,
+        CASE WHEN v_lazy THEN cep._pattern_lazy_save_sql() ELSE cep._pattern_eager_save_sql() END,
+        CASE WHEN v_lazy THEN E'\n    v_trig timestamptz [];'
+            ELSE E'\n    v_opend timestamptz [];\n    v_pending boolean := false;\n    v_behind boolean := false;' END,
         cep._pattern_resolve_sql(p, s),
         format(
-            'SELECT e.*, (%s | %s) AS mask FROM (SELECT %s AS k, %s AS t, s.%I::bigint AS id%s%s '
-            'FROM %s AS s%s WHERE s.%I >= %s AND s.%I <= %s%s) AS e',
+            'SELECT e.*, (%s | %s) AS mask FROM (SELECT %s AS k, %s AS t, s.%I::bigint AS id, '
+            'NULL::timestamptz AS cut%s%s FROM %s AS s%s WHERE s.%I >= %s AND s.%I <= %s%s) AS e',
             v_mask, v_always,
             cep._stream_key_sql(s, 's'),
             cep._stream_time_sql(s, 's'),
@@ -573,8 +463,9 @@ $t$;
                 'pl.event_id = s.%4$I))', s.stream_id, s.id_column, p.pattern_id, s.id_column, v_fn)
                 || cep._processed_sql(s, 's')),
         format(
-            'SELECT e.*, (%s | %s) AS mask FROM (SELECT %s AS k, %s AS t, s.%I::bigint AS id%s%s '
-            'FROM unnest(v_keys, v_lo) AS kr (k, lo) CROSS JOIN LATERAL (SELECT s.* FROM %s AS s '
+            'SELECT e.*, (%s | %s) AS mask FROM (SELECT %s AS k, %s AS t, s.%I::bigint AS id, '
+            'kr.cut%s%s FROM unnest(v_keys, v_lo, v_cuts) AS kr (k, lo, cut) '
+            'CROSS JOIN LATERAL (SELECT s.* FROM %s AS s '
             'WHERE %s AND s.%I >= %s AND s.%I <= %s OFFSET 0) AS s%s WHERE kr.lo IS NOT NULL '
             'AND NOT EXISTS (SELECT 1 FROM cep.late_events AS l WHERE l.stream_id = %s '
             'AND l.event_id = s.%I)) AS e',
@@ -605,6 +496,19 @@ $t$;
             -- ordered by an expression: the (key, time) index finds the rows, never a walk
             -- along the time index
             format('s.%I + interval ''0 seconds''', s.time_column)),
+        -- a lazy pattern's next event that can end a match, beyond the watermark (same index)
+        format('SELECT e.t FROM (SELECT %s AS t%s FROM %s AS s WHERE %s AND s.%I > %s) AS e '
+            'WHERE %s ORDER BY e.t + interval ''0 seconds'' LIMIT 1',
+            cep._stream_time_sql(s, 's'),
+            v_sel, s.source,
+            (CASE WHEN s.key_column IS NULL THEN 'true'
+                ELSE format('s.%I = u.k::%s', s.key_column,
+                    (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a
+                     WHERE a.attrelid = s.source AND a.attname = s.key_column)) END)
+                || cep._processed_sql(s, 's'),
+            s.time_column,
+            cep._stream_raw_time_sql(s, v_fn || '.p_to'),
+            coalesce(v_final, 'true')),
         format('SELECT %s AS k, %s AS t, s.%I::bigint AS id%s FROM %s AS s '
             'WHERE s.%I = ANY (%s.p_own)',
             cep._stream_key_sql(s, 's'),
@@ -626,15 +530,18 @@ $t$;
         coalesce(quote_literal(p.within) || '::interval', 'NULL'),
         (p.after_match = 'skip_past_last_row')::text,
         p.max_runs::text,
+        v_lazy::text,
         quote_literal(p.name),
         quote_literal(s.name),
         p.pattern_id::text,
         s.stream_id::text
     ]) WITH ORDINALITY AS x (ph, val, o);
-    -- @FINISH@ first (fixed text that brings @RESOLVE@), then every placeholder in one pass:
-    -- a value is inserted once and never scanned again, so a table, column, name or condition
-    -- that contains a placeholder's spelling stays as it is.
-    v_template := replace(v_template, v_phs[1], v_vals[1]);
+    -- The engine's fixed code first (it brings further placeholders), then every placeholder
+    -- in one pass: a value is inserted once and never scanned again, so a table, column, name
+    -- or condition that contains a placeholder's spelling stays as it is.
+    FOR v_i IN 1 .. 5 LOOP
+        v_template := replace(v_template, v_phs[v_i], v_vals[v_i]);
+    END LOOP;
     SELECT string_agg(coalesce(v_vals[array_position(v_phs, m.tok[1])], m.tok[1]), ''
         ORDER BY m.o)
     INTO v_template
@@ -772,6 +679,15 @@ AS $fn$
                 st.th_path := n_path;
                 st.th_bind := n_bind;
             END IF;
+            IF v_floor IS NOT NULL THEN
+                -- (lazy) runs ended before the first event that can end a match: an event
+                -- before it that still arrives is late, as above
+                IF st.upto_t IS NULL OR (st.upto_t, st.upto_id) < (v_floor, -1::bigint) THEN
+                    st.upto_t := v_floor;
+                    st.upto_id := -1;
+                END IF;
+                v_floor := NULL;
+            END IF;
             @RESOLVE@
             IF NOT p_find THEN
                 -- saved by one statement for every key (see "One write per key")
@@ -781,3 +697,324 @@ $fn$;
 
 COMMENT ON FUNCTION cep._pattern_finish_sql() IS
 'Internal: generated code that ends a key''s turn: input end or timeouts, reporting, saving.';
+
+-- The eager engine's start of a live call: lock the keys, note waiting events and late ones.
+CREATE FUNCTION cep._pattern_eager_begin_sql()
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT $f$
+        -- The keys to advance: those of this statement's on-time events (p_keys), those with
+        -- events waiting for the watermark (pending_t), and those whose runs time out or end
+        -- with the input. Their state rows are locked in key order (a key first seen gets
+        -- one): a session advancing one of these keys makes this one wait for its commit, and
+        -- the statements below then see its events and runs (READ COMMITTED).
+        -- A writer advances only its own keys, so that sessions writing different keys never
+        -- wait for each other's commit (design principle 5). Keys whose events wait for the
+        -- watermark or whose runs time out are advanced by cep.advance_watermark and
+        -- cep.run_maintenance (p_keys NULL), which wait for every key they need.
+        IF p_keys IS NOT NULL THEN
+            v_keys := p_keys;
+        ELSE
+            SELECT array_agg(DISTINCT y.k ORDER BY y.k) INTO v_keys
+            FROM (
+                SELECT ps.k FROM cep.pattern_state AS ps
+                WHERE ps.pattern_id = @PID@ AND ps.pending_t <= p_to
+                UNION
+                SELECT ps.k FROM cep.pattern_state AS ps
+                WHERE ps.pattern_id = @PID@ AND ps.active AND (p_eoi OR ps.deadline < p_to)
+            ) AS y;
+        END IF;
+        IF v_keys IS NULL THEN
+            RETURN;
+        END IF;
+        IF p_keys IS NULL THEN
+            -- lock the keys in key order (one index probe each, never a scan of every key's
+            -- state); per key, the earliest event to take: its first event still waiting for
+            -- the watermark
+            WITH l AS (
+                SELECT x.k, x.pending_t, x.ctid
+                FROM unnest(v_keys) AS u (k)
+                CROSS JOIN LATERAL (
+                    SELECT ps.k, ps.pending_t, ps.ctid FROM cep.pattern_state AS ps
+                    WHERE ps.pattern_id = @PID@ AND ps.k = u.k
+                    FOR NO KEY UPDATE
+                ) AS x
+            )
+            SELECT array_agg(l.k ORDER BY l.k),
+                array_agg(CASE WHEN l.pending_t <= p_to THEN l.pending_t END ORDER BY l.k),
+                array_agg(l.pending_t ORDER BY l.k),
+                array_agg(l.ctid ORDER BY l.k),
+                coalesce(bool_or(l.pending_t IS NOT NULL), false)
+            INTO v_keys, v_lo, v_opend, v_tids, v_pending
+            FROM l;
+        ELSE
+            -- This statement's keys: each row created if missing and locked in one step, in
+            -- key order (ON CONFLICT locks the row its WHERE leaves unchanged). A row that
+            -- cep.run_maintenance purges meanwhile is waited for and created again: a separate
+            -- existence check and lock would find it gone and skip the key's events.
+            -- In the same step, the key's first event waiting for the watermark (pending_t)
+            -- takes this statement's first waiting event when that is earlier, unless the
+            -- key's waiting events are reached now (then it is set after matching).
+            INSERT INTO cep.pattern_state AS ps (pattern_id, k, pending_t)
+            SELECT @PID@, u.k, u.nx FROM unnest(p_keys, p_nx) AS u (k, nx)
+            ORDER BY u.k
+            ON CONFLICT (pattern_id, k) DO UPDATE SET pending_t = excluded.pending_t
+            WHERE excluded.pending_t IS NOT NULL
+                AND (ps.pending_t IS NULL OR (ps.pending_t > p_to AND excluded.pending_t < ps.pending_t));
+            -- The rows are locked now, so this statement reads their committed state. Per
+            -- key, the earliest event to take: this statement's first on-time event of the
+            -- key or the key's first event still waiting for the watermark.
+            SELECT array_agg(u.k ORDER BY u.k),
+                array_agg(least(u.lo, CASE WHEN x.pending_t <= p_to THEN x.pending_t END) ORDER BY u.k),
+                array_agg(x.pending_t ORDER BY u.k),
+                array_agg(x.ctid ORDER BY u.k),
+                coalesce(bool_or(x.pending_t IS NOT NULL), false),
+                coalesce(bool_or(u.nx IS NOT NULL AND (u.nx, 0) <= (x.upto_t, x.upto_id)), false)
+            INTO v_keys, v_lo, v_opend, v_tids, v_pending, v_behind
+            FROM unnest(p_keys, p_lo, p_nx) AS u (k, lo, nx)
+            CROSS JOIN LATERAL (
+                SELECT ps.pending_t, ps.upto_t, ps.upto_id, ps.ctid FROM cep.pattern_state AS ps
+                WHERE ps.pattern_id = @PID@ AND ps.k = u.k
+                OFFSET 0
+            ) AS x;
+        END IF;
+        IF v_behind THEN
+            -- This statement's events beyond the watermark that another session (which
+            -- committed while this one waited for the key) already processed past: late
+            -- (under relaxed contiguity, those that can take part in a match).
+            INSERT INTO cep.pattern_late_events (pattern_id, event_id, event_time, partition_key)
+            SELECT @PID@, e.id, e.t, e.k
+            FROM (@OWN_EVENTS@) AS e
+            JOIN cep.pattern_state AS ps ON ps.pattern_id = @PID@ AND ps.k = e.k
+            WHERE e.t > p_to AND (e.t, e.id) <= (ps.upto_t, ps.upto_id) AND (@OWN_RELEVANT@);
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+            v_late := v_late + v_n;
+        END IF;$f$
+$fn$;
+
+COMMENT ON FUNCTION cep._pattern_eager_begin_sql() IS
+'Internal: generated code that starts a live call of an eager pattern''s matcher: the keys to '
+'advance, locked, with their waiting events.';
+
+-- The eager engine's end of a live call: one write per key.
+CREATE FUNCTION cep._pattern_eager_save_sql()
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT $f$
+        -- One write per key: the new state of every key advanced above, and the first event
+        -- still waiting for the watermark (pending_t) of every key whose waiting events the
+        -- watermark reached.
+        IF cardinality(v_out) > 0 OR v_pending THEN
+            UPDATE cep.pattern_state AS ps
+            SET upto_t = CASE WHEN b.has THEN b.upto_t ELSE ps.upto_t END,
+                upto_id = CASE WHEN b.has THEN b.upto_id ELSE ps.upto_id END,
+                next_no = CASE WHEN b.has THEN b.next_no ELSE ps.next_no END,
+                r_no = CASE WHEN b.has THEN b.r_no ELSE ps.r_no END,
+                r_st = CASE WHEN b.has THEN b.r_st ELSE ps.r_st END,
+                r_sid = CASE WHEN b.has THEN b.r_sid ELSE ps.r_sid END,
+                r_best = CASE WHEN b.has THEN b.r_best ELSE ps.r_best END,
+                r_bend_t = CASE WHEN b.has THEN b.r_bend_t ELSE ps.r_bend_t END,
+                r_bend_id = CASE WHEN b.has THEN b.r_bend_id ELSE ps.r_bend_id END,
+                th_run = CASE WHEN b.has THEN b.th_run ELSE ps.th_run END,
+                th_pc = CASE WHEN b.has THEN b.th_pc ELSE ps.th_pc END,
+                th_path = CASE WHEN b.has THEN b.th_path ELSE ps.th_path END,
+                th_bind = CASE WHEN b.has THEN b.th_bind ELSE ps.th_bind END,
+                deadline = CASE WHEN NOT b.has THEN ps.deadline WHEN c_within IS NOT NULL THEN (
+                    SELECT min(b.r_st[array_position(b.r_no, u.t)]) + c_within
+                    FROM unnest(b.th_run) AS u (t)) END,
+                active = CASE WHEN b.has THEN cardinality(b.r_no) > 0 ELSE ps.active END,
+                pending_t = b.pending_t
+            FROM (
+                SELECT u.k, u.tid, w.k IS NOT NULL AS has,
+                    w.upto_t, w.upto_id, w.next_no, w.r_no, w.r_st, w.r_sid, w.r_best, w.r_bend_t,
+                    w.r_bend_id, w.th_run, w.th_pc, w.th_path, w.th_bind,
+                    -- events beyond the watermark wait: the key remembers its first one (a
+                    -- writer's own waiting events are in pending_t since it locked the key)
+                    CASE
+                        WHEN u.op IS NULL OR u.op > p_to THEN u.op
+                        -- taken from pending_t: the next waiting event may be an older arrival
+                        ELSE (@NEXT_EVENT@)
+                    END AS pending_t
+                FROM unnest(v_keys, v_opend, v_tids) AS u (k, op, tid)
+                LEFT JOIN unnest(v_out) AS w ON w.k = u.k
+                WHERE w.k IS NOT NULL OR u.op <= p_to
+                -- OFFSET 0: the next waiting event is looked up once per key
+                OFFSET 0
+            ) AS b
+            -- the rows are locked, so their tuple ids are still theirs: one probe per key
+            WHERE ps.ctid = b.tid AND (b.has OR ps.pending_t IS DISTINCT FROM b.pending_t);
+        END IF;$f$
+$fn$;
+
+COMMENT ON FUNCTION cep._pattern_eager_save_sql() IS
+'Internal: generated code that saves the advanced keys of an eager pattern, one write per key.';
+
+-- The lazy engine's start of a live call. The caller holds the keys' cep.pattern_keys rows:
+-- FOR UPDATE where the key is matched now, FOR KEY SHARE for the others.
+CREATE FUNCTION cep._pattern_lazy_begin_sql()
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT $f$
+        -- Lazy engine: a key is matched only when the watermark reaches an event that can end
+        -- a match (or a match found is not final yet); the caller holds the keys' rows of
+        -- cep.pattern_keys, FOR UPDATE for the keys matched now, so no other session has
+        -- uncommitted events of them.
+        IF p_own IS NOT NULL THEN
+            -- a writer: p_keys are the keys of its events that some lazy pattern can use; p_lo
+            -- the first event of this pattern's key that can end a match and that the watermark
+            -- reaches (the key is matched now), p_nx the first one it does not reach yet
+            IF cardinality(p_own) > 0 THEN
+                -- Its events at or before the event a key was matched to by a session that
+                -- committed while this one waited: late for this pattern (they were late in
+                -- serial order too).
+                INSERT INTO cep.pattern_late_events (pattern_id, event_id, event_time, partition_key)
+                SELECT @PID@, e.id, e.t, e.k
+                FROM (@OWN_EVENTS@) AS e
+                JOIN cep.pattern_state AS ps ON ps.pattern_id = @PID@ AND ps.k = e.k
+                WHERE e.t >= p_from AND (e.t, e.id) <= (ps.upto_t, ps.upto_id) AND (@OWN_RELEVANT@);
+                GET DIAGNOSTICS v_n = ROW_COUNT;
+                v_late := v_late + v_n;
+            END IF;
+            -- The key remembers its first event that can end a match and waits for the
+            -- watermark (pending_t): cep.run_maintenance, cep.advance_watermark or the key's
+            -- next such event match it once the watermark reaches it.
+            INSERT INTO cep.pattern_state AS ps (pattern_id, k, pending_t)
+            SELECT @PID@, u.k, u.nx FROM unnest(p_keys, p_lo, p_nx) AS u (k, lo, nx)
+            WHERE u.lo IS NULL AND u.nx IS NOT NULL
+            ORDER BY u.k
+            ON CONFLICT (pattern_id, k) DO UPDATE SET pending_t = excluded.pending_t
+            WHERE ps.pending_t IS NULL OR excluded.pending_t < ps.pending_t;
+        END IF;
+        -- The keys matched now: a writer's keys with p_lo, every key given otherwise
+        -- (cep.advance_watermark, cep.run_maintenance, the backfill of cep.create_pattern).
+        SELECT array_agg(u.k ORDER BY u.k), array_agg(u.lo ORDER BY u.k) INTO v_keys, v_trig
+        FROM unnest(p_keys, p_lo) AS u (k, lo)
+        WHERE p_own IS NULL OR u.lo IS NOT NULL;
+        IF v_keys IS NOT NULL THEN
+            INSERT INTO cep.pattern_state (pattern_id, k)
+            SELECT @PID@, u.k FROM unnest(v_keys) AS u (k)
+            ORDER BY u.k
+            ON CONFLICT (pattern_id, k) DO NOTHING;
+            -- Per key, c: the first event that can end a match that the watermark reaches (or
+            -- the watermark at which a match not final yet is looked at again). No event
+            -- before c can end a match, so runs that time out before c end with the match they
+            -- have: when every open run does (alive_until < c), matching starts at c - within
+            -- (no earlier start reaches c) and the runs end first (cut); otherwise it goes on
+            -- after the last event matched. Without c nothing is read: runs that time out end
+            -- (see the end of a key's turn).
+            SELECT array_agg(y.k ORDER BY y.k), array_agg(y.lo ORDER BY y.k),
+                array_agg(y.cut ORDER BY y.k), array_agg(y.tid ORDER BY y.k)
+            INTO v_keys, v_lo, v_cuts, v_tids
+            FROM (
+                SELECT u.k, x.tid,
+                    CASE WHEN z.c IS NULL THEN NULL
+                        WHEN x.alive_until >= z.c THEN x.upto_t
+                        ELSE greatest(x.upto_t, z.c - c_within) END AS lo,
+                    CASE WHEN x.alive_until < z.c THEN z.c END AS cut
+                FROM unnest(v_keys, v_trig) AS u (k, tr)
+                CROSS JOIN LATERAL (
+                    -- one index probe per key (the key rows lock these rows too)
+                    SELECT ps.upto_t, ps.pending_t, ps.alive_until, ps.ctid AS tid
+                    FROM cep.pattern_state AS ps
+                    WHERE ps.pattern_id = @PID@ AND ps.k = u.k
+                    OFFSET 0
+                ) AS x
+                CROSS JOIN LATERAL (
+                    SELECT least(CASE WHEN x.pending_t <= p_to THEN x.pending_t END, u.tr) AS c
+                ) AS z
+            ) AS y;
+        END IF;$f$
+$fn$;
+
+COMMENT ON FUNCTION cep._pattern_lazy_begin_sql() IS
+'Internal: generated code that starts a live call of a lazy pattern''s matcher: late events, '
+'events that can end a match registered, and the keys matched now with where to read from.';
+
+-- (lazy) The turn of a key whose open runs all time out before its first event that can end a
+-- match: they end with the matches they have before the key's events are read.
+CREATE FUNCTION cep._pattern_fast_forward_sql()
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT $f$
+            IF e.cut IS NOT NULL THEN
+                -- every open run times out before e.cut, the first event that can end a
+                -- match: no thread can take an event any more; reading starts at e.cut - within
+                st.th_run := '{}';
+                st.th_pc := '{}';
+                st.th_path := '{}';
+                st.th_bind := '{}';
+                v_floor := e.cut;
+                @RESOLVE@
+            END IF;$f$
+$fn$;
+
+COMMENT ON FUNCTION cep._pattern_fast_forward_sql() IS
+'Internal: generated code that ends a lazy pattern''s runs that time out before the key''s '
+'first event that can end a match.';
+
+-- The lazy engine's end of a live call: one write per key matched, and the key rows' progress.
+CREATE FUNCTION cep._pattern_lazy_save_sql()
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $f$
+    SELECT $s$
+        -- One write per key matched: its runs, and pending_t: its first event beyond the
+        -- watermark that can end a match, or the watermark itself while a match found is not
+        -- final (a later event may still decide it: the next cep.run_maintenance() or
+        -- cep.advance_watermark looks at the key again).
+        IF cardinality(v_out) > 0 THEN
+            UPDATE cep.pattern_state AS ps
+            SET upto_t = b.upto_t,
+                upto_id = b.upto_id,
+                next_no = b.next_no,
+                r_no = b.r_no,
+                r_st = b.r_st,
+                r_sid = b.r_sid,
+                r_best = b.r_best,
+                r_bend_t = b.r_bend_t,
+                r_bend_id = b.r_bend_id,
+                th_run = b.th_run,
+                th_pc = b.th_pc,
+                th_path = b.th_path,
+                th_bind = b.th_bind,
+                deadline = (SELECT min(b.r_st[array_position(b.r_no, u.t)]) + c_within
+                    FROM unnest(b.th_run) AS u (t)),
+                alive_until = (SELECT max(b.r_st[array_position(b.r_no, u.t)]) + c_within
+                    FROM unnest(b.th_run) AS u (t)),
+                active = cardinality(b.r_no) > 0,
+                pending_t = least(b.nf, CASE WHEN b.undecided THEN p_to END)
+            FROM (
+                SELECT w.*, u.tid, (@NEXT_FINAL@) AS nf,
+                    EXISTS (SELECT 1 FROM unnest(w.r_best) AS r (m) WHERE r.m IS NOT NULL) AS undecided
+                FROM unnest(v_keys, v_tids) AS u (k, tid)
+                JOIN unnest(v_out) AS w ON w.k = u.k
+                -- OFFSET 0: the next event is looked up once per key
+                OFFSET 0
+            ) AS b
+            -- the key rows are locked, so these rows keep their tuple ids: one probe per key
+            WHERE ps.ctid = b.tid;
+            -- the key row remembers the furthest event a lazy pattern matched the key to
+            UPDATE cep.pattern_keys AS pk
+            SET upto_t = w.upto_t, upto_id = w.upto_id
+            FROM unnest(v_out) AS w
+            WHERE pk.stream_id = @SID@ AND pk.k = w.k AND w.upto_t IS NOT NULL
+                AND (pk.upto_t IS NULL OR (pk.upto_t, pk.upto_id) < (w.upto_t, w.upto_id));
+        END IF;$s$
+$f$;
+
+COMMENT ON FUNCTION cep._pattern_lazy_save_sql() IS
+'Internal: generated code that saves the keys a lazy pattern matched and their progress.';
