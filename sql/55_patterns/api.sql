@@ -350,20 +350,34 @@ $a$,
         v_lz_rel := v_lz_rel || CASE WHEN v_rel IS NULL THEN 'true' ELSE format('(%s)', v_rel) END;
         v_lz_proc := v_lz_proc || format('b.lo_%s IS NOT NULL', p.pattern_id);
         v_lz_decl := v_lz_decl || format(
-            E'\n            l_lo_%1$s timestamptz [];\n            l_nx_%1$s timestamptz [];',
+            E'\n            l_k_%1$s text [];\n            l_lo_%1$s timestamptz [];'
+            || E'\n            l_nx_%1$s timestamptz [];',
             p.pattern_id);
         v_lz_cols := v_lz_cols || format(
             E',\n                    min(e.t) FILTER (WHERE e.t <= p_to AND (%1$s)) AS lo_%2$s,'
             || E'\n                    min(e.t) FILTER (WHERE e.t > p_to AND (%1$s)) AS nx_%2$s',
             cep._pattern_final_sql(p.pattern_id), p.pattern_id);
         v_lz_arrays := v_lz_arrays || format(
-            E',\n                array_agg(b.lo_%1$s ORDER BY b.k) FILTER (WHERE b.lz),'
-            || E'\n                array_agg(b.nx_%1$s ORDER BY b.k) FILTER (WHERE b.lz)', p.pattern_id);
-        v_lz_into := v_lz_into || format(', l_lo_%1$s, l_nx_%1$s', p.pattern_id);
-        v_lz_calls := v_lz_calls || format(
-            E'\n                PERFORM count(*) FROM cep.%I(v_watermark, p_to, false, false, l_own,'
-            || E'\n                    l_keys, l_lo_%s, l_nx_%s);',
-            format('_pattern_%s', p.pattern_id), p.pattern_id, p.pattern_id);
+            E',\n                array_agg(b.k ORDER BY b.k) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL),'
+            || E'\n                array_agg(b.lo_%1$s ORDER BY b.k) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL),'
+            || E'\n                array_agg(b.nx_%1$s ORDER BY b.k) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL)',
+            p.pattern_id);
+        v_lz_into := v_lz_into || format(', l_k_%1$s, l_lo_%1$s, l_nx_%1$s', p.pattern_id);
+        -- the pattern's matcher, given its keys with an event that can end a match (every key
+        -- of the statement when some may have late events)
+        v_lz_calls := v_lz_calls || format($c$
+                IF cardinality(l_own) > 0 THEN
+                    SELECT array_agg(u.k ORDER BY u.k), array_agg(x.lo ORDER BY u.k),
+                        array_agg(x.nx ORDER BY u.k)
+                    INTO l_k_%2$s, l_lo_%2$s, l_nx_%2$s
+                    FROM unnest(l_keys) AS u (k)
+                    LEFT JOIN unnest(l_k_%2$s, l_lo_%2$s, l_nx_%2$s) AS x (k, lo, nx) ON x.k = u.k;
+                END IF;
+                IF l_k_%2$s IS NOT NULL THEN
+                    PERFORM count(*) FROM cep.%1$I(v_watermark, p_to, false, false, l_own,
+                        l_k_%2$s, l_lo_%2$s, l_nx_%2$s);
+                END IF;$c$,
+            format('_pattern_%s', p.pattern_id), p.pattern_id);
     END LOOP;
     -- the statement's rows with the key, the time and every column as "c:<column>"
     v_rows := format('(SELECT %s AS k, %s AS t%s FROM cep_new_rows AS n)',

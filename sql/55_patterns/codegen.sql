@@ -236,16 +236,29 @@ DECLARE
     v_dk text;
     b jsonb;
     v_keep integer [];
-    v_ids bigint [];
-    v_cls text [];
-    v_drafts cep.alert_draft [] := '{}'::cep.alert_draft [];
+    v_drafts cep.alert_draft [];
+    -- the matches found, collected and reported at the end of the call
+    m_key text [] := '{}'::text [];
+    m_first timestamptz [] := '{}'::timestamptz [];
+    m_last timestamptz [] := '{}'::timestamptz [];
+    m_last_id bigint [] := '{}'::bigint [];
+    m_path text [] := '{}'::text [];
+    n_no integer [];
+    n_st timestamptz [];
+    n_sid bigint [];
+    n_best text [];
+    n_bend_t timestamptz [];
+    n_bend_id bigint [];
     v_events bigint := 0;
     v_matches bigint := 0;
     v_drops bigint := 0;
     v_late bigint := 0;
     v_last_match timestamptz;
     v_keys text [];
-    v_done text [] := '{}'::text [];
+    v_states cep.pattern_state [];
+    v_act boolean [];
+    v_fin boolean [];
+    v_ki integer := 1;
     v_lo timestamptz [];
     v_cuts timestamptz [];
     v_floor timestamptz;
@@ -256,142 +269,147 @@ BEGIN
 @BEGIN_LIVE@
     END IF;
 
-    -- The events of the keys that need the matcher (an event that can start a match, or open
-    -- runs), with the key's state row, read after the locks above.
-    FOR e IN
-        SELECT x.*, ps.st AS st_row
-        FROM (
-            SELECT x0.*, bool_or((x0.mask & c_first) <> 0) OVER (PARTITION BY x0.k) AS starts
-            FROM (SELECT x.* FROM (@EVENTS@) AS x WHERE @RELAXED@ p_find
-                UNION ALL
-                SELECT x.* FROM (@LIVE_EVENTS@) AS x WHERE @RELAXED@ NOT p_find) AS x0
-        ) AS x
-        LEFT JOIN LATERAL (
-            -- one index probe per key's event (OFFSET 0: never a scan of every key's state)
-            SELECT o FROM cep.pattern_state AS o
-            WHERE o.pattern_id = @PID@ AND o.k = x.k AND NOT p_find
-            OFFSET 0
-        ) AS ps (st) ON true
-        WHERE p_find OR x.starts OR (ps.st).active
-        ORDER BY x.k, x.t, x.id
-    LOOP
-        IF v_key IS DISTINCT FROM e.k THEN
-            IF v_have THEN
-                @FINISH@
-            END IF;
-            v_key := e.k;
-            v_have := true;
-            v_done := v_done || v_key;
-            IF p_find THEN
-                st := ROW(@PID@, v_key, NULL, NULL, 1, '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', NULL, false, NULL, NULL)::cep.pattern_state;
-            ELSE
-                st := e.st_row;
-            END IF;@FAST_FORWARD@
+    -- (a live call with no key to advance has nothing more to do than to log what it did)
+    IF p_find OR v_keys IS NOT NULL THEN
+        -- The events of the keys that need the matcher (an event that can start a match, or open
+        -- runs: act); the keys' state rows were read with the locks above (v_states, in the
+        -- order of v_keys).
+        IF NOT p_find THEN
+            v_fin := array_fill(false, ARRAY[cardinality(v_keys)]);
         END IF;
-        IF st.upto_t IS NOT NULL AND (e.t, e.id) <= (st.upto_t, st.upto_id) THEN
-            -- Already processed, or (one of this statement's own rows) behind the key's progress
-            -- (a lazy pattern counts those before it matches, for every key of the statement).
-            IF e.id = ANY (p_own) AND NOT c_lazy THEN
-                INSERT INTO cep.pattern_late_events (pattern_id, event_id, event_time, partition_key)
-                VALUES (@PID@, e.id, e.t, e.k);
-                v_late := v_late + 1;
-            END IF;
-            CONTINUE;
-        END IF;
-        v_events := v_events + 1;
-        st.upto_t := e.t;
-        st.upto_id := e.id;
-
-        -- A new run starts at every event that can begin a match (at most c_cap per key).
-        IF (e.mask & c_first) <> 0 THEN
-            IF cardinality(st.r_no) >= c_cap THEN
-                v_drops := v_drops + 1;
-            ELSE
-                st.r_no := st.r_no || st.next_no;
-                st.r_st := st.r_st || e.t;
-                st.r_sid := st.r_sid || e.id;
-                st.r_best := st.r_best || NULL::text;
-                st.r_bend_t := st.r_bend_t || NULL::timestamptz;
-                st.r_bend_id := st.r_bend_id || NULL::bigint;
-                FOREACH v_c IN ARRAY c_start LOOP
-                    st.th_run := st.th_run || st.next_no;
-                    st.th_pc := st.th_pc || v_c;
-                    st.th_path := st.th_path || ''::text;
-                    st.th_bind := st.th_bind || NULL::jsonb;
-                END LOOP;
-                st.next_no := st.next_no + 1;
-            END IF;
-        END IF;
-
-        -- Step every thread of every run with this event, in preference order.
-        n_run := '{}';
-        n_pc := '{}';
-        n_path := '{}';
-        n_bind := '{}';
-        i := 1;
-        v_n := cardinality(st.th_pc);
-        WHILE i <= v_n LOOP
-            v_run := st.th_run[i];
-            v_ri := array_position(st.r_no, v_run);
-            v_dead := c_within IS NOT NULL AND e.t - st.r_st[v_ri] > c_within;
-            v_cut := false;
-            v_seen := '{}';
-            WHILE i <= v_n AND st.th_run[i] = v_run LOOP
-                IF NOT v_cut AND NOT v_dead THEN
-                    v_pc := st.th_pc[i];
-                    v_var := c_x[v_pc];
-                    b := st.th_bind[i];
-                    v_ok := @DYN@;
-                    IF v_ok THEN
-                        v_path := st.th_path[i] || e.id || ':' || v_var || ';';
-                        b := @BIND@;
-                        FOR j IN c_off[v_pc] .. c_off[v_pc] + c_len[v_pc] - 1 LOOP
-                            v_c := c_items[j];
-                            IF v_c = 0 THEN
-                                st.r_best[v_ri] := v_path;
-                                st.r_bend_t[v_ri] := e.t;
-                                st.r_bend_id[v_ri] := e.id;
-                                v_cut := true;
-                                EXIT;
-                            END IF;
-                            v_dk := v_c || '|' || coalesce(b::text, '');
-                            IF NOT v_dk = ANY (v_seen) THEN
-                                v_seen := v_seen || v_dk;
-                                n_run := n_run || v_run;
-                                n_pc := n_pc || v_c;
-                                n_path := n_path || v_path;
-                                n_bind := n_bind || b;
-                            END IF;
-                        END LOOP;
-                    END IF;
+        FOR e IN
+            SELECT x.*
+            FROM (
+                SELECT x0.*, bool_or((x0.mask & c_first) <> 0) OVER (PARTITION BY x0.k) AS starts
+                FROM (SELECT x.* FROM (@EVENTS@) AS x WHERE @RELAXED@ p_find
+                    UNION ALL
+                    SELECT x.* FROM (@LIVE_EVENTS@) AS x WHERE @RELAXED@ NOT p_find) AS x0
+            ) AS x
+            WHERE p_find OR x.starts OR x.act
+            ORDER BY x.k, x.t, x.id
+        LOOP
+            IF v_key IS DISTINCT FROM e.k THEN
+                IF v_have THEN
+                    @FINISH@
                 END IF;
-                i := i + 1;
+                v_key := e.k;
+                v_have := true;
+                IF p_find THEN
+                    st := ROW(@PID@, v_key, NULL, NULL, 1, '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', NULL, false, NULL, NULL)::cep.pattern_state;
+                ELSE
+                    -- the events come in key order, as v_keys
+                    WHILE v_keys[v_ki] <> v_key LOOP
+                        v_ki := v_ki + 1;
+                    END LOOP;
+                    v_fin[v_ki] := true;
+                    st := v_states[v_ki];
+                END IF;@FAST_FORWARD@
+            END IF;
+            IF st.upto_t IS NOT NULL AND (e.t, e.id) <= (st.upto_t, st.upto_id) THEN
+                -- Already processed, or (one of this statement's own rows) behind the key's progress
+                -- (a lazy pattern counts those before it matches, for every key of the statement).
+                IF e.id = ANY (p_own) AND NOT c_lazy THEN
+                    INSERT INTO cep.pattern_late_events (pattern_id, event_id, event_time, partition_key)
+                    VALUES (@PID@, e.id, e.t, e.k);
+                    v_late := v_late + 1;
+                END IF;
+                CONTINUE;
+            END IF;
+            v_events := v_events + 1;
+            st.upto_t := e.t;
+            st.upto_id := e.id;
+
+            -- A new run starts at every event that can begin a match (at most c_cap per key).
+            IF (e.mask & c_first) <> 0 THEN
+                IF cardinality(st.r_no) >= c_cap THEN
+                    v_drops := v_drops + 1;
+                ELSE
+                    st.r_no := st.r_no || st.next_no;
+                    st.r_st := st.r_st || e.t;
+                    st.r_sid := st.r_sid || e.id;
+                    st.r_best := st.r_best || NULL::text;
+                    st.r_bend_t := st.r_bend_t || NULL::timestamptz;
+                    st.r_bend_id := st.r_bend_id || NULL::bigint;
+                    FOREACH v_c IN ARRAY c_start LOOP
+                        st.th_run := st.th_run || st.next_no;
+                        st.th_pc := st.th_pc || v_c;
+                        st.th_path := st.th_path || ''::text;
+                        st.th_bind := st.th_bind || NULL::jsonb;
+                    END LOOP;
+                    st.next_no := st.next_no + 1;
+                END IF;
+            END IF;
+
+            -- Step every thread of every run with this event, in preference order.
+            n_run := '{}';
+            n_pc := '{}';
+            n_path := '{}';
+            n_bind := '{}';
+            i := 1;
+            v_n := cardinality(st.th_pc);
+            WHILE i <= v_n LOOP
+                v_run := st.th_run[i];
+                v_ri := array_position(st.r_no, v_run);
+                v_dead := c_within IS NOT NULL AND e.t - st.r_st[v_ri] > c_within;
+                v_cut := false;
+                v_seen := '{}';
+                WHILE i <= v_n AND st.th_run[i] = v_run LOOP
+                    IF NOT v_cut AND NOT v_dead THEN
+                        v_pc := st.th_pc[i];
+                        v_var := c_x[v_pc];
+                        b := st.th_bind[i];
+                        v_ok := @DYN@;
+                        IF v_ok THEN
+                            v_path := st.th_path[i] || e.id || ':' || v_var || ';';
+                            b := @BIND@;
+                            FOR j IN c_off[v_pc] .. c_off[v_pc] + c_len[v_pc] - 1 LOOP
+                                v_c := c_items[j];
+                                IF v_c = 0 THEN
+                                    st.r_best[v_ri] := v_path;
+                                    st.r_bend_t[v_ri] := e.t;
+                                    st.r_bend_id[v_ri] := e.id;
+                                    v_cut := true;
+                                    EXIT;
+                                END IF;
+                                v_dk := v_c || '|' || coalesce(b::text, '');
+                                IF NOT v_dk = ANY (v_seen) THEN
+                                    v_seen := v_seen || v_dk;
+                                    n_run := n_run || v_run;
+                                    n_pc := n_pc || v_c;
+                                    n_path := n_path || v_path;
+                                    n_bind := n_bind || b;
+                                END IF;
+                            END LOOP;
+                        END IF;
+                    END IF;
+                    i := i + 1;
+                END LOOP;
             END LOOP;
+            st.th_run := n_run;
+            st.th_pc := n_pc;
+            st.th_path := n_path;
+            st.th_bind := n_bind;
+            @RESOLVE@
         END LOOP;
-        st.th_run := n_run;
-        st.th_pc := n_pc;
-        st.th_path := n_path;
-        st.th_bind := n_bind;
-        @RESOLVE@
-    END LOOP;
-    IF v_have THEN
-        @FINISH@
+        IF v_have THEN
+            @FINISH@
+        END IF;
     END IF;
 
-    IF NOT p_find THEN
+    IF NOT p_find AND v_keys IS NOT NULL THEN
         -- Keys with no event taken whose runs time out or end with the input (a lazy pattern:
         -- every key it matches now).
-        FOR st IN
-            SELECT ps.* FROM cep.pattern_state AS ps
-            WHERE ps.pattern_id = @PID@ AND ps.k = ANY (v_keys)
-                AND (c_lazy OR (ps.active AND (p_eoi OR ps.deadline < p_to)))
-                AND ps.k <> ALL (v_done)
-            ORDER BY ps.k
-        LOOP
+        FOR j IN 1 .. cardinality(v_keys) LOOP
+            CONTINUE WHEN v_fin[j] OR NOT (c_lazy OR ((v_states[j]).active
+                AND (p_eoi OR (v_states[j]).deadline < p_to)));
+            st := v_states[j];
             v_key := st.k;
             @FINISH@
         END LOOP;
 @SAVE_LIVE@
+    END IF;
+@REPORT@
+    IF NOT p_find THEN
         IF v_events > 0 OR v_matches > 0 OR v_drops > 0 OR v_late > 0 THEN
             INSERT INTO cep.pattern_log (pattern_id, events, matches, drops, late, last_match)
             VALUES (@PID@, v_events, v_matches, v_drops, v_late, v_last_match);
@@ -414,6 +432,7 @@ $t$;
         '@SAVE_LIVE@',
         '@ENGINE_VARS@',
         '@RESOLVE@',
+        '@REPORT@',
         '@EVENTS@',
         '@LIVE_EVENTS@',
         '@NEXT_EVENT@',
@@ -445,10 +464,11 @@ $t$;
         CASE WHEN v_lazy THEN cep._pattern_lazy_save_sql() ELSE cep._pattern_eager_save_sql() END,
         CASE WHEN v_lazy THEN E'\n    v_trig timestamptz [];'
             ELSE E'\n    v_opend timestamptz [];\n    v_pending boolean := false;\n    v_behind boolean := false;' END,
-        cep._pattern_resolve_sql(p, s),
+        cep._pattern_resolve_sql(),
+        cep._pattern_report_sql(p, s),
         format(
             'SELECT e.*, (%s | %s) AS mask FROM (SELECT %s AS k, %s AS t, s.%I::bigint AS id, '
-            'NULL::timestamptz AS cut%s%s FROM %s AS s%s WHERE s.%I >= %s AND s.%I <= %s%s) AS e',
+            'NULL::timestamptz AS cut, false AS act%s%s FROM %s AS s%s WHERE s.%I >= %s AND s.%I <= %s%s) AS e',
             v_mask, v_always,
             cep._stream_key_sql(s, 's'),
             cep._stream_time_sql(s, 's'),
@@ -464,7 +484,7 @@ $t$;
                 || cep._processed_sql(s, 's')),
         format(
             'SELECT e.*, (%s | %s) AS mask FROM (SELECT %s AS k, %s AS t, s.%I::bigint AS id, '
-            'kr.cut%s%s FROM unnest(v_keys, v_lo, v_cuts) AS kr (k, lo, cut) '
+            'kr.cut, kr.act%s%s FROM unnest(v_keys, v_lo, v_cuts, v_act) AS kr (k, lo, cut, act) '
             'CROSS JOIN LATERAL (SELECT s.* FROM %s AS s '
             'WHERE %s AND s.%I >= %s AND s.%I <= %s OFFSET 0) AS s%s WHERE kr.lo IS NOT NULL '
             'AND NOT EXISTS (SELECT 1 FROM cep.late_events AS l WHERE l.stream_id = %s '
@@ -553,51 +573,37 @@ $fn$;
 COMMENT ON FUNCTION cep._pattern_function_sql(integer) IS
 'Internal: the PL/pgSQL body of a pattern''s generated matcher function.';
 
--- Resolution after each event: report the runs at the front that have no thread left.
-CREATE FUNCTION cep._pattern_resolve_sql(p cep.patterns, s cep.streams)
+-- Resolution after each event: report the runs at the front that have no thread left. Plain
+-- PL/pgSQL over the arrays, no SQL statement per match: the matches found are collected and
+-- written (or returned) together at the end of the call.
+CREATE FUNCTION cep._pattern_resolve_sql()
 RETURNS text
 LANGUAGE sql
-STABLE
+IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    SELECT format($r$
+    SELECT $r$
         -- report finished runs in start order; a run with threads left blocks the later ones
         LOOP
             EXIT WHEN cardinality(st.r_no) = 0 OR st.r_no[1] = ANY (st.th_run);
+            v_keep := NULL;
             IF st.r_best[1] IS NOT NULL THEN
-                SELECT array_agg(split_part(u.p, ':', 1)::bigint ORDER BY u.o),
-                    array_agg(c_vars[split_part(u.p, ':', 2)::integer] ORDER BY u.o)
-                INTO v_ids, v_cls
-                FROM unnest(string_to_array(rtrim(st.r_best[1], ';'), ';')) WITH ORDINALITY AS u (p, o);
                 v_matches := v_matches + 1;
-                IF p_find THEN
-                    partition_key := v_key;
-                    first_time := st.r_st[1];
-                    last_time := st.r_bend_t[1];
-                    event_ids := v_ids;
-                    classifiers := v_cls;
-                    RETURN NEXT;
-                ELSE
-                    INSERT INTO cep.matches (pattern, pattern_id, stream, partition_key, first_time,
-                        last_time, event_ids, classifiers, last_event_id)
-                    VALUES (%1$L, %2$s, %3$L, v_key, st.r_st[1], st.r_bend_t[1], v_ids, v_cls,
-                        st.r_bend_id[1]);
-                    v_last_match := greatest(v_last_match, st.r_bend_t[1]);
-                    v_drafts := v_drafts || ROW('pattern', %1$L, %3$L, v_key, st.r_bend_id[1],
-                        'high', NULL, pg_catalog.format('pattern %%s matched for key %%s: %%s events from %%s to %%s',
-                            %1$L, v_key, cardinality(v_ids), st.r_st[1], st.r_bend_t[1]),
-                        pg_catalog.jsonb_build_object('event_ids', v_ids, 'classifiers', v_cls,
-                            'first_time', st.r_st[1], 'last_time', st.r_bend_t[1]))::cep.alert_draft;
-                END IF;
+                m_key := m_key || v_key;
+                m_first := m_first || st.r_st[1];
+                m_last := m_last || st.r_bend_t[1];
+                m_last_id := m_last_id || st.r_bend_id[1];
+                m_path := m_path || st.r_best[1];
                 IF c_skip_past THEN
-                    SELECT coalesce(array_agg(u.o ORDER BY u.o), '{}') INTO v_keep
-                    FROM unnest(st.r_st, st.r_sid) WITH ORDINALITY AS u (t, id, o)
-                    WHERE (u.t, u.id) > (st.r_bend_t[1], st.r_bend_id[1]);
-                ELSE
-                    v_keep := NULL;
+                    -- the runs that start after the match's last event (the first run
+                    -- starts at or before it)
+                    v_keep := '{}';
+                    FOR j IN 2 .. cardinality(st.r_no) LOOP
+                        IF (st.r_st[j], st.r_sid[j]) > (st.r_bend_t[1], st.r_bend_id[1]) THEN
+                            v_keep := v_keep || j;
+                        END IF;
+                    END LOOP;
                 END IF;
-            ELSE
-                v_keep := NULL;
             END IF;
             IF v_keep IS NULL THEN
                 -- only the first run goes, and it has no thread left (see EXIT above)
@@ -610,32 +616,102 @@ AS $fn$
                 CONTINUE;
             END IF;
             -- keep the runs listed in v_keep, and their threads
-            SELECT coalesce(array_agg(u.t ORDER BY u.o), '{}') INTO n_run
-            FROM unnest(st.th_run) WITH ORDINALITY AS u (t, o)
-            WHERE u.t = ANY (ARRAY(SELECT st.r_no[k] FROM unnest(v_keep) AS k));
-            SELECT coalesce(array_agg(st.th_pc[u.o] ORDER BY u.o), '{}'),
-                coalesce(array_agg(st.th_path[u.o] ORDER BY u.o), '{}'),
-                coalesce(array_agg(st.th_bind[u.o] ORDER BY u.o), '{}')
-            INTO n_pc, n_path, n_bind
-            FROM unnest(st.th_run) WITH ORDINALITY AS u (t, o)
-            WHERE u.t = ANY (ARRAY(SELECT st.r_no[k] FROM unnest(v_keep) AS k));
+            n_run := '{}';
+            n_pc := '{}';
+            n_path := '{}';
+            n_bind := '{}';
+            FOR j IN 1 .. cardinality(st.th_run) LOOP
+                IF array_position(st.r_no, st.th_run[j]) = ANY (v_keep) THEN
+                    n_run := n_run || st.th_run[j];
+                    n_pc := n_pc || st.th_pc[j];
+                    n_path := n_path || st.th_path[j];
+                    n_bind := n_bind || st.th_bind[j];
+                END IF;
+            END LOOP;
             st.th_run := n_run;
             st.th_pc := n_pc;
             st.th_path := n_path;
             st.th_bind := n_bind;
-            st.r_no := ARRAY(SELECT st.r_no[k] FROM unnest(v_keep) AS k);
-            st.r_st := ARRAY(SELECT st.r_st[k] FROM unnest(v_keep) AS k);
-            st.r_sid := ARRAY(SELECT st.r_sid[k] FROM unnest(v_keep) AS k);
-            st.r_best := ARRAY(SELECT st.r_best[k] FROM unnest(v_keep) AS k);
-            st.r_bend_t := ARRAY(SELECT st.r_bend_t[k] FROM unnest(v_keep) AS k);
-            st.r_bend_id := ARRAY(SELECT st.r_bend_id[k] FROM unnest(v_keep) AS k);
-        END LOOP;$r$,
+            n_no := '{}';
+            n_st := '{}';
+            n_sid := '{}';
+            n_best := '{}';
+            n_bend_t := '{}';
+            n_bend_id := '{}';
+            FOR j IN 1 .. cardinality(v_keep) LOOP
+                n_no := n_no || st.r_no[v_keep[j]];
+                n_st := n_st || st.r_st[v_keep[j]];
+                n_sid := n_sid || st.r_sid[v_keep[j]];
+                n_best := n_best || st.r_best[v_keep[j]];
+                n_bend_t := n_bend_t || st.r_bend_t[v_keep[j]];
+                n_bend_id := n_bend_id || st.r_bend_id[v_keep[j]];
+            END LOOP;
+            st.r_no := n_no;
+            st.r_st := n_st;
+            st.r_sid := n_sid;
+            st.r_best := n_best;
+            st.r_bend_t := n_bend_t;
+            st.r_bend_id := n_bend_id;
+        END LOOP;$r$
+$fn$;
+
+COMMENT ON FUNCTION cep._pattern_resolve_sql() IS
+'Internal: generated code that reports a key''s finished runs in start order (collecting the '
+'matches) and applies the after-match skip.';
+
+-- The end of a call: the matches collected, as rows of cep.find_matches or written to
+-- cep.matches with their alerts, in the order they were found.
+CREATE FUNCTION cep._pattern_report_sql(p cep.patterns, s cep.streams)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT format($r$
+    IF cardinality(m_key) > 0 THEN
+        IF p_find THEN
+            RETURN QUERY
+            SELECT m.k, m.f, m.l, z.ids, z.cls
+            FROM unnest(m_key, m_first, m_last, m_path) WITH ORDINALITY AS m (k, f, l, path, o)
+            CROSS JOIN LATERAL (
+                -- the path: "id:variable;" per event
+                SELECT array_agg(split_part(u.p, ':', 1)::bigint ORDER BY u.o) AS ids,
+                    array_agg(c_vars[split_part(u.p, ':', 2)::integer] ORDER BY u.o) AS cls
+                FROM unnest(string_to_array(rtrim(m.path, ';'), ';')) WITH ORDINALITY AS u (p, o)
+            ) AS z
+            ORDER BY m.o;
+        ELSE
+            WITH ins AS (
+                INSERT INTO cep.matches (pattern, pattern_id, stream, partition_key, first_time,
+                    last_time, event_ids, classifiers, last_event_id)
+                SELECT %1$L, %2$s, %3$L, m.k, m.f, m.l, z.ids, z.cls, m.lid
+                FROM unnest(m_key, m_first, m_last, m_last_id, m_path)
+                    WITH ORDINALITY AS m (k, f, l, lid, path, o)
+                CROSS JOIN LATERAL (
+                    SELECT array_agg(split_part(u.p, ':', 1)::bigint ORDER BY u.o) AS ids,
+                        array_agg(c_vars[split_part(u.p, ':', 2)::integer] ORDER BY u.o) AS cls
+                    FROM unnest(string_to_array(rtrim(m.path, ';'), ';')) WITH ORDINALITY AS u (p, o)
+                ) AS z
+                ORDER BY m.o
+                RETURNING *
+            )
+            SELECT array_agg(ROW('pattern', %1$L, %3$L, i.partition_key, i.last_event_id, 'high',
+                    NULL, pg_catalog.format('pattern %%s matched for key %%s: %%s events from %%s to %%s',
+                        %1$L, i.partition_key, cardinality(i.event_ids), i.first_time, i.last_time),
+                    pg_catalog.jsonb_build_object('event_ids', i.event_ids,
+                        'classifiers', i.classifiers, 'first_time', i.first_time,
+                        'last_time', i.last_time))::cep.alert_draft ORDER BY i.match_id),
+                max(i.last_time)
+            INTO v_drafts, v_last_match
+            FROM ins AS i;
+        END IF;
+    END IF;$r$,
         p.name, p.pattern_id, s.name)
 $fn$;
 
-COMMENT ON FUNCTION cep._pattern_resolve_sql(cep.patterns, cep.streams) IS
-'Internal: generated code that reports a key''s finished runs in start order and applies the '
-'after-match skip.';
+COMMENT ON FUNCTION cep._pattern_report_sql(cep.patterns, cep.streams) IS
+'Internal: generated code that returns (cep.find_matches) or writes the matches a call found, '
+'with one alert each.';
 
 -- Finishing a key: runs end with the input or time out; report; keep the state to save.
 CREATE FUNCTION cep._pattern_finish_sql()
@@ -735,10 +811,10 @@ AS $fn$
             -- state); per key, the earliest event to take: its first event still waiting for
             -- the watermark
             WITH l AS (
-                SELECT x.k, x.pending_t, x.ctid
+                SELECT x.k, x.pending_t, x.ctid, x.st
                 FROM unnest(v_keys) AS u (k)
                 CROSS JOIN LATERAL (
-                    SELECT ps.k, ps.pending_t, ps.ctid FROM cep.pattern_state AS ps
+                    SELECT ps.k, ps.pending_t, ps.ctid, ps AS st FROM cep.pattern_state AS ps
                     WHERE ps.pattern_id = @PID@ AND ps.k = u.k
                     FOR NO KEY UPDATE
                 ) AS x
@@ -747,8 +823,9 @@ AS $fn$
                 array_agg(CASE WHEN l.pending_t <= p_to THEN l.pending_t END ORDER BY l.k),
                 array_agg(l.pending_t ORDER BY l.k),
                 array_agg(l.ctid ORDER BY l.k),
-                coalesce(bool_or(l.pending_t IS NOT NULL), false)
-            INTO v_keys, v_lo, v_opend, v_tids, v_pending
+                coalesce(bool_or(l.pending_t IS NOT NULL), false),
+                array_agg(l.st ORDER BY l.k), array_agg((l.st).active ORDER BY l.k)
+            INTO v_keys, v_lo, v_opend, v_tids, v_pending, v_states, v_act
             FROM l;
         ELSE
             -- This statement's keys: each row created if missing and locked in one step, in
@@ -772,11 +849,12 @@ AS $fn$
                 array_agg(x.pending_t ORDER BY u.k),
                 array_agg(x.ctid ORDER BY u.k),
                 coalesce(bool_or(x.pending_t IS NOT NULL), false),
-                coalesce(bool_or(u.nx IS NOT NULL AND (u.nx, 0) <= (x.upto_t, x.upto_id)), false)
-            INTO v_keys, v_lo, v_opend, v_tids, v_pending, v_behind
+                coalesce(bool_or(u.nx IS NOT NULL AND (u.nx, 0) <= (x.upto_t, x.upto_id)), false),
+                array_agg(x.st ORDER BY u.k), array_agg((x.st).active ORDER BY u.k)
+            INTO v_keys, v_lo, v_opend, v_tids, v_pending, v_behind, v_states, v_act
             FROM unnest(p_keys, p_lo, p_nx) AS u (k, lo, nx)
             CROSS JOIN LATERAL (
-                SELECT ps.pending_t, ps.upto_t, ps.upto_id, ps.ctid FROM cep.pattern_state AS ps
+                SELECT ps.pending_t, ps.upto_t, ps.upto_id, ps.ctid, ps AS st FROM cep.pattern_state AS ps
                 WHERE ps.pattern_id = @PID@ AND ps.k = u.k
                 OFFSET 0
             ) AS x;
@@ -912,10 +990,11 @@ AS $fn$
             -- after the last event matched. Without c nothing is read: runs that time out end
             -- (see the end of a key's turn).
             SELECT array_agg(y.k ORDER BY y.k), array_agg(y.lo ORDER BY y.k),
-                array_agg(y.cut ORDER BY y.k), array_agg(y.tid ORDER BY y.k)
-            INTO v_keys, v_lo, v_cuts, v_tids
+                array_agg(y.cut ORDER BY y.k), array_agg(y.tid ORDER BY y.k),
+                array_agg(y.st ORDER BY y.k), array_agg((y.st).active ORDER BY y.k)
+            INTO v_keys, v_lo, v_cuts, v_tids, v_states, v_act
             FROM (
-                SELECT u.k, x.tid,
+                SELECT u.k, x.tid, x.st,
                     CASE WHEN z.c IS NULL THEN NULL
                         WHEN x.alive_until >= z.c THEN x.upto_t
                         ELSE greatest(x.upto_t, z.c - c_within) END AS lo,
@@ -923,7 +1002,7 @@ AS $fn$
                 FROM unnest(v_keys, v_trig) AS u (k, tr)
                 CROSS JOIN LATERAL (
                     -- one index probe per key (the key rows lock these rows too)
-                    SELECT ps.upto_t, ps.pending_t, ps.alive_until, ps.ctid AS tid
+                    SELECT ps.upto_t, ps.pending_t, ps.alive_until, ps.ctid AS tid, ps AS st
                     FROM cep.pattern_state AS ps
                     WHERE ps.pattern_id = @PID@ AND ps.k = u.k
                     OFFSET 0
