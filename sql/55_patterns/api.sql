@@ -358,9 +358,9 @@ $a$,
             || E'\n                    min(e.t) FILTER (WHERE e.t > p_to AND (%1$s)) AS nx_%2$s',
             cep._pattern_final_sql(p.pattern_id), p.pattern_id);
         v_lz_arrays := v_lz_arrays || format(
-            E',\n                array_agg(b.k ORDER BY b.k) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL),'
-            || E'\n                array_agg(b.lo_%1$s ORDER BY b.k) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL),'
-            || E'\n                array_agg(b.nx_%1$s ORDER BY b.k) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL)',
+            E',\n                array_agg(b.k) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL),'
+            || E'\n                array_agg(b.lo_%1$s) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL),'
+            || E'\n                array_agg(b.nx_%1$s) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL)',
             p.pattern_id);
         v_lz_into := v_lz_into || format(', l_k_%1$s, l_lo_%1$s, l_nx_%1$s', p.pattern_id);
         -- the pattern's matcher, given its keys with an event that can end a match (every key
@@ -401,7 +401,7 @@ $a$,
             FROM (
                 SELECT e.k%8$s
                 FROM %9$s AS e
-                WHERE e.t >= v_watermark
+                WHERE e.t >= v_watermark%11$s
                 GROUP BY e.k
             ) AS b;%10$s
         END;
@@ -429,9 +429,10 @@ $p$,
         concat_ws(E',\n                ',
             CASE WHEN v_eager THEN 'array_agg(b.k ORDER BY b.k), array_agg(b.lo ORDER BY b.k), '
                 || E'\n                array_agg(b.nx ORDER BY b.k), array_agg(b.rel ORDER BY b.k)' END,
-            CASE WHEN v_lazy THEN format('array_agg(b.k ORDER BY b.k) FILTER (WHERE b.lz),'
-                || E'\n                array_agg(%s ORDER BY b.k) FILTER (WHERE b.lz),'
-                || E'\n                array_agg(b.mn ORDER BY b.k) FILTER (WHERE b.lz)%s',
+            -- (the lazy arrays in the order of the rows; they are sorted where it matters)
+            CASE WHEN v_lazy THEN format('array_agg(b.k) FILTER (WHERE b.lz),'
+                || E'\n                array_agg(%s) FILTER (WHERE b.lz),'
+                || E'\n                array_agg(b.mn) FILTER (WHERE b.lz)%s',
                 array_to_string(v_lz_proc, ' OR '), v_lz_arrays) END),
         concat_ws(', ',
             CASE WHEN v_eager THEN 'p_keys, p_lo, p_nx, p_rel' END,
@@ -442,9 +443,12 @@ $p$,
             CASE WHEN cardinality(v_bits) = 0 THEN 'NULL::bigint'
                 ELSE format(E'bit_or(\n                        %s)',
                     array_to_string(v_bits, E'\n                        | ')) END) ELSE '' END
-        || CASE WHEN v_lazy THEN format(E',\n                    bool_or(%1$s) AS lz,'
+        || CASE WHEN v_lazy AND v_eager THEN format(E',\n                    bool_or(%1$s) AS lz,'
             || E'\n                    min(e.t) FILTER (WHERE %1$s) AS mn%2$s',
-            array_to_string(v_lz_rel, ' OR '), v_lz_cols) ELSE '' END,
+            array_to_string(v_lz_rel, ' OR '), v_lz_cols)
+            -- only lazy patterns: only the events they can use
+            WHEN v_lazy THEN format(E',\n                    true AS lz,\n                    min(e.t) AS mn%s',
+                v_lz_cols) ELSE '' END,
         v_rows,
         CASE WHEN v_lazy THEN format($l$
             IF l_keys IS NOT NULL THEN
@@ -459,7 +463,9 @@ $p$,
         || CASE WHEN v_eager THEN format($e$
             PERFORM cep._patterns_advance(%s, v_watermark, p_to,
                 ARRAY(SELECT n.%I::bigint FROM cep_new_rows AS n), p_keys, p_lo, p_nx, p_rel,
-                %L::integer []);$e$, s.stream_id, s.id_column, v_ids::text) ELSE '' END);
+                %L::integer []);$e$, s.stream_id, s.id_column, v_ids::text) ELSE '' END,
+        CASE WHEN v_lazy AND NOT v_eager AND NOT 'true' = ANY (v_lz_rel)
+            THEN format(' AND (%s)', array_to_string(v_lz_rel, ' OR ')) ELSE '' END);
 END
 $fn$;
 

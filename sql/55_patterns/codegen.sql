@@ -988,10 +988,12 @@ AS $fn$
             -- have: when every open run does (alive_until < c), matching starts at c - within
             -- (no earlier start reaches c) and the runs end first (cut); otherwise it goes on
             -- after the last event matched. Without c nothing is read: runs that time out end
-            -- (see the end of a key's turn).
+            -- (see the end of a key's turn). A key matched reads its events even when none can
+            -- start a match (act), so that its progress (upto) passes every event that can end
+            -- a match it consumed: one that commits later before them is late.
             SELECT array_agg(y.k ORDER BY y.k), array_agg(y.lo ORDER BY y.k),
                 array_agg(y.cut ORDER BY y.k), array_agg(y.tid ORDER BY y.k),
-                array_agg(y.st ORDER BY y.k), array_agg((y.st).active ORDER BY y.k)
+                array_agg(y.st ORDER BY y.k), array_agg(y.lo IS NOT NULL ORDER BY y.k)
             INTO v_keys, v_lo, v_cuts, v_tids, v_states, v_act
             FROM (
                 SELECT u.k, x.tid, x.st,

@@ -88,13 +88,20 @@ BEGIN
         INSERT INTO cep.pattern_keys AS pk (stream_id, k, seen_t)
         SELECT _pattern_lock_keys.stream_id, u.k, seen
         FROM unnest(v_keys) AS u (k)
+        WHERE NOT EXISTS (
+            -- OFFSET 0: one index probe per key, never a join with every key's row
+            SELECT 1 FROM cep.pattern_keys AS x
+            WHERE x.stream_id = _pattern_lock_keys.stream_id AND x.k = u.k
+            OFFSET 0
+        )
         ORDER BY u.k
         ON CONFLICT ON CONSTRAINT pattern_keys_pkey DO NOTHING;
-        -- every row, in key order (the nested loop takes them in the order of the sorted keys)
+        -- every row, in key order (the nested loop takes them in the order of the sorted keys),
+        -- each in its mode
         SELECT coalesce(bool_or(x.mn <= coalesce(a.upto_t, b.upto_t)), false),
-            array_agg(x.k ORDER BY x.k) FILTER (WHERE a.k IS NULL AND b.k IS NULL),
-            array_agg(x.proc ORDER BY x.k) FILTER (WHERE a.k IS NULL AND b.k IS NULL),
-            array_agg(x.mn ORDER BY x.k) FILTER (WHERE a.k IS NULL AND b.k IS NULL)
+            array_agg(x.k) FILTER (WHERE a.k IS NULL AND b.k IS NULL),
+            array_agg(x.proc) FILTER (WHERE a.k IS NULL AND b.k IS NULL),
+            array_agg(x.mn) FILTER (WHERE a.k IS NULL AND b.k IS NULL)
         INTO v_b, v_keys, v_proc, v_mn
         FROM (
             SELECT u.k, u.proc, u.mn
