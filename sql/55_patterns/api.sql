@@ -96,7 +96,7 @@ COMMENT ON FUNCTION cep._pattern_install(integer) IS
 CREATE FUNCTION cep._patterns_advance(
     stream_id integer, p_from timestamptz, p_to timestamptz, p_own bigint[],
     p_keys text[] DEFAULT NULL, p_lo timestamptz[] DEFAULT NULL, p_nx timestamptz[] DEFAULT NULL,
-    p_rel bigint[] DEFAULT NULL, p_rel_ids integer[] DEFAULT NULL
+    p_rel bigint[] DEFAULT NULL, p_rel_ids integer[] DEFAULT NULL, skip_busy boolean DEFAULT FALSE
 )
 RETURNS void
 LANGUAGE plpgsql
@@ -130,10 +130,23 @@ BEGIN
             WHERE ps.pattern_id = x.pattern_id AND ps.active AND (v_eoi OR ps.deadline < p_to)
         ) AS d
         WHERE x.stream_id = s.stream_id AND x.engine = 'lazy';
-        IF v_keys IS NOT NULL THEN
+        IF v_keys IS NOT NULL AND skip_busy THEN
+            -- cep.run_maintenance: only the keys no session holds (their writers match them,
+            -- or the next call does), so that it never waits for a writer while holding keys
+            -- other writers wait for
+            SELECT array_agg(x.k ORDER BY x.k) INTO v_keys
+            FROM unnest(v_keys) AS u (k)
+            CROSS JOIN LATERAL (
+                SELECT pk.k FROM cep.pattern_keys AS pk
+                WHERE pk.stream_id = s.stream_id AND pk.k = u.k
+                FOR UPDATE SKIP LOCKED
+            ) AS x;
+        ELSIF v_keys IS NOT NULL THEN
             PERFORM cep._pattern_lock_keys(s.stream_id, v_keys,
                 array_fill(true, ARRAY[cardinality(v_keys)]), NULL,
                 CASE WHEN isfinite(p_from) THEN p_from ELSE now() END);
+        END IF;
+        IF v_keys IS NOT NULL THEN
             FOR v_due IN
                 SELECT x.matcher, array_agg(DISTINCT d.k ORDER BY d.k) AS keys
                 FROM cep.patterns AS x
@@ -231,10 +244,11 @@ $fn$;
 
 COMMENT ON FUNCTION cep._patterns_advance(
     integer, timestamptz, timestamptz, bigint[], text[], timestamptz[], timestamptz[], bigint[],
-    integer[]
+    integer[], boolean
 ) IS
 'Internal: run a stream''s pattern matchers over the events the watermark reached and fire '
-'the absence detectors whose deadline it passed.';
+'the absence detectors whose deadline it passed (skip_busy: lazy patterns leave the keys '
+'another session holds).';
 
 -- The condition on rows e that a later event of key KEY between START and DEADLINE (UTC
 -- times) meets, written so that the (key, time) index serves it.

@@ -282,8 +282,8 @@ BEGIN
 
     -- Patterns and absence detectors: keys whose events waited for the watermark, runs that
     -- timed out and absence deadlines that passed, at the current watermark (writers only
-    -- advance their own keys).
-    SELECT count(cep._patterns_advance(x.stream_id, x.w, x.w, NULL)) INTO v_n
+    -- advance their own keys; lazy patterns leave keys a session holds to the next call).
+    SELECT count(cep._patterns_advance(x.stream_id, x.w, x.w, NULL, skip_busy => true)) INTO v_n
     FROM (
         SELECT DISTINCT p.stream_id, cep._watermark(p.stream_id) AS w
         FROM cep.patterns AS p
