@@ -49,8 +49,7 @@ COMMENT ON TABLE cep.patterns IS
 -- conditions read), the best match found so far, the last processed event, and the time of
 -- the first event still waiting for the watermark (pending_t; for a lazy pattern the first
 -- event that can end a match, or the watermark at which an undecided match is looked at
--- again). deadline: when the oldest run with threads times out; alive_until: when the last one
--- does (lazy patterns).
+-- again); deadline: when the oldest run with threads times out.
 CREATE TABLE cep.pattern_state (
     pattern_id integer NOT NULL,
     k text NOT NULL,
@@ -70,7 +69,6 @@ CREATE TABLE cep.pattern_state (
     deadline timestamptz,
     active boolean NOT NULL DEFAULT FALSE,
     pending_t timestamptz,
-    alive_until timestamptz,
     CONSTRAINT pattern_state_pkey PRIMARY KEY (pattern_id, k)
 );
 

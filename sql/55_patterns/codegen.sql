@@ -260,8 +260,6 @@ DECLARE
     v_fin boolean [];
     v_ki integer := 1;
     v_lo timestamptz [];
-    v_cuts timestamptz [];
-    v_floor timestamptz;
     v_tids tid [];
     v_out cep.pattern_state [] := '{}'::cep.pattern_state [];@ENGINE_VARS@
 BEGIN
@@ -295,7 +293,7 @@ BEGIN
                 v_key := e.k;
                 v_have := true;
                 IF p_find THEN
-                    st := ROW(@PID@, v_key, NULL, NULL, 1, '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', NULL, false, NULL, NULL)::cep.pattern_state;
+                    st := ROW(@PID@, v_key, NULL, NULL, 1, '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', NULL, false, NULL)::cep.pattern_state;
                 ELSE
                     -- the events come in key order, as v_keys
                     WHILE v_keys[v_ki] <> v_key LOOP
@@ -303,7 +301,7 @@ BEGIN
                     END LOOP;
                     v_fin[v_ki] := true;
                     st := v_states[v_ki];
-                END IF;@FAST_FORWARD@
+                END IF;
             END IF;
             IF st.upto_t IS NOT NULL AND (e.t, e.id) <= (st.upto_t, st.upto_id) THEN
                 -- Already processed, or (one of this statement's own rows) behind the key's progress
@@ -422,12 +420,11 @@ BEGIN
 END
 $t$;
 
-    -- The placeholders and their values. The first five are fixed code of the engine
+    -- The placeholders and their values. The first four are fixed code of the engine
     -- (eager or lazy) that brings further placeholders: they are put in first.
     SELECT array_agg(x.ph ORDER BY x.o), array_agg(x.val ORDER BY x.o) INTO v_phs, v_vals
     FROM unnest(ARRAY[
         '@FINISH@',
-        '@FAST_FORWARD@',
         '@BEGIN_LIVE@',
         '@SAVE_LIVE@',
         '@ENGINE_VARS@',
@@ -459,7 +456,6 @@ $t$;
         '@SID@'
     ], ARRAY[
         cep._pattern_finish_sql(),
-        CASE WHEN v_lazy THEN cep._pattern_fast_forward_sql() ELSE '' END,
         CASE WHEN v_lazy THEN cep._pattern_lazy_begin_sql() ELSE cep._pattern_eager_begin_sql() END,
         CASE WHEN v_lazy THEN cep._pattern_lazy_save_sql() ELSE cep._pattern_eager_save_sql() END,
         CASE WHEN v_lazy THEN E'\n    v_trig timestamptz [];'
@@ -468,7 +464,7 @@ $t$;
         cep._pattern_report_sql(p, s),
         format(
             'SELECT e.*, (%s | %s) AS mask FROM (SELECT %s AS k, %s AS t, s.%I::bigint AS id, '
-            'NULL::timestamptz AS cut, false AS act%s%s FROM %s AS s%s WHERE s.%I >= %s AND s.%I <= %s%s) AS e',
+            'false AS act%s%s FROM %s AS s%s WHERE s.%I >= %s AND s.%I <= %s%s) AS e',
             v_mask, v_always,
             cep._stream_key_sql(s, 's'),
             cep._stream_time_sql(s, 's'),
@@ -484,7 +480,7 @@ $t$;
                 || cep._processed_sql(s, 's')),
         format(
             'SELECT e.*, (%s | %s) AS mask FROM (SELECT %s AS k, %s AS t, s.%I::bigint AS id, '
-            'kr.cut, kr.act%s%s FROM unnest(v_keys, v_lo, v_cuts, v_act) AS kr (k, lo, cut, act) '
+            'kr.act%s%s FROM unnest(v_keys, v_lo, v_act) AS kr (k, lo, act) '
             'CROSS JOIN LATERAL (SELECT s.* FROM %s AS s '
             'WHERE %s AND s.%I >= %s AND s.%I <= %s OFFSET 0) AS s%s WHERE kr.lo IS NOT NULL '
             'AND NOT EXISTS (SELECT 1 FROM cep.late_events AS l WHERE l.stream_id = %s '
@@ -559,7 +555,7 @@ $t$;
     -- The engine's fixed code first (it brings further placeholders), then every placeholder
     -- in one pass: a value is inserted once and never scanned again, so a table, column, name
     -- or condition that contains a placeholder's spelling stays as it is.
-    FOR v_i IN 1 .. 5 LOOP
+    FOR v_i IN 1 .. 4 LOOP
         v_template := replace(v_template, v_phs[v_i], v_vals[v_i]);
     END LOOP;
     SELECT string_agg(coalesce(v_vals[array_position(v_phs, m.tok[1])], m.tok[1]), ''
@@ -754,15 +750,6 @@ AS $fn$
                 st.th_pc := n_pc;
                 st.th_path := n_path;
                 st.th_bind := n_bind;
-            END IF;
-            IF v_floor IS NOT NULL THEN
-                -- (lazy) runs ended before the first event that can end a match: an event
-                -- before it that still arrives is late, as above
-                IF st.upto_t IS NULL OR (st.upto_t, st.upto_id) < (v_floor, -1::bigint) THEN
-                    st.upto_t := v_floor;
-                    st.upto_id := -1;
-                END IF;
-                v_floor := NULL;
             END IF;
             @RESOLVE@
             IF NOT p_find THEN
@@ -983,28 +970,25 @@ AS $fn$
             ORDER BY u.k
             ON CONFLICT (pattern_id, k) DO NOTHING;
             -- Per key, c: the first event that can end a match that the watermark reaches (or
-            -- the watermark at which a match not final yet is looked at again). No event
-            -- before c can end a match, so runs that time out before c end with the match they
-            -- have: when every open run does (alive_until < c), matching starts at c - within
-            -- (no earlier start reaches c) and the runs end first (cut); otherwise it goes on
-            -- after the last event matched. Without c nothing is read: runs that time out end
-            -- (see the end of a key's turn). A key matched reads its events even when none can
-            -- start a match (act), so that its progress (upto) passes every event that can end
-            -- a match it consumed: one that commits later before them is late.
+            -- the watermark at which a match not final yet is looked at again). A run that
+            -- starts before c - within cannot reach c, and no event before c can end a match:
+            -- matching reads from c - within, or after the last event matched when that is
+            -- later. (Open runs that time out before c then miss the events in between, but
+            -- they could only end at an event that ends a match: they time out with the match
+            -- they have.) Without c nothing is read: runs that time out end (see the end of a
+            -- key's turn). A key matched reads its events even when none can start a match
+            -- (act), so that its progress (upto) passes every event that can end a match it
+            -- consumed: one that commits later before them is late.
             SELECT array_agg(y.k ORDER BY y.k), array_agg(y.lo ORDER BY y.k),
-                array_agg(y.cut ORDER BY y.k), array_agg(y.tid ORDER BY y.k),
-                array_agg(y.st ORDER BY y.k), array_agg(y.lo IS NOT NULL ORDER BY y.k)
-            INTO v_keys, v_lo, v_cuts, v_tids, v_states, v_act
+                array_agg(y.tid ORDER BY y.k), array_agg(y.st ORDER BY y.k),
+                array_agg(y.lo IS NOT NULL ORDER BY y.k)
+            INTO v_keys, v_lo, v_tids, v_states, v_act
             FROM (
-                SELECT u.k, x.tid, x.st,
-                    CASE WHEN z.c IS NULL THEN NULL
-                        WHEN x.alive_until >= z.c THEN x.upto_t
-                        ELSE greatest(x.upto_t, z.c - c_within) END AS lo,
-                    CASE WHEN x.alive_until < z.c THEN z.c END AS cut
+                SELECT u.k, x.tid, x.st, greatest(x.upto_t, z.c - c_within) AS lo
                 FROM unnest(v_keys, v_trig) AS u (k, tr)
                 CROSS JOIN LATERAL (
                     -- one index probe per key (the key rows lock these rows too)
-                    SELECT ps.upto_t, ps.pending_t, ps.alive_until, ps.ctid AS tid, ps AS st
+                    SELECT ps.upto_t, ps.pending_t, ps.ctid AS tid, ps AS st
                     FROM cep.pattern_state AS ps
                     WHERE ps.pattern_id = @PID@ AND ps.k = u.k
                     OFFSET 0
@@ -1019,31 +1003,6 @@ $fn$;
 COMMENT ON FUNCTION cep._pattern_lazy_begin_sql() IS
 'Internal: generated code that starts a live call of a lazy pattern''s matcher: late events, '
 'events that can end a match registered, and the keys matched now with where to read from.';
-
--- (lazy) The turn of a key whose open runs all time out before its first event that can end a
--- match: they end with the matches they have before the key's events are read.
-CREATE FUNCTION cep._pattern_fast_forward_sql()
-RETURNS text
-LANGUAGE sql
-IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-    SELECT $f$
-            IF e.cut IS NOT NULL THEN
-                -- every open run times out before e.cut, the first event that can end a
-                -- match: no thread can take an event any more; reading starts at e.cut - within
-                st.th_run := '{}';
-                st.th_pc := '{}';
-                st.th_path := '{}';
-                st.th_bind := '{}';
-                v_floor := e.cut;
-                @RESOLVE@
-            END IF;$f$
-$fn$;
-
-COMMENT ON FUNCTION cep._pattern_fast_forward_sql() IS
-'Internal: generated code that ends a lazy pattern''s runs that time out before the key''s '
-'first event that can end a match.';
 
 -- The lazy engine's end of a live call: one write per key matched, and the key rows' progress.
 CREATE FUNCTION cep._pattern_lazy_save_sql()
@@ -1073,8 +1032,6 @@ AS $f$
                 th_path = b.th_path,
                 th_bind = b.th_bind,
                 deadline = (SELECT min(b.r_st[array_position(b.r_no, u.t)]) + c_within
-                    FROM unnest(b.th_run) AS u (t)),
-                alive_until = (SELECT max(b.r_st[array_position(b.r_no, u.t)]) + c_within
                     FROM unnest(b.th_run) AS u (t)),
                 active = cardinality(b.r_no) > 0,
                 pending_t = least(b.nf, CASE WHEN b.undecided THEN p_to END)

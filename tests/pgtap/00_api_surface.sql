@@ -38,7 +38,7 @@ SELECT functions_are(
         '_absence_rows_sql', '_pattern_section', '_pattern_check_args', '_drop_pattern_objects',
         '_pattern_final_vars', '_pattern_final_sql', '_pattern_lock_keys', '_pattern_eager_begin_sql',
         '_pattern_eager_save_sql', '_pattern_lazy_begin_sql', '_pattern_lazy_save_sql',
-        '_pattern_fast_forward_sql', '_pattern_report_sql',
+        '_pattern_report_sql',
         '_stream_key_sql', '_stream_time_sql', '_stream_raw_time_sql',
         '_recommender_id', '_recommender_weight_expr', '_recommender_section',
         '_drop_recommender_state', '_expire_recommender',
