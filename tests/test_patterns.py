@@ -325,18 +325,43 @@ def test_rules_can_refer_to_a_pattern_completing_at_the_event(conn):
 
 
 def test_backfill_and_drop_stream(conn):
+    """Backfill on both engines (p eager, l lazy), drops of a lazy pattern and of the stream."""
     setup(conn)
     put(conn, 1, "abcabc")
     pattern(conn, "p", "a b c", contiguity="strict")
     pattern(conn, "q", "a b c", contiguity="strict", backfill=False)
+    pattern(conn, "l", "a b c", contiguity="strict", within="1 hour")
+    pattern(conn, "l2", "a b", contiguity="strict", within="1 hour")
+    assert engines(conn) == {"p": "eager", "q": "eager", "l": "lazy", "l2": "lazy"}
     put(conn, 1, "abc", start=600)
     ids = ids_of(conn, 1)
     assert [m[1] for m in live(conn, "p")] == [ids[0:3], ids[3:6], ids[6:9]]
+    assert [m[1] for m in live(conn, "l")] == [ids[0:3], ids[3:6], ids[6:9]]
     assert [m[1] for m in live(conn, "q")] == [ids[6:9]]
+    assert conn.execute("SELECT count(*) FROM cep.pattern_keys").fetchone()[0] == 1
+    conn.execute("SELECT cep.drop_pattern('l2')")   # the key rows stay for l
+    assert conn.execute("SELECT count(*) FROM cep.pattern_keys").fetchone()[0] == 1
     conn.execute("SELECT cep.drop_stream('ev')")
-    for t in ("patterns", "pattern_state", "pattern_log", "absence_pending"):
+    for t in ("patterns", "pattern_state", "pattern_keys", "pattern_log", "absence_pending"):
         assert conn.execute(f"SELECT count(*) FROM cep.{t}").fetchone()[0] == 0, t
-    assert conn.execute("SELECT count(*) FROM cep.matches").fetchone()[0] == 4
+    assert conn.execute("SELECT count(*) FROM cep.matches").fetchone()[0] == 7
+
+
+def test_lazy_backfill_notes_events_beyond_the_watermark(conn):
+    """A lazy pattern created over stored events matches them up to the watermark and notes
+    the final events beyond it, which the watermark reaches later."""
+    setup(conn, lateness="10 minutes")
+    put(conn, 1, "abcab")
+    put(conn, 1, "c", start=1200)          # beyond the watermark (10 minutes behind)
+    pattern(conn, "l", "a b c", contiguity="strict", within="1 hour")
+    ids = ids_of(conn, 1)
+    assert live(conn, "l") == [("1", ids[0:3], ["a", "b", "c"])]
+    put(conn, 2, "x", start=3600)
+    conn.execute("SELECT * FROM cep.run_maintenance()")
+    want = [("1", ids[0:3], ["a", "b", "c"]), ("1", ids[3:6], ["a", "b", "c"])]
+    assert live(conn, "l") == want
+    conn.execute("SELECT cep.advance_watermark('ev')")
+    assert live(conn, "l") == batch(conn, "l") == want
 
 
 def test_concurrent_sessions_on_one_key_serialize(conn, connect):
