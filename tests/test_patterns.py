@@ -344,7 +344,7 @@ def test_backfill_and_drop_stream(conn):
     conn.execute("SELECT cep.drop_stream('ev')")
     for t in ("patterns", "pattern_state", "pattern_keys", "pattern_log", "absence_pending"):
         assert conn.execute(f"SELECT count(*) FROM cep.{t}").fetchone()[0] == 0, t
-    assert conn.execute("SELECT count(*) FROM cep.matches").fetchone()[0] == 7
+    assert conn.execute("SELECT count(*) FROM cep.matches").fetchone()[0] == 10
 
 
 def test_lazy_backfill_notes_events_beyond_the_watermark(conn):
