@@ -365,7 +365,7 @@ $a$,
         v_lz_proc := v_lz_proc || format('b.lo_%s IS NOT NULL', p.pattern_id);
         v_lz_decl := v_lz_decl || format(
             E'\n            l_k_%1$s text [];\n            l_lo_%1$s timestamptz [];'
-            || E'\n            l_nx_%1$s timestamptz [];',
+            || E'\n            l_nx_%1$s timestamptz [];\n            l_m_%1$s boolean;',
             p.pattern_id);
         v_lz_cols := v_lz_cols || format(
             E',\n                    min(e.t) FILTER (WHERE e.t <= p_to AND (%1$s)) AS lo_%2$s,'
@@ -374,20 +374,35 @@ $a$,
         v_lz_arrays := v_lz_arrays || format(
             E',\n                array_agg(b.k) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL),'
             || E'\n                array_agg(b.lo_%1$s) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL),'
-            || E'\n                array_agg(b.nx_%1$s) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL)',
+            || E'\n                array_agg(b.nx_%1$s) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL),'
+            || E'\n                coalesce(bool_or(b.lo_%1$s IS NOT NULL), false)',
             p.pattern_id);
-        v_lz_into := v_lz_into || format(', l_k_%1$s, l_lo_%1$s, l_nx_%1$s', p.pattern_id);
+        v_lz_into := v_lz_into || format(', l_k_%1$s, l_lo_%1$s, l_nx_%1$s, l_m_%1$s', p.pattern_id);
         -- the pattern's matcher, given its keys with an event that can end a match (every key
         -- of the statement when some may have late events)
         v_lz_calls := v_lz_calls || format($c$
-                IF cardinality(l_own) > 0 THEN
-                    SELECT array_agg(u.k ORDER BY u.k), array_agg(x.lo ORDER BY u.k),
-                        array_agg(x.nx ORDER BY u.k)
-                    INTO l_k_%2$s, l_lo_%2$s, l_nx_%2$s
-                    FROM unnest(l_keys) AS u (k)
-                    LEFT JOIN unnest(l_k_%2$s, l_lo_%2$s, l_nx_%2$s) AS x (k, lo, nx) ON x.k = u.k;
-                END IF;
                 IF l_k_%2$s IS NOT NULL THEN
+                    -- its events that can end a match and wait for the watermark: the key
+                    -- remembers the first (pending_t), and is matched once the watermark
+                    -- reaches it (cep.run_maintenance, cep.advance_watermark or the key's
+                    -- next such event)
+                    INSERT INTO cep.pattern_state AS ps (pattern_id, k, pending_t)
+                    SELECT %2$s, u.k, u.nx FROM unnest(l_k_%2$s, l_lo_%2$s, l_nx_%2$s) AS u (k, lo, nx)
+                    WHERE u.lo IS NULL AND u.nx IS NOT NULL
+                    ORDER BY u.k
+                    ON CONFLICT (pattern_id, k) DO UPDATE SET pending_t = excluded.pending_t
+                    WHERE ps.pending_t IS NULL OR excluded.pending_t < ps.pending_t;
+                END IF;
+                IF l_m_%2$s OR cardinality(l_own) > 0 THEN
+                    IF cardinality(l_own) > 0 THEN
+                        SELECT array_agg(u.k ORDER BY u.k), array_agg(x.lo ORDER BY u.k),
+                            array_agg(x.nx ORDER BY u.k)
+                        INTO l_k_%2$s, l_lo_%2$s, l_nx_%2$s
+                        FROM unnest(l_keys) AS u (k)
+                        LEFT JOIN unnest(l_k_%2$s, l_lo_%2$s, l_nx_%2$s) AS x (k, lo, nx) ON x.k = u.k;
+                    END IF;
+                    -- the keys it matches now (its events that can end a match and that the
+                    -- watermark reaches), and late events
                     PERFORM count(*) FROM cep.%1$I(v_watermark, p_to, false, false, l_own,
                         l_k_%2$s, l_lo_%2$s, l_nx_%2$s);
                 END IF;$c$,

@@ -934,9 +934,10 @@ AS $fn$
         -- cep.pattern_keys, FOR UPDATE for the keys matched now, so no other session has
         -- uncommitted events of them.
         IF p_own IS NOT NULL THEN
-            -- a writer: p_keys are the keys of its events that some lazy pattern can use; p_lo
-            -- the first event of this pattern's key that can end a match and that the watermark
-            -- reaches (the key is matched now), p_nx the first one it does not reach yet
+            -- a writer: p_keys are the keys of its events that can end a match of this pattern
+            -- (every key of its events that some lazy pattern can use when p_own is given);
+            -- p_lo the first such event of the key that the watermark reaches (the key is
+            -- matched now), p_nx the first it does not reach yet (the caller noted it)
             IF cardinality(p_own) > 0 THEN
                 -- Its events at or before the event a key was matched to by a session that
                 -- committed while this one waited: late for this pattern (they were late in
@@ -949,15 +950,6 @@ AS $fn$
                 GET DIAGNOSTICS v_n = ROW_COUNT;
                 v_late := v_late + v_n;
             END IF;
-            -- The key remembers its first event that can end a match and waits for the
-            -- watermark (pending_t): cep.run_maintenance, cep.advance_watermark or the key's
-            -- next such event match it once the watermark reaches it.
-            INSERT INTO cep.pattern_state AS ps (pattern_id, k, pending_t)
-            SELECT @PID@, u.k, u.nx FROM unnest(p_keys, p_lo, p_nx) AS u (k, lo, nx)
-            WHERE u.lo IS NULL AND u.nx IS NOT NULL
-            ORDER BY u.k
-            ON CONFLICT (pattern_id, k) DO UPDATE SET pending_t = excluded.pending_t
-            WHERE ps.pending_t IS NULL OR excluded.pending_t < ps.pending_t;
         END IF;
         -- The keys matched now: a writer's keys with p_lo, every key given otherwise
         -- (cep.advance_watermark, cep.run_maintenance, the backfill of cep.create_pattern).
