@@ -281,3 +281,49 @@ def test_lazy_pattern_writers_wait_only_where_a_key_is_matched(conn, connect):
     live, batch = matches(conn, "ab")
     assert live == batch == Counter([(k1[3], k1[4])])
     assert conn.execute("SELECT count(*) FROM cep.pattern_late_events").fetchone()[0] == 0
+
+
+def test_maintenance_keeps_no_lazy_turn_that_missed_an_event_committed_meanwhile(conn, connect):
+    """cep.run_maintenance matches lazy keys without their locks and keeps a key's turn only
+    if it can then lock the key and its events are still those it read. Here a session whose
+    statement began before the watermark passed its event (so the event is on time) commits
+    it while maintenance is reading the key (a DEFINE condition sleeps in that session only):
+    the turn, which did not see the event, is dropped, and the next call matches the key with
+    it. Strict `a b`: the event (c) breaks the match maintenance would have written."""
+    sleepy = ("sym = 'a' AND (nullif(current_setting('cep_test.sleep', true), '') IS NULL "
+              "OR pg_sleep(nullif(current_setting('cep_test.sleep', true), '')::float8) "
+              "IS NOT NULL)")
+    conn.execute("CREATE TABLE public.ev (id bigserial PRIMARY KEY, k int NOT NULL, sym text, "
+                 "ts timestamptz NOT NULL)")
+    conn.execute("SELECT cep.create_stream('ev', 'public.ev', 'ts', 'k', "
+                 "allowed_lateness => '10 seconds')")
+    conn.execute("SELECT cep.create_pattern('ab', 'ev', 'a b', %s::jsonb, within => '1 hour', "
+                 "contiguity => 'strict', engine => 'lazy')",
+                 (psycopg.types.json.Jsonb({"a": sleepy, "b": "sym = 'b'"}),))
+    put(conn, [(1, "a", 30)])
+    put(conn, [(1, "b", 45)])                 # waits for the watermark (35)
+    writer = connect(autocommit=False)
+    put(writer, [(1, "c", 40)])               # on time (watermark 35); uncommitted
+    put(conn, [(2, "c", 100)])                # the watermark (90) passes b
+    m = connect()
+    m.execute("SET cep_test.sleep = '1'")
+    maintainer = threading.Thread(target=maintain, args=(m,))
+    maintainer.start()
+    # maintenance reads key 1 (a, b: the c is not committed) and sleeps on the a
+    deadline = time.monotonic() + 10
+    while not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND "
+                           "wait_event = 'PgSleep'", (m.info.backend_pid,)).fetchone()[0]:
+        assert time.monotonic() < deadline, "maintenance never read key 1"
+        time.sleep(0.02)
+    writer.commit()
+    maintainer.join(30)
+    assert not maintainer.is_alive()
+    live, batch = matches(conn, "ab")
+    assert live == Counter() and batch == Counter()   # a c b: no match
+    m.execute("RESET cep_test.sleep")
+    maintain(m)
+    conn.execute("SELECT cep.advance_watermark('ev')")
+    live, batch = matches(conn, "ab")
+    assert live == batch == Counter()
+    assert conn.execute("SELECT count(*) FROM cep.pattern_late_events").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM cep.late_events").fetchone()[0] == 0

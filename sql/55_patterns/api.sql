@@ -52,10 +52,11 @@ BEGIN
     SELECT format($g$
     IF %s::pg_catalog.oid::pg_catalog.regclass::text <> %L THEN
         PERFORM cep._stream_renamed(%s, NULL);
-        RETURN QUERY EXECUTE %L USING p_from, p_to, p_eoi, p_find, p_own, p_keys, p_lo, p_nx;
+        RETURN QUERY EXECUTE %L USING p_from, p_to, p_eoi, p_find, p_own, p_keys, p_lo, p_nx,
+            p_optimistic;
         RETURN;
     END IF;$g$, s.source::oid, s.source::text, s.stream_id,
-        format('SELECT * FROM cep.%I($1, $2, $3, $4, $5, $6, $7, $8)', v_fn))
+        format('SELECT * FROM cep.%I($1, $2, $3, $4, $5, $6, $7, $8, $9)', v_fn))
     INTO STRICT v_guard
     FROM cep.patterns AS p JOIN cep.streams AS s ON p.stream_id = s.stream_id
     WHERE p.pattern_id = _pattern_install.pattern_id;
@@ -63,7 +64,8 @@ BEGIN
     -- (generic plans would scan every key's state)
     v_ddl := format(
         'CREATE OR REPLACE FUNCTION cep.%I(p_from timestamptz, p_to timestamptz, p_eoi boolean, '
-        'p_find boolean, p_own bigint [], p_keys text [], p_lo timestamptz [], p_nx timestamptz []) '
+        'p_find boolean, p_own bigint [], p_keys text [], p_lo timestamptz [], p_nx timestamptz [], '
+        'p_optimistic boolean DEFAULT false) '
         'RETURNS TABLE (partition_key text, first_time timestamptz, '
         'last_time timestamptz, event_ids bigint [], classifiers text []) LANGUAGE plpgsql '
         'SET search_path = pg_catalog, pg_temp SET TimeZone = ''UTC'' SET jit = off '
@@ -74,17 +76,17 @@ BEGIN
     EXCEPTION WHEN object_not_in_prerequisite_state THEN
         -- inside ALTER EXTENSION UPDATE (see cep._regenerate_stream)
         EXECUTE format('ALTER EXTENSION pg_cep ADD FUNCTION cep.%I(timestamptz, timestamptz, '
-            'boolean, boolean, bigint [], text [], timestamptz [], timestamptz [])', v_fn);
+            'boolean, boolean, bigint [], text [], timestamptz [], timestamptz [], boolean)', v_fn);
         EXECUTE v_ddl;
         EXECUTE format('ALTER EXTENSION pg_cep DROP FUNCTION cep.%I(timestamptz, timestamptz, '
-            'boolean, boolean, bigint [], text [], timestamptz [], timestamptz [])', v_fn);
+            'boolean, boolean, bigint [], text [], timestamptz [], timestamptz [], boolean)', v_fn);
     END;
     EXECUTE format('REVOKE ALL ON FUNCTION cep.%I(timestamptz, timestamptz, boolean, boolean, '
-        'bigint [], text [], timestamptz [], timestamptz []) FROM PUBLIC', v_fn);
+        'bigint [], text [], timestamptz [], timestamptz [], boolean) FROM PUBLIC', v_fn);
     EXECUTE format('COMMENT ON FUNCTION cep.%I(timestamptz, timestamptz, boolean, boolean, '
-        'bigint [], text [], timestamptz [], timestamptz []) IS %L', v_fn, format('Generated matcher of pg_cep pattern %s.', pattern_id));
+        'bigint [], text [], timestamptz [], timestamptz [], boolean) IS %L', v_fn, format('Generated matcher of pg_cep pattern %s.', pattern_id));
     PERFORM cep._tie_to_extension(format('cep.%I(timestamptz, timestamptz, boolean, boolean, '
-        'bigint [], text [], timestamptz [], timestamptz [])', v_fn)::regprocedure);
+        'bigint [], text [], timestamptz [], timestamptz [], boolean)', v_fn)::regprocedure);
     UPDATE cep.patterns AS p SET matcher = v_fn WHERE p.pattern_id = _pattern_install.pattern_id;
 END
 $fn$;
@@ -130,18 +132,9 @@ BEGIN
             WHERE ps.pattern_id = x.pattern_id AND ps.active AND (v_eoi OR ps.deadline < p_to)
         ) AS d
         WHERE x.stream_id = s.stream_id AND x.engine = 'lazy';
-        IF v_keys IS NOT NULL AND skip_busy THEN
-            -- cep.run_maintenance: only the keys no session holds (their writers match them,
-            -- or the next call does), so that it never waits for a writer while holding keys
-            -- other writers wait for
-            SELECT array_agg(x.k ORDER BY x.k) INTO v_keys
-            FROM unnest(v_keys) AS u (k)
-            CROSS JOIN LATERAL (
-                SELECT pk.k FROM cep.pattern_keys AS pk
-                WHERE pk.stream_id = s.stream_id AND pk.k = u.k
-                FOR UPDATE SKIP LOCKED
-            ) AS x;
-        ELSIF v_keys IS NOT NULL THEN
+        -- (cep.run_maintenance, skip_busy: the matchers match the keys without their locks
+        -- and keep the results of those they can lock at the end, see p_optimistic)
+        IF v_keys IS NOT NULL AND NOT skip_busy THEN
             PERFORM cep._pattern_lock_keys(s.stream_id, v_keys,
                 array_fill(true, ARRAY[cardinality(v_keys)]), NULL,
                 CASE WHEN isfinite(p_from) THEN p_from ELSE now() END);
@@ -161,9 +154,9 @@ BEGIN
                 GROUP BY x.pattern_id, x.matcher
                 ORDER BY x.pattern_id
             LOOP
-                EXECUTE format('SELECT count(*) FROM cep.%I($1, $2, $3, false, NULL, $4, NULL, NULL)',
+                EXECUTE format('SELECT count(*) FROM cep.%I($1, $2, $3, false, NULL, $4, NULL, NULL, $5)',
                     v_due.matcher)
-                USING p_from, p_to, v_eoi, v_due.keys;
+                USING p_from, p_to, v_eoi, v_due.keys, skip_busy;
             END LOOP;
         END IF;
     END IF;
@@ -765,7 +758,7 @@ AS $fn$
 DECLARE
     v_stream integer;
 BEGIN
-    EXECUTE format('DROP FUNCTION IF EXISTS cep.%I(timestamptz, timestamptz, boolean, boolean, bigint [], text [], timestamptz [], timestamptz [])',
+    EXECUTE format('DROP FUNCTION IF EXISTS cep.%I(timestamptz, timestamptz, boolean, boolean, bigint [], text [], timestamptz [], timestamptz [], boolean)',
         format('_pattern_%s', pattern_id));
     DELETE FROM cep.pattern_state AS x WHERE x.pattern_id = _drop_pattern_objects.pattern_id;
     DELETE FROM cep.absence_pending AS x WHERE x.pattern_id = _drop_pattern_objects.pattern_id;

@@ -259,6 +259,8 @@ DECLARE
     v_act boolean [];
     v_fin boolean [];
     v_ki integer := 1;
+    v_cnt integer [];
+    v_kdrops integer [];
     v_lo timestamptz [];
     v_tids tid [];
     v_out cep.pattern_state [] := '{}'::cep.pattern_state [];@ENGINE_VARS@
@@ -274,6 +276,11 @@ BEGIN
         -- order of v_keys).
         IF NOT p_find THEN
             v_fin := array_fill(false, ARRAY[cardinality(v_keys)]);
+        END IF;
+        IF p_optimistic THEN
+            -- per key, the events read and the starts dropped at the cap (see the end)
+            v_cnt := array_fill(0, ARRAY[cardinality(v_keys)]);
+            v_kdrops := array_fill(0, ARRAY[cardinality(v_keys)]);
         END IF;
         FOR e IN
             SELECT x.*
@@ -303,6 +310,9 @@ BEGIN
                     st := v_states[v_ki];
                 END IF;
             END IF;
+            IF p_optimistic THEN
+                v_cnt[v_ki] := v_cnt[v_ki] + 1;
+            END IF;
             IF st.upto_t IS NOT NULL AND (e.t, e.id) <= (st.upto_t, st.upto_id) THEN
                 -- Already processed, or (one of this statement's own rows) behind the key's progress
                 -- (a lazy pattern counts those before it matches, for every key of the statement).
@@ -321,6 +331,9 @@ BEGIN
             IF (e.mask & c_first) <> 0 THEN
                 IF cardinality(st.r_no) >= c_cap THEN
                     v_drops := v_drops + 1;
+                    IF p_optimistic THEN
+                        v_kdrops[v_ki] := v_kdrops[v_ki] + 1;
+                    END IF;
                 ELSE
                     st.r_no := st.r_no || st.next_no;
                     st.r_st := st.r_st || e.t;
@@ -458,7 +471,7 @@ $t$;
         cep._pattern_finish_sql(),
         CASE WHEN v_lazy THEN cep._pattern_lazy_begin_sql() ELSE cep._pattern_eager_begin_sql() END,
         CASE WHEN v_lazy THEN cep._pattern_lazy_save_sql() ELSE cep._pattern_eager_save_sql() END,
-        CASE WHEN v_lazy THEN E'\n    v_trig timestamptz [];'
+        CASE WHEN v_lazy THEN E'\n    v_trig timestamptz [];\n    v_kept text [];'
             ELSE E'\n    v_opend timestamptz [];\n    v_pending boolean := false;\n    v_behind boolean := false;' END,
         cep._pattern_resolve_sql(),
         cep._pattern_report_sql(p, s),
@@ -1004,11 +1017,39 @@ IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $f$
     SELECT $s$
+        IF p_optimistic AND cardinality(v_out) > 0 THEN
+            -- cep.run_maintenance matched these keys without their locks, so that no writer
+            -- waits for its matching: it keeps the turns of the keys it can lock now (no session
+            -- holds them) whose events it read are still all there are (no session committed
+            -- one since) and whose state did not change (see the tuple ids below); the others
+            -- stay due for its next call
+            SELECT array_agg(u.k ORDER BY u.k), array_agg(u.lo ORDER BY u.k),
+                array_agg(u.act ORDER BY u.k), array_agg(u.n ORDER BY u.k),
+                array_agg(u.d ORDER BY u.k), array_agg(u.tid ORDER BY u.k)
+            INTO v_keys, v_lo, v_act, v_cnt, v_kdrops, v_tids
+            FROM unnest(v_keys, v_lo, v_act, v_cnt, v_kdrops, v_tids) AS u (k, lo, act, n, d, tid)
+            CROSS JOIN LATERAL (
+                SELECT pk.k FROM cep.pattern_keys AS pk
+                WHERE pk.stream_id = @SID@ AND pk.k = u.k
+                FOR UPDATE SKIP LOCKED
+            ) AS x;
+            SELECT array_agg(u.k ORDER BY u.k), coalesce(sum(u.d), 0) INTO v_kept, v_drops
+            FROM unnest(v_keys, v_cnt, v_kdrops) AS u (k, n, d)
+            LEFT JOIN (
+                SELECT x.k, count(*) AS n FROM (@LIVE_EVENTS@) AS x WHERE @RELAXED@ true
+                GROUP BY x.k
+            ) AS c ON c.k = u.k
+            WHERE coalesce(c.n, 0) = u.n;
+            SELECT array_agg(u.k ORDER BY u.k), array_agg(u.tid ORDER BY u.k) INTO v_keys, v_tids
+            FROM unnest(v_keys, v_tids) AS u (k, tid)
+            WHERE u.k = ANY (v_kept);
+        END IF;
         -- One write per key matched: its runs, and pending_t: its first event beyond the
         -- watermark that can end a match, or the watermark itself while a match found is not
         -- final (a later event may still decide it: the next cep.run_maintenance() or
         -- cep.advance_watermark looks at the key again).
-        IF cardinality(v_out) > 0 THEN
+        IF cardinality(v_keys) > 0 THEN
+            WITH upd AS (
             UPDATE cep.pattern_state AS ps
             SET upto_t = b.upto_t,
                 upto_id = b.upto_id,
@@ -1035,14 +1076,31 @@ AS $f$
                 -- OFFSET 0: the next event is looked up once per key
                 OFFSET 0
             ) AS b
-            -- the key rows are locked, so these rows keep their tuple ids: one probe per key
-            WHERE ps.ctid = b.tid;
+            -- the key rows are locked, so these rows keep their tuple ids (one probe per key);
+            -- a row another session changed since it was read has a new one (and cep.
+            -- run_maintenance leaves that key)
+            WHERE ps.ctid = b.tid
+            RETURNING ps.k
+            )
+            SELECT array_agg(upd.k) INTO v_kept FROM upd;
             -- the key row remembers the furthest event a lazy pattern matched the key to
             UPDATE cep.pattern_keys AS pk
             SET upto_t = w.upto_t, upto_id = w.upto_id
             FROM unnest(v_out) AS w
             WHERE pk.stream_id = @SID@ AND pk.k = w.k AND w.upto_t IS NOT NULL
+                AND w.k = ANY (v_kept)
                 AND (pk.upto_t IS NULL OR (pk.upto_t, pk.upto_id) < (w.upto_t, w.upto_id));
+        END IF;
+        IF p_optimistic THEN
+            -- only the matches of the turns kept
+            SELECT coalesce(array_agg(m.k ORDER BY m.o), '{}'), coalesce(array_agg(m.f ORDER BY m.o), '{}'),
+                coalesce(array_agg(m.l ORDER BY m.o), '{}'), coalesce(array_agg(m.lid ORDER BY m.o), '{}'),
+                coalesce(array_agg(m.path ORDER BY m.o), '{}')
+            INTO m_key, m_first, m_last, m_last_id, m_path
+            FROM unnest(m_key, m_first, m_last, m_last_id, m_path)
+                WITH ORDINALITY AS m (k, f, l, lid, path, o)
+            WHERE m.k = ANY (v_kept);
+            v_matches := cardinality(m_key);
         END IF;$s$
 $f$;
 
