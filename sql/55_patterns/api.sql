@@ -150,7 +150,8 @@ BEGIN
                     SELECT ps.k FROM cep.pattern_state AS ps
                     WHERE ps.pattern_id = x.pattern_id AND ps.active AND (v_eoi OR ps.deadline < p_to)
                 ) AS d
-                WHERE x.stream_id = s.stream_id AND x.engine = 'lazy' AND d.k = ANY (v_keys)
+                WHERE x.stream_id = s.stream_id AND x.engine = 'lazy'
+                    AND d.k IN (SELECT u.k FROM unnest(v_keys) AS u (k))
                 GROUP BY x.pattern_id, x.matcher
                 ORDER BY x.pattern_id
             LOOP

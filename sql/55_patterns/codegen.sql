@@ -259,7 +259,6 @@ DECLARE
     v_act boolean [];
     v_fin boolean [];
     v_ki integer := 1;
-    v_cnt integer [];
     v_kdrops integer [];
     v_lo timestamptz [];
     v_tids tid [];
@@ -278,8 +277,7 @@ BEGIN
             v_fin := array_fill(false, ARRAY[cardinality(v_keys)]);
         END IF;
         IF p_optimistic THEN
-            -- per key, the events read and the starts dropped at the cap (see the end)
-            v_cnt := array_fill(0, ARRAY[cardinality(v_keys)]);
+            -- per key, the starts dropped at the cap (see the end)
             v_kdrops := array_fill(0, ARRAY[cardinality(v_keys)]);
         END IF;
         FOR e IN
@@ -309,9 +307,6 @@ BEGIN
                     v_fin[v_ki] := true;
                     st := v_states[v_ki];
                 END IF;
-            END IF;
-            IF p_optimistic THEN
-                v_cnt[v_ki] := v_cnt[v_ki] + 1;
             END IF;
             IF st.upto_t IS NOT NULL AND (e.t, e.id) <= (st.upto_t, st.upto_id) THEN
                 -- Already processed, or (one of this statement's own rows) behind the key's progress
@@ -445,6 +440,7 @@ $t$;
         '@REPORT@',
         '@EVENTS@',
         '@LIVE_EVENTS@',
+        '@RAW_COUNT@',
         '@NEXT_EVENT@',
         '@NEXT_FINAL@',
         '@OWN_EVENTS@',
@@ -471,7 +467,7 @@ $t$;
         cep._pattern_finish_sql(),
         CASE WHEN v_lazy THEN cep._pattern_lazy_begin_sql() ELSE cep._pattern_eager_begin_sql() END,
         CASE WHEN v_lazy THEN cep._pattern_lazy_save_sql() ELSE cep._pattern_eager_save_sql() END,
-        CASE WHEN v_lazy THEN E'\n    v_trig timestamptz [];\n    v_kept text [];'
+        CASE WHEN v_lazy THEN E'\n    v_trig timestamptz [];\n    v_kept text [];\n    v_cnt integer [];'
             ELSE E'\n    v_opend timestamptz [];\n    v_pending boolean := false;\n    v_behind boolean := false;' END,
         cep._pattern_resolve_sql(),
         cep._pattern_report_sql(p, s),
@@ -512,6 +508,19 @@ $t$;
             s.time_column,
             cep._stream_raw_time_sql(s, v_fn || '.p_to'),
             v_prev_join, s.stream_id, s.id_column),
+        -- the stored rows of key u.k from u.lo to the watermark (cep.run_maintenance's check
+        -- that no session committed an event it did not read)
+        format('SELECT count(*) AS n FROM %s AS s WHERE %s AND s.%I >= %s AND s.%I <= %s',
+            s.source,
+            (CASE WHEN s.key_column IS NULL THEN 'true'
+                ELSE format('s.%I = u.k::%s', s.key_column,
+                    (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a
+                     WHERE a.attrelid = s.source AND a.attname = s.key_column)) END)
+                || cep._processed_sql(s, 's'),
+            s.time_column,
+            cep._stream_raw_time_sql(s, 'u.lo'),
+            s.time_column,
+            cep._stream_raw_time_sql(s, v_fn || '.p_to')),
         format('SELECT %s FROM %s AS s WHERE %s AND s.%I > %s ORDER BY %s LIMIT 1',
             cep._stream_time_sql(s, 's'),
             s.source,
@@ -1002,6 +1011,13 @@ AS $fn$
                     SELECT least(CASE WHEN x.pending_t <= p_to THEN x.pending_t END, u.tr) AS c
                 ) AS z
             ) AS y;
+            IF p_optimistic THEN
+                -- cep.run_maintenance: per key, the stored rows in the range it reads, counted
+                -- again at the end (a key whose count changed got an event meanwhile)
+                SELECT array_agg(c.n ORDER BY u.o) INTO v_cnt
+                FROM unnest(v_keys, v_lo) WITH ORDINALITY AS u (k, lo, o)
+                CROSS JOIN LATERAL (@RAW_COUNT@) AS c;
+            END IF;
         END IF;$f$
 $fn$;
 
@@ -1024,25 +1040,19 @@ AS $f$
             -- one since) and whose state did not change (see the tuple ids below); the others
             -- stay due for its next call
             SELECT array_agg(u.k ORDER BY u.k), array_agg(u.lo ORDER BY u.k),
-                array_agg(u.act ORDER BY u.k), array_agg(u.n ORDER BY u.k),
-                array_agg(u.d ORDER BY u.k), array_agg(u.tid ORDER BY u.k)
-            INTO v_keys, v_lo, v_act, v_cnt, v_kdrops, v_tids
-            FROM unnest(v_keys, v_lo, v_act, v_cnt, v_kdrops, v_tids) AS u (k, lo, act, n, d, tid)
+                array_agg(u.n ORDER BY u.k), array_agg(u.d ORDER BY u.k), array_agg(u.tid ORDER BY u.k)
+            INTO v_keys, v_lo, v_cnt, v_kdrops, v_tids
+            FROM unnest(v_keys, v_lo, v_cnt, v_kdrops, v_tids) AS u (k, lo, n, d, tid)
             CROSS JOIN LATERAL (
                 SELECT pk.k FROM cep.pattern_keys AS pk
                 WHERE pk.stream_id = @SID@ AND pk.k = u.k
                 FOR UPDATE SKIP LOCKED
             ) AS x;
-            SELECT array_agg(u.k ORDER BY u.k), coalesce(sum(u.d), 0) INTO v_kept, v_drops
-            FROM unnest(v_keys, v_cnt, v_kdrops) AS u (k, n, d)
-            LEFT JOIN (
-                SELECT x.k, count(*) AS n FROM (@LIVE_EVENTS@) AS x WHERE @RELAXED@ true
-                GROUP BY x.k
-            ) AS c ON c.k = u.k
-            WHERE coalesce(c.n, 0) = u.n;
-            SELECT array_agg(u.k ORDER BY u.k), array_agg(u.tid ORDER BY u.k) INTO v_keys, v_tids
-            FROM unnest(v_keys, v_tids) AS u (k, tid)
-            WHERE u.k = ANY (v_kept);
+            SELECT array_agg(u.k ORDER BY u.k), array_agg(u.tid ORDER BY u.k), coalesce(sum(u.d), 0)
+            INTO v_keys, v_tids, v_drops
+            FROM unnest(v_keys, v_lo, v_cnt, v_kdrops, v_tids) AS u (k, lo, n, d, tid)
+            CROSS JOIN LATERAL (@RAW_COUNT@) AS c
+            WHERE c.n = u.n;
         END IF;
         -- One write per key matched: its runs, and pending_t: its first event beyond the
         -- watermark that can end a match, or the watermark itself while a match found is not

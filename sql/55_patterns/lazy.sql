@@ -97,7 +97,29 @@ BEGIN
         ORDER BY u.k
         ON CONFLICT ON CONSTRAINT pattern_keys_pkey DO NOTHING;
         -- every row, in key order (the nested loop takes them in the order of the sorted keys),
-        -- each in its mode
+        -- each in its mode; a writer that matches none of its keys (the usual case) takes all
+        -- of them FOR KEY SHARE, with one probe per key
+        IF NOT true = ANY (v_proc) THEN
+            SELECT coalesce(bool_or(x.mn <= b.upto_t), false),
+                array_agg(x.k) FILTER (WHERE b.k IS NULL),
+                array_agg(false) FILTER (WHERE b.k IS NULL),
+                array_agg(x.mn) FILTER (WHERE b.k IS NULL)
+            INTO v_b, v_keys, v_proc, v_mn
+            FROM (
+                SELECT u.k, u.mn
+                FROM unnest(v_keys, v_mn) AS u (k, mn)
+                ORDER BY u.k
+                OFFSET 0
+            ) AS x
+            LEFT JOIN LATERAL (
+                SELECT pk.k, pk.upto_t FROM cep.pattern_keys AS pk
+                WHERE pk.stream_id = _pattern_lock_keys.stream_id AND pk.k = x.k
+                FOR KEY SHARE
+            ) AS b ON true;
+            v_behind := v_behind OR v_b;
+            EXIT WHEN v_keys IS NULL;
+            CONTINUE;
+        END IF;
         SELECT coalesce(bool_or(x.mn <= coalesce(a.upto_t, b.upto_t)), false),
             array_agg(x.k) FILTER (WHERE a.k IS NULL AND b.k IS NULL),
             array_agg(x.proc) FILTER (WHERE a.k IS NULL AND b.k IS NULL),

@@ -321,9 +321,13 @@ BEGIN
         SELECT o.pattern_id, o.k
         FROM cep.pattern_state AS o
         JOIN cep.patterns AS p ON p.pattern_id = o.pattern_id
-        JOIN cep.streams AS s ON s.stream_id = p.stream_id
-        WHERE NOT o.active AND o.pending_t IS NULL AND p.engine = 'eager'
-            AND o.upto_t < cep._watermark(s.stream_id) - s.allowed_lateness - interval '1 hour'
+        -- each stream's horizon computed once (OFFSET 0), not once per row
+        JOIN (
+            SELECT s.stream_id, cep._watermark(s.stream_id) - s.allowed_lateness - interval '1 hour' AS h
+            FROM cep.streams AS s
+            OFFSET 0
+        ) AS s ON s.stream_id = p.stream_id
+        WHERE NOT o.active AND o.pending_t IS NULL AND p.engine = 'eager' AND o.upto_t < s.h
         LIMIT 50000
         FOR UPDATE OF o SKIP LOCKED
     );
@@ -337,10 +341,13 @@ BEGIN
     FROM (
         SELECT o.stream_id, o.k
         FROM cep.pattern_keys AS o
-        JOIN cep.streams AS s ON s.stream_id = o.stream_id
-        WHERE coalesce(o.upto_t, o.seen_t)
-            < cep._watermark(s.stream_id) - s.allowed_lateness - interval '1 hour'
-            AND o.stream_id <> ALL (v_orphans)
+        JOIN (
+            SELECT s.stream_id, cep._watermark(s.stream_id) - s.allowed_lateness - interval '1 hour' AS h
+            FROM cep.streams AS s
+            WHERE s.stream_id <> ALL (v_orphans)
+            OFFSET 0
+        ) AS s ON s.stream_id = o.stream_id
+        WHERE coalesce(o.upto_t, o.seen_t) < s.h
         LIMIT 50000
         FOR UPDATE OF o SKIP LOCKED
     ) AS o;
