@@ -25,6 +25,9 @@ cep.create_pattern would create), same data:
   (p5), (p20) -- the stream with 5 and 20 active patterns (sequences, PERMUTE, within, strict
         contiguity, quantifiers, PREV, var.col, skip_to_next_row; listed in the report).
 
+The patterns run on the engine cep.create_pattern picks (lazy where it can, eager otherwise;
+--pattern-engine eager runs them all eager, for comparison).
+
 A writer advances only its own keys, so the events that wait for the watermark are advanced
 by cep.run_maintenance(): during the loads into the stream ((b) and the pattern variants) a
 third connection calls it every --pattern-maintenance seconds (default 1; 0: never), inside
@@ -51,7 +54,7 @@ checked against the Python reference.
 
     .venv/bin/python bench/patterns_bench.py [--pattern-events N] [--pattern-users U]
         [--pattern-repeat R] [--pattern-counts 1,5,20] [--pattern-maintenance S]
-        [--find-events N] [--seed S]
+        [--pattern-engine auto|eager] [--find-events N] [--seed S]
 
 (or as part of bench/run_bench.py; --patterns-only there runs just this part and writes
 bench/results/latest.json).
@@ -214,6 +217,9 @@ def add_arguments(p: argparse.ArgumentParser, exclusive_group=None) -> None:
     p.add_argument("--pattern-counts", default="1,5,20",
                    help=f"patterns part: numbers of active patterns, 1..{len(PATTERNS)} "
                         "(default 1,5,20)")
+    p.add_argument("--pattern-engine", choices=["auto", "eager"], default="auto",
+                   help="patterns part: the engine of the patterns (auto, the default: lazy "
+                        "where possible; eager: every pattern eager, to compare)")
     p.add_argument("--pattern-maintenance", type=float, default=1.0,
                    help="patterns part: seconds between cep.run_maintenance() calls from a "
                         "third connection during the loads into the stream (it advances the "
@@ -248,7 +254,7 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
 
 
 def pattern_sql(p: dict) -> tuple[str, dict]:
-    opts = ("within", "contiguity", "after_match", "backfill")
+    opts = ("within", "contiguity", "after_match", "backfill", "engine")
     named = "".join(f", {k} => %({k})s" for k in opts if k in p)
     params = {"name": p["name"], "pattern": p["pattern"], "define": json.dumps(p["define"]),
               **{k: p[k] for k in opts if k in p}}
@@ -383,6 +389,7 @@ def prepare(args) -> dict:
                        int(ev.created_at_us[0]) - 2 * 3600 * US)
     return {"events": ev, "batches": render_batches(ev, BATCH_ROWS),
             "maintenance": args.pattern_maintenance,
+            "engine": args.pattern_engine,
             "warmup": render_batches(warm, BATCH_ROWS), "warm_events": warm,
             "reference": reference_checkout(_concat(warm, ev))}
 
@@ -481,7 +488,7 @@ def measure(cluster, key: str, n_patterns: int, data: dict, guard_all: bool = Tr
         if n_patterns >= 0:
             admin.execute(STREAM_SQL)
         for p in PATTERNS[:max(0, n_patterns)]:
-            admin.execute(*pattern_sql(p))
+            admin.execute(*pattern_sql({**p, "engine": data["engine"]}))
         admin.execute("CHECKPOINT")
         if n_patterns >= 0:
             before = admin.execute("SELECT events_total, coalesce(ingest_micros_per_event, 0) "
@@ -525,10 +532,10 @@ def measure(cluster, key: str, n_patterns: int, data: dict, guard_all: bool = Tr
         admin.execute("SELECT cep.advance_watermark('clicks')")
         out["advance_watermark_seconds"] = time.perf_counter() - t
         out["stats"] = {r[0]: {"events": r[1], "matches": r[2], "drops": r[3],
-                               "late_events": r[4], "active_runs": r[5]}
+                               "late_events": r[4], "active_runs": r[5], "engine": r[6]}
                         for r in admin.execute(
-                            "SELECT pattern, events, matches, drops, late_events, active_runs "
-                            "FROM cep.pattern_stats ORDER BY pattern_id").fetchall()}
+                            "SELECT pattern, events, matches, drops, late_events, active_runs, "
+                            "engine FROM cep.pattern_stats ORDER BY pattern_id").fetchall()}
         out["guard"] = guard(admin, PATTERNS[:n_patterns if guard_all else 1],
                              data["reference"], out["late_events"])
     return out
@@ -707,6 +714,7 @@ def summarize(raw: dict, args, data: dict) -> dict:
         "events": n, "warmup_events": processed - n, "users": args.pattern_users,
         "facts": data["events"].facts, "batch_rows": BATCH_ROWS, "clients": CLIENTS,
         "allowed_lateness": ALLOWED_LATENESS, "maintenance_interval": data["maintenance"],
+        "engine": data["engine"],
         "events_per_second_of_event_time":
             EVENTS_PER_SECOND, "repeat": args.pattern_repeat,
         "patterns": [{"name": p["name"], "pattern": p["pattern"], "define": p["define"],
@@ -736,7 +744,8 @@ def print_report(s: dict) -> None:
           f"sessions, {f['purchases']:,} purchases, {f['event-time span']} of event time at "
           f"{s['events_per_second_of_event_time']} events/s)\nin {s['batch_rows']}-row INSERT "
           f"batches from {s['clients']} clients, after {s['warmup_events']:,} warm-up events; "
-          f"allowed_lateness {s['allowed_lateness']}; median of {s['repeat']} run(s), fresh "
+          f"allowed_lateness {s['allowed_lateness']}; engine {s['engine']}; median of "
+          f"{s['repeat']} run(s), fresh "
           "database per run.\nIndexes in every variant: primary key, (user_id, created_at), "
           "(created_at).")
     if s["maintenance_interval"]:
@@ -799,21 +808,22 @@ def print_report(s: dict) -> None:
     for name, us in big["matcher_micros_per_event"].items():
         st = big["pattern_stats"].get(name, {})
         p = by_name[name]
-        rows.append((name, describe_pattern(p), us, st.get("events"), st.get("matches"),
-                     st.get("drops")))
-    rows.sort(key=lambda r: -(r[2] or 0))
-    print_table(["pattern", "pattern (contiguity, options)", "matcher µs/event", "events",
-                 "matches", "drops"], rows)
-    total = sum(r[2] or 0 for r in rows)
+        rows.append((name, describe_pattern(p), st.get("engine"), us, st.get("events"),
+                     st.get("matches"), st.get("drops")))
+    rows.sort(key=lambda r: -(r[3] or 0))
+    print_table(["pattern", "pattern (contiguity, options)", "engine", "matcher µs/event",
+                 "events", "matches", "drops"], rows)
+    total = sum(r[3] or 0 for r in rows)
     who = ("the writers' and cep.run_maintenance()'s calls" if s["maintenance_interval"]
            else "the writers' calls")
     print(f"Matchers together: {total:.1f} µs per event, summed over {who} (pg_cep's\n"
           "statement trigger, writers only: "
           f"{big['ingest_micros_per_event']:.1f} µs/event; (b) alone: "
-          f"{s['variants']['b']['ingest_micros_per_event']:.1f} µs/event).\nThe first "
-          f"pattern's matcher ({PATTERNS[0]['name']}) also holds the wait for the other "
-          "client: a matcher locks its keys' state rows\nuntil commit, and consecutive batches "
-          "share most keys, so with patterns the two clients run one at a time.")
+          f"{s['variants']['b']['ingest_micros_per_event']:.1f} µs/event).\nAn eager pattern's "
+          "matcher locks its keys' state rows until commit, and consecutive batches share\nmost "
+          "keys, so with eager patterns the two clients mostly run one at a time; a lazy "
+          "pattern's writers\nshare their keys' locks and only a statement that matches a key "
+          "waits (README, Patterns: Engines).")
 
     subheading("Correctness guard: live matches after cep.advance_watermark = cep.find_matches")
     rows = []
@@ -847,6 +857,7 @@ def parameters(args) -> dict:
     return {"pattern_events": args.pattern_events, "pattern_users": args.pattern_users,
             "pattern_repeat": args.pattern_repeat, "pattern_counts": args.pattern_count_list,
             "pattern_maintenance": args.pattern_maintenance,
+            "pattern_engine": args.pattern_engine,
             "find_events": args.find_events, "seed": args.seed}
 
 

@@ -70,7 +70,7 @@ failed correctness check of the alert or rules part does, after the results are 
                                         [--patterns-only | --skip-patterns]
                                         [--pattern-events N] [--pattern-users U]
                                         [--pattern-repeat R] [--pattern-counts 1,5,20]
-                                        [--find-events N]
+                                        [--pattern-engine auto|eager] [--find-events N]
 """
 
 from __future__ import annotations

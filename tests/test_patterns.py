@@ -163,9 +163,12 @@ def test_argument_errors(conn):
     ("PERMUTE(a, b) c", "(?:ab|ba)c"),
 ])
 @pytest.mark.parametrize("after_match", ["skip_past_last_row", "skip_to_next_row"])
-def test_strict_patterns_equal_regex_preference(conn, pat, rx, after_match):
+@pytest.mark.parametrize("engine", ["eager", "lazy"])
+def test_strict_patterns_equal_regex_preference(conn, pat, rx, after_match, engine):
+    """Both engines (the lazy one needs within: a day, longer than the stream)."""
     setup(conn)
-    pattern(conn, "p", pat, contiguity="strict", after_match=after_match)
+    pattern(conn, "p", pat, contiguity="strict", after_match=after_match, engine=engine,
+            **({"within": "1 day"} if engine == "lazy" else {}))
     text = "aabcbcdabbbcaabcbaccdbabcaaabbbbcd"
     put(conn, 1, text[:11])
     put(conn, 1, text[11:], start=11 * 60)
@@ -322,18 +325,43 @@ def test_rules_can_refer_to_a_pattern_completing_at_the_event(conn):
 
 
 def test_backfill_and_drop_stream(conn):
+    """Backfill on both engines (p eager, l lazy), drops of a lazy pattern and of the stream."""
     setup(conn)
     put(conn, 1, "abcabc")
     pattern(conn, "p", "a b c", contiguity="strict")
     pattern(conn, "q", "a b c", contiguity="strict", backfill=False)
+    pattern(conn, "l", "a b c", contiguity="strict", within="1 hour")
+    pattern(conn, "l2", "a b", contiguity="strict", within="1 hour")
+    assert engines(conn) == {"p": "eager", "q": "eager", "l": "lazy", "l2": "lazy"}
     put(conn, 1, "abc", start=600)
     ids = ids_of(conn, 1)
     assert [m[1] for m in live(conn, "p")] == [ids[0:3], ids[3:6], ids[6:9]]
+    assert [m[1] for m in live(conn, "l")] == [ids[0:3], ids[3:6], ids[6:9]]
     assert [m[1] for m in live(conn, "q")] == [ids[6:9]]
+    assert conn.execute("SELECT count(*) FROM cep.pattern_keys").fetchone()[0] == 1
+    conn.execute("SELECT cep.drop_pattern('l2')")   # the key rows stay for l
+    assert conn.execute("SELECT count(*) FROM cep.pattern_keys").fetchone()[0] == 1
     conn.execute("SELECT cep.drop_stream('ev')")
-    for t in ("patterns", "pattern_state", "pattern_log", "absence_pending"):
+    for t in ("patterns", "pattern_state", "pattern_keys", "pattern_log", "absence_pending"):
         assert conn.execute(f"SELECT count(*) FROM cep.{t}").fetchone()[0] == 0, t
-    assert conn.execute("SELECT count(*) FROM cep.matches").fetchone()[0] == 4
+    assert conn.execute("SELECT count(*) FROM cep.matches").fetchone()[0] == 10
+
+
+def test_lazy_backfill_notes_events_beyond_the_watermark(conn):
+    """A lazy pattern created over stored events matches them up to the watermark and notes
+    the final events beyond it, which the watermark reaches later."""
+    setup(conn, lateness="10 minutes")
+    put(conn, 1, "abcab")
+    put(conn, 1, "c", start=1200)          # beyond the watermark (10 minutes behind)
+    pattern(conn, "l", "a b c", contiguity="strict", within="1 hour")
+    ids = ids_of(conn, 1)
+    assert live(conn, "l") == [("1", ids[0:3], ["a", "b", "c"])]
+    put(conn, 2, "x", start=3600)
+    conn.execute("SELECT * FROM cep.run_maintenance()")
+    want = [("1", ids[0:3], ["a", "b", "c"]), ("1", ids[3:6], ["a", "b", "c"])]
+    assert live(conn, "l") == want
+    conn.execute("SELECT cep.advance_watermark('ev')")
+    assert live(conn, "l") == batch(conn, "l") == want
 
 
 def test_concurrent_sessions_on_one_key_serialize(conn, connect):
@@ -361,3 +389,90 @@ def test_concurrent_sessions_on_one_key_serialize(conn, connect):
     ids = ids_of(conn, 1)
     assert live(conn, "p") == batch(conn, "p") == [
         ("1", ids[0:2], ["a", "b"]), ("1", ids[2:4], ["a", "b"])]
+
+
+# -- the lazy engine ------------------------------------------------------------------------------
+
+def engines(conn):
+    return dict(conn.execute("SELECT pattern, engine FROM cep.pattern_stats").fetchall())
+
+
+def test_engine_is_lazy_where_the_event_alone_tells_that_it_can_end_a_match(conn):
+    """auto: lazy for a pattern with within whose variables a match can end with have
+    conditions over the event alone; eager otherwise. engine => 'lazy' says why it cannot."""
+    setup(conn)
+    hour = {"within": "1 hour"}
+    pattern(conn, "ends_with_c", "a b+ c", **hour)
+    pattern(conn, "ends_with_a_or_b", "a{2,3} b?", **hour)
+    pattern(conn, "prev_before_the_end", "a b",
+            {"a": "val > PREV(val)", "b": "sym = 'b'"}, **hour)
+    pattern(conn, "no_within", "a b+ c")
+    pattern(conn, "end_undefined", "a x", {"a": "sym = 'a'"}, **hour)
+    pattern(conn, "end_reads_prev", "a b", {"a": "sym = 'a'", "b": "val > PREV(val)"}, **hour)
+    pattern(conn, "end_reads_a", "a b", {"a": "sym = 'a'", "b": "val > a.val"}, **hour)
+    pattern(conn, "forced_eager", "a b+ c", engine="eager", **hour)
+    assert engines(conn) == {
+        "ends_with_c": "lazy", "ends_with_a_or_b": "lazy", "prev_before_the_end": "lazy",
+        "no_within": "eager", "end_undefined": "eager", "end_reads_prev": "eager",
+        "end_reads_a": "eager", "forced_eager": "eager"}
+    for pat, define, kw, var in [("a b+ c", None, {}, "c"),
+                                 ("a b", {"a": "sym = 'a'", "b": "val > a.val"}, hour, "b")]:
+        with pytest.raises(psycopg.Error) as info:
+            pattern(conn, "bad", pat, define, engine="lazy", **kw)
+        assert info.value.sqlstate == "22023"
+        assert f"({var})" in info.value.diag.message_primary, info.value.diag.message_primary
+    with pytest.raises(psycopg.Error) as info:
+        pattern(conn, "bad", "a b", engine="fast")
+    assert info.value.sqlstate == "22023"
+    assert "bad" not in engines(conn)
+
+
+def test_rule_fires_at_the_event_that_ends_a_lazy_match(conn):
+    """allowed_lateness 0: the statement whose event ends a match matches its key, so the
+    match is in cep.matches before the rules of that statement run."""
+    setup(conn)
+    pattern(conn, "abc", "a b c", contiguity="strict", within="1 hour")
+    assert engines(conn) == {"abc": "lazy"}
+    conn.execute("INSERT INTO cep.rules (stream, name, condition, risk_score) VALUES "
+                 "('ev', 'abc_done', '{\"pattern\": \"abc\"}', 0.9)")
+    put(conn, 1, "abcab")
+    ids = ids_of(conn, 1)
+    assert conn.execute("SELECT event_id FROM cep.risk_assessments").fetchall() == [(ids[2],)]
+    assert live(conn, "abc") == [("1", ids[0:3], ["a", "b", "c"])]
+
+
+def test_lazy_key_is_matched_once_the_watermark_reaches_its_event(conn):
+    """An event that can end a match but waits for the watermark is noted on its key; the
+    key's events are matched when cep.run_maintenance (or the key's next such event, or
+    cep.advance_watermark) finds the watermark past it."""
+    setup(conn, lateness="10 minutes")
+    pattern(conn, "p", "a b c", contiguity="strict", within="1 hour")
+    put(conn, 1, "c", start=120)
+    put(conn, 1, "a", start=0)
+    put(conn, 1, "b", start=60)
+    put(conn, 2, "x", start=3600)          # the watermark passes key 1's events
+    assert live(conn, "p") == []           # a writer matches only its own keys
+    tasks = dict(conn.execute("SELECT * FROM cep.run_maintenance()").fetchall())
+    assert tasks["advance_patterns"] == 1
+    ids = ids_of(conn, 1)
+    assert live(conn, "p") == [("1", ids, ["a", "b", "c"])]
+    conn.execute("SELECT cep.advance_watermark('ev')")
+    assert live(conn, "p") == batch(conn, "p") == [("1", ids, ["a", "b", "c"])]
+
+
+def test_lazy_match_not_final_yet_is_looked_at_again_by_maintenance(conn):
+    """a b+ ends at every b, but another b could still extend it: the match found at the
+    last b is not final. An event that cannot end a match (an a) decides it, yet its
+    statement does not match the key; cep.run_maintenance looks at such keys again."""
+    setup(conn)
+    pattern(conn, "ab", "a b+", within="1 hour")
+    assert engines(conn) == {"ab": "lazy"}
+    put(conn, 1, "abb")
+    assert live(conn, "ab") == []          # another b could extend it
+    put(conn, 1, "a", start=180)
+    assert live(conn, "ab") == []
+    conn.execute("SELECT * FROM cep.run_maintenance()")
+    ids = ids_of(conn, 1)
+    assert live(conn, "ab") == [("1", ids[0:3], ["a", "b", "b"])]
+    conn.execute("SELECT cep.advance_watermark('ev')")
+    assert live(conn, "ab") == batch(conn, "ab") == [("1", ids[0:3], ["a", "b", "b"])]

@@ -1,5 +1,5 @@
 """Patterns while cep.run_maintenance() runs: its purge of idle pattern state must not lose a
-key's waiting events or race a writer of the key.
+key's waiting events or race a writer of the key (on the eager and on the lazy engine).
 
 The purge drops the state row of a key with no open run an hour of event time past the
 watermark. A key that comes back after such a gap has a purgeable row while its new events
@@ -9,7 +9,9 @@ match that cep.find_matches finds): one serial, two with two sessions in a fixed
 writer thread racing a maintenance loop over a stream whose keys pause for hours.
 
 Also: under relaxed contiguity a statement whose events of a key satisfy no variable leaves
-that key's pattern state alone, so it never waits for a session holding the key."""
+that key's pattern state alone, so it never waits for a session holding the key; on the lazy
+engine, statements whose events cannot end a match never wait for each other either, and
+cep.run_maintenance never waits for a writer."""
 
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ INSERT_SQL = ("INSERT INTO public.ev (k, sym, ts) SELECT * FROM unnest("
 
 
 def setup(conn, patterns):
-    """Stream ev (key k, allowed lateness 30 s) with patterns {name: pattern} (strict) or
-    {name: (pattern, within)} (relaxed)."""
+    """Stream ev (key k, allowed lateness 30 s) with patterns {name: pattern} (strict, eager)
+    or {name: (pattern, within)} (relaxed; lazy where the engine can)."""
     conn.execute("CREATE TABLE public.ev (id bigserial PRIMARY KEY, k int NOT NULL, sym text, "
                  "ts timestamptz NOT NULL)")
     conn.execute("SELECT cep.create_stream('ev', 'public.ev', 'ts', 'k', "
@@ -73,6 +75,10 @@ def ids(conn, k):
                                        (k,))]
 
 
+# `a a a` strict on the eager engine, relaxed within 10 minutes on the lazy one (b satisfies
+# no variable there): the same matches below.
+AAA = ["a a a", ("a a a", "10 minutes")]
+
 # Key 1's events after three idle hours, beyond the watermark: they wait for it (pending_t).
 COMEBACK = [(1, "a", 3 * HOUR + 10), (1, "a", 3 * HOUR + 11), (1, "a", 3 * HOUR + 12)]
 
@@ -109,20 +115,22 @@ def wait_for_lock(conn, pid, done, seconds=10.0):
     raise AssertionError(f"session {pid} neither waited for a lock nor finished")
 
 
-def test_purge_keeps_a_key_whose_events_wait_for_the_watermark(conn):
+@pytest.mark.parametrize("aaa", AAA, ids=["eager", "lazy"])
+def test_purge_keeps_a_key_whose_events_wait_for_the_watermark(conn, aaa):
     """Serial: the purge must not drop a row with waiting events (pending_t), or nobody takes
     them once the watermark reaches them."""
-    setup(conn, {"aaa": "a a a"})
+    setup(conn, {"aaa": aaa})
     idle_key(conn)
     put(conn, COMEBACK)
     maintain(conn)
     assert_both_matches_of_key_1(conn)
 
 
-def test_writer_waits_for_the_purge_of_its_key_and_recreates_the_row(conn, connect):
+@pytest.mark.parametrize("aaa", AAA, ids=["eager", "lazy"])
+def test_writer_waits_for_the_purge_of_its_key_and_recreates_the_row(conn, connect, aaa):
     """The purge deletes an idle key's row; a writer of that key, started before the purge
     commits, must wait and create the row again rather than skip the key."""
-    setup(conn, {"aaa": "a a a"})
+    setup(conn, {"aaa": aaa})
     idle_key(conn)
     m = connect(autocommit=False)
     assert maintain(m) >= 1              # key 1's row deleted, not committed yet
@@ -136,10 +144,11 @@ def test_writer_waits_for_the_purge_of_its_key_and_recreates_the_row(conn, conne
     assert_both_matches_of_key_1(conn)
 
 
-def test_purge_skips_a_key_a_writer_holds(conn, connect):
+@pytest.mark.parametrize("aaa", AAA, ids=["eager", "lazy"])
+def test_purge_skips_a_key_a_writer_holds(conn, connect, aaa):
     """A writer holds an idle key's row, its new events waiting for the watermark; the purge
     (which saw the row idle) must not delete it once the writer commits."""
-    setup(conn, {"aaa": "a a a"})
+    setup(conn, {"aaa": aaa})
     idle_key(conn)
     w = connect(autocommit=False)
     put(w, COMEBACK)
@@ -174,7 +183,8 @@ def test_strict_patterns_live_equal_find_matches_under_maintenance(conn, connect
     """One writer inserts the clickstream in time-ordered batches while another session calls
     cep.run_maintenance() in a loop; at the end of input the live matches of strict patterns
     (and of a relaxed one with within) equal cep.find_matches."""
-    pats = {"aaa": "a a a", "abc": "a b? c", "ab": "a+ b", "ac": ("a c", "10 minutes")}
+    pats = {"aaa": "a a a", "abc": "a b? c", "ab": "a+ b", "ac": ("a c", "10 minutes"),
+            "abb": ("a b+", "10 minutes"), "lazy_aaa": ("a a a", "10 minutes")}
     setup(conn, pats)
     rows = clickstream(7)
     done = threading.Event()
@@ -205,6 +215,8 @@ def test_strict_patterns_live_equal_find_matches_under_maintenance(conn, connect
         helper.join(30)
     assert not errors, errors
     assert sum(purged) > 0, "the maintenance loop purged no pattern state: test too weak"
+    assert dict(conn.execute("SELECT engine, count(*) FROM cep.patterns GROUP BY 1").fetchall()) \
+        == {"eager": 3, "lazy": 3}
     conn.execute("SELECT cep.advance_watermark('ev')")
     assert conn.execute("SELECT count(*) FROM cep.pattern_late_events").fetchone()[0] == 0
     for name in pats:
@@ -215,11 +227,13 @@ def test_strict_patterns_live_equal_find_matches_under_maintenance(conn, connect
 
 
 def test_relaxed_pattern_skips_keys_whose_events_satisfy_no_variable(conn, connect):
-    """Relaxed contiguity: a statement whose events of a key satisfy none of the variables
-    takes no turn of the matcher for that key (no lock, no write), so it does not wait for a
-    session holding the key; a statement with an event that can match still waits. The
-    results are those of any serial order."""
-    setup(conn, {"ab": ("a b", "1 hour")})          # c satisfies neither a nor b
+    """Relaxed contiguity, eager engine: a statement whose events of a key satisfy none of
+    the variables takes no turn of the matcher for that key (no lock, no write), so it does
+    not wait for a session holding the key; a statement with an event that can match still
+    waits. The results are those of any serial order."""
+    setup(conn, {})
+    conn.execute("SELECT cep.create_pattern('ab', 'ev', 'a b', '{\"a\": \"sym = ''a''\", "
+                 "\"b\": \"sym = ''b''\"}', within => '1 hour', engine => 'eager')")
     holder = connect(autocommit=False)
     put(holder, [(1, "a", 0)])                        # holds key 1's pattern state
     other = connect()
@@ -234,3 +248,82 @@ def test_relaxed_pattern_skips_keys_whose_events_satisfy_no_variable(conn, conne
     live, batch = matches(conn, "ab")
     assert live == batch == Counter([(k1[0], k1[3])])
     assert conn.execute("SELECT count(*) FROM cep.pattern_late_events").fetchone()[0] == 0
+
+
+def test_lazy_pattern_writers_wait_only_where_a_key_is_matched(conn, connect):
+    """Lazy engine: statements whose events of a key cannot end a match (or wait for the
+    watermark) hold the key's row of cep.pattern_keys FOR KEY SHARE and do not wait for each
+    other; a statement that matches the key (an event that can end a match, reached by the
+    watermark) waits for them and sees their events; cep.run_maintenance never waits for a
+    writer, it leaves a key a writer holds to its next call. The results are those of the
+    serial order."""
+    setup(conn, {"ab": ("a b", "1 hour")})            # c satisfies neither a nor b
+    assert conn.execute("SELECT engine FROM cep.patterns").fetchone()[0] == "lazy"
+    put(conn, [(1, "c", 0), (1, "b", 1)])             # key 1 has its row
+    holder = connect(autocommit=False)
+    put(holder, [(1, "a", 10)])                       # can start a match: KEY SHARE
+    other = connect()
+    other.execute("SET lock_timeout = '3s'")
+    put(other, [(1, "a", 11), (1, "b", 12)])          # b waits for the watermark: no wait
+    maint = connect()
+    maint.execute("SET lock_timeout = '3s'")
+    put(other, [(2, "c", 100)])                       # the watermark (70) passes key 1's b
+    maintain(maint)                                   # leaves key 1: the holder has it
+    assert matches(conn, "ab")[0] == Counter()
+    with pytest.raises(psycopg.errors.LockNotAvailable):
+        put(other, [(1, "b", 101), (2, "c", 200)])    # matches key 1: waits for the holder
+    holder.commit()
+    maintain(maint)                                   # now it matches key 1
+    k1 = ids(conn, 1)                                 # c, b, a (holder's), a, b
+    # relaxed: a a b, so the match starts at the second a
+    assert matches(conn, "ab")[0] == Counter([(k1[3], k1[4])])
+    conn.execute("SELECT cep.advance_watermark('ev')")
+    live, batch = matches(conn, "ab")
+    assert live == batch == Counter([(k1[3], k1[4])])
+    assert conn.execute("SELECT count(*) FROM cep.pattern_late_events").fetchone()[0] == 0
+
+
+def test_maintenance_keeps_no_lazy_turn_that_missed_an_event_committed_meanwhile(conn, connect):
+    """cep.run_maintenance matches lazy keys without their locks and keeps a key's turn only
+    if it can then lock the key and its events are still those it read. Here a session whose
+    statement began before the watermark passed its event (so the event is on time) commits
+    it while maintenance is reading the key (a DEFINE condition sleeps in that session only):
+    the turn, which did not see the event, is dropped, and the next call matches the key with
+    it. Strict `a b`: the event (c) breaks the match maintenance would have written."""
+    sleepy = ("sym = 'a' AND (nullif(current_setting('cep_test.sleep', true), '') IS NULL "
+              "OR pg_sleep(nullif(current_setting('cep_test.sleep', true), '')::float8) "
+              "IS NOT NULL)")
+    conn.execute("CREATE TABLE public.ev (id bigserial PRIMARY KEY, k int NOT NULL, sym text, "
+                 "ts timestamptz NOT NULL)")
+    conn.execute("SELECT cep.create_stream('ev', 'public.ev', 'ts', 'k', "
+                 "allowed_lateness => '10 seconds')")
+    conn.execute("SELECT cep.create_pattern('ab', 'ev', 'a b', %s::jsonb, within => '1 hour', "
+                 "contiguity => 'strict', engine => 'lazy')",
+                 (psycopg.types.json.Jsonb({"a": sleepy, "b": "sym = 'b'"}),))
+    put(conn, [(1, "a", 30)])
+    put(conn, [(1, "b", 45)])                 # waits for the watermark (35)
+    writer = connect(autocommit=False)
+    put(writer, [(1, "c", 40)])               # on time (watermark 35); uncommitted
+    put(conn, [(2, "c", 100)])                # the watermark (90) passes b
+    m = connect()
+    m.execute("SET cep_test.sleep = '1'")
+    maintainer = threading.Thread(target=maintain, args=(m,))
+    maintainer.start()
+    # maintenance reads key 1 (a, b: the c is not committed) and sleeps on the a
+    deadline = time.monotonic() + 10
+    while not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND "
+                           "wait_event = 'PgSleep'", (m.info.backend_pid,)).fetchone()[0]:
+        assert time.monotonic() < deadline, "maintenance never read key 1"
+        time.sleep(0.02)
+    writer.commit()
+    maintainer.join(30)
+    assert not maintainer.is_alive()
+    live, batch = matches(conn, "ab")
+    assert live == Counter() and batch == Counter()   # a c b: no match
+    m.execute("RESET cep_test.sleep")
+    maintain(m)
+    conn.execute("SELECT cep.advance_watermark('ev')")
+    live, batch = matches(conn, "ab")
+    assert live == batch == Counter()
+    assert conn.execute("SELECT count(*) FROM cep.pattern_late_events").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM cep.late_events").fetchone()[0] == 0

@@ -660,18 +660,21 @@ class Pat:
     contiguity: str = "relaxed"
     after_match: str = "skip_past_last_row"
     stream: str = "s"
+    engine: str | None = None          # None: the engine's default choice
 
     def create(self, conn):
         # A generous cap on partial runs per key (where the engine has one): the reference has
         # none, and the streams here have at most a few dozen events per key.
         cap = sql.SQL(", max_runs => 10000") if _has_max_runs(conn) else sql.SQL("")
+        engine = (sql.SQL(", engine => {}").format(sql.Literal(self.engine))
+                  if self.engine else sql.SQL(""))
         conn.execute(sql.SQL(
             "SELECT cep.create_pattern({}, {}, {}, {}::jsonb, within => {}::interval, "
-            "contiguity => {}, after_match => {}{})").format(
+            "contiguity => {}, after_match => {}{}{})").format(
                 *map(sql.Literal, (
                     self.name, self.stream, self.pattern, define_json(self.define),
                     None if self.within is None else f"{self.within.total_seconds()} seconds",
-                    self.contiguity, self.after_match)), cap))
+                    self.contiguity, self.after_match)), cap, engine))
 
     def reference(self, events, late=()):
         return [(m.partition_key, m.first_time, m.last_time, list(m.event_ids),
@@ -683,7 +686,8 @@ class Pat:
 
     def describe(self) -> str:
         return (f"pattern {self.pattern!r}, define {define_json(self.define)}, within "
-                f"{self.within}, contiguity {self.contiguity}, after_match {self.after_match}")
+                f"{self.within}, contiguity {self.contiguity}, after_match {self.after_match}, "
+                f"engine {self.engine or 'default'}")
 
 
 def _has_max_runs(conn) -> bool:
@@ -1017,10 +1021,76 @@ def gen_workload(seed, concurrent=False):
     return rng, lateness_s, keys, rows, pats
 
 
-def _workload(server, seed, concurrent=False, mode="sync"):
+def final_variables(prog) -> set:
+    """The variables a match can end with: those of CHAR instructions from which MATCH is
+    reached by SPLIT/JMP moves alone (over the reference's compiled program)."""
+    def reaches_match(pc, seen):
+        if pc in seen:
+            return False
+        seen.add(pc)
+        op = prog[pc]
+        if op[0] == "match":
+            return True
+        if op[0] == "split":
+            return reaches_match(op[1], seen) or reaches_match(op[2], seen)
+        if op[0] == "jmp":
+            return reaches_match(op[1], seen)
+        return False
+    return {prog[pc][1].lower() for pc in range(len(prog))
+            if prog[pc][0] == "char" and reaches_match(pc + 1, set())}
+
+
+def lazy_possible(p: Pat) -> bool:
+    """Whether the lazy engine can run P (an independent restatement of its condition): the
+    pattern has within, and every variable a match can end with has a condition over the
+    event alone (no PREV, no var.col)."""
+    if p.within is None:
+        return False
+    define = {v.lower(): x for v, x in p.define.items()}
+    prog = compile_program(parse(p.pattern))
+    for var in final_variables(prog):
+        x = define.get(var)
+        if x is None or x.uses_vars or "prev(" in x.sql().lower():
+            return False
+    return True
+
+
+def twins(rng, pats):
+    """Each pattern twice, on the eager and on the lazy engine (which needs within: a pattern
+    without one gets one for both twins), so that both engines meet the same events."""
+    out = []
+    for p in pats:
+        within = p.within or rng.choice([sec(3), sec(10), sec(45), sec(180)])
+        base = dict(define=p.define, within=within, contiguity=p.contiguity,
+                    after_match=p.after_match, stream=p.stream)
+        out.append(Pat(f"{p.name}_eager", p.pattern, engine="eager", **base))
+        lazy = Pat(f"{p.name}_lazy", p.pattern, engine="lazy", **base)
+        if lazy_possible(lazy):
+            out.append(lazy)
+    return out
+
+
+def _workload(server, seed, concurrent=False, mode="sync", both_engines=False,
+              maintenance=False):
+    """BOTH_ENGINES: every pattern on the eager and on the lazy engine (see twins).
+    MAINTENANCE: another session calls cep.run_maintenance() in a loop meanwhile."""
     rng, lateness_s, keys, rows, pats = gen_workload(seed, concurrent)
+    if both_engines:
+        pats = twins(rng, pats)
     n_keys = len(keys)
     db = server.new_database()
+    done = threading.Event()
+    errors = []
+
+    def maintainer():
+        try:
+            with server.connect(db) as c:
+                while not done.is_set():
+                    c.execute("SELECT count(*) FROM cep.run_maintenance()")
+        except BaseException as exc:   # pragma: no cover - reported below
+            errors.append(exc)
+
+    helper = threading.Thread(target=maintainer) if maintenance else None
     try:
         with server.connect(db) as conn:
             setup_stream(conn, f"{lateness_s} seconds", mode=mode)
@@ -1029,6 +1099,13 @@ def _workload(server, seed, concurrent=False, mode="sync"):
                     p.create(conn)
                 except psycopg.Error as exc:
                     raise AssertionError(f"valid pattern rejected: {p.describe()}: {exc}")
+            engines = dict(conn.execute("SELECT name, engine FROM cep.patterns").fetchall())
+            for p in pats:
+                # auto picks lazy exactly where the lazy engine can run the pattern
+                want = p.engine or ("lazy" if lazy_possible(p) else "eager")
+                assert engines[p.name] == want, (p.describe(), engines[p.name])
+            if helper:
+                helper.start()
             model = Model(sec(lateness_s))
             snapshots = []
             if not concurrent:
@@ -1080,6 +1157,10 @@ def _workload(server, seed, concurrent=False, mode="sync"):
                 late = late_ids(conn)
                 if lateness_s >= 3600:
                     assert late == set()
+            done.set()
+            if helper:
+                helper.join(30)
+            assert not errors, errors
             conn.execute("SELECT cep.advance_watermark(%s)::text", ("s",))
             events = all_events(conn)
             if not concurrent:
@@ -1092,12 +1173,41 @@ def _workload(server, seed, concurrent=False, mode="sync"):
             _assert_live_prefixes(snapshots, finals, pats)
             return pats, finals
     finally:
+        done.set()
+        if helper and helper.is_alive():
+            helper.join(30)
         server.drop_database(db)
 
 
 @pytest.mark.parametrize("seed", range(32))
 def test_random_streams_live_equals_batch_equals_reference(server, have_engine, seed):
     _workload(server, seed)
+
+
+@pytest.mark.parametrize("seed", range(200, 224))
+def test_both_engines_on_random_streams(server, have_engine, seed):
+    """Every random pattern on the eager and on the lazy engine over the same statements
+    (ties, out-of-order and late events, rollbacks): each equals find_matches and the
+    reference, and live matches are only ever final ones."""
+    _workload(server, seed, both_engines=True)
+
+
+@pytest.mark.parametrize("seed", range(300, 310))
+def test_both_engines_with_maintenance_running(server, have_engine, seed):
+    """The same with another session calling cep.run_maintenance() in a loop: it matches the
+    keys of lazy patterns whose events that can end a match the watermark reached, rechecks
+    matches not final yet and ends runs that time out, skipping keys a writer holds."""
+    _workload(server, seed, both_engines=True, maintenance=True)
+
+
+@pytest.mark.parametrize("seed", range(400, 406))
+def test_both_engines_on_async_streams(server, have_engine, seed):
+    _workload(server, seed, both_engines=True, mode="async")
+
+
+@pytest.mark.parametrize("seed", range(500, 506))
+def test_both_engines_with_concurrent_sessions_on_disjoint_keys(server, have_engine, seed):
+    _workload(server, seed, concurrent=True, both_engines=True)
 
 
 @pytest.mark.parametrize("seed", range(16))

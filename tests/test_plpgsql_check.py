@@ -47,6 +47,14 @@ SELECT cep.create_pattern('p_plain', 'plain', 'a b+? PERMUTE(c, d) e{1,3}',
 SELECT cep.create_pattern('p_nokey', 'nokey', '(x | y)* z', '{"x": "id % 2 = 0", "z": "ts > x.ts"}');
 SELECT cep.create_pattern('p_parted', 'parted', 'a+ b', '{"a": "k > 0", "b": "k > PREV(k)"}');
 SELECT cep.create_absence('no_confirm', 'plain', 'amt > 100', 'status = ''ok''', '10 minutes');
+SELECT cep.create_pattern('p_lazy', 'plain', 'a b+ c',
+    '{"a": "amt > 10", "b": "amt > PREV(amt) AND f < a.f", "c": "k = ''x''"}',
+    within => '10 minutes', engine => 'lazy');
+SELECT cep.create_pattern('p_lazy_relaxed', 'plain', 'PERMUTE(a, b) c+',
+    '{"a": "amt > 10", "b": "k = ''y''", "c": "r > 0"}', within => '1 hour',
+    after_match => 'skip_to_next_row', engine => 'lazy');
+SELECT cep.create_pattern('p_lazy_nokey', 'nokey', 'x y', '{"x": "id % 2 = 0", "y": "id % 3 = 0"}',
+    within => '1 hour', contiguity => 'strict', engine => 'lazy');
 INSERT INTO cep.rules (stream, name, condition, risk_score) VALUES
     ('plain', 'r_pattern', '{"pattern": "p_plain"}', 0.5);
 SELECT cep.create_recommender('rec_plain', 'plain', 'k', 'amt', 'k', unknown_action => 'error');
@@ -62,6 +70,8 @@ SELECT cep.create_window('w_replica', 'replica', 'hopping', '10 minutes', '5 min
 INSERT INTO cep.rules (stream, name, condition, risk_score) VALUES
     ('replica', 'r_replica', '{"metric": "count", "window": "1 hour", "op": ">", "value": 3}', 0.5);
 SELECT cep.create_pattern('p_replica', 'replica', 'a b', '{"a": "amt > 1", "b": "amt < a.amt"}');
+SELECT cep.create_pattern('p_lazy_replica', 'replica', 'a+ b', '{"a": "amt > 1", "b": "amt < 1"}',
+    within => '5 minutes', engine => 'lazy');
 """
 
 CHECK = """
@@ -105,6 +115,9 @@ def test_plpgsql_check_finds_nothing(conn):
     # transition table)
     assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname ~ '^_replica_[0-9]+$'"
                         ).fetchone()[0] == 1
-    assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname ~ '^_pattern_[0-9]+$'").fetchone()[0] == 4
+    # pattern matchers: four eager, four lazy
+    assert conn.execute("SELECT engine, count(*) FROM cep.patterns WHERE kind = 'pattern' "
+                        "GROUP BY 1 ORDER BY 1").fetchall() == [("eager", 4), ("lazy", 4)]
+    assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname ~ '^_pattern_[0-9]+$'").fetchone()[0] == 8
     findings = conn.execute(CHECK).fetchall()
     assert findings == [], "\n".join(f"{fn}: {line}" for fn, line in findings)

@@ -14,6 +14,7 @@ CREATE TABLE cep.patterns (
     contiguity text NOT NULL DEFAULT 'relaxed',
     after_match text NOT NULL DEFAULT 'skip_past_last_row',
     max_runs integer NOT NULL DEFAULT 100,
+    engine text NOT NULL DEFAULT 'eager',
     variables text[] NOT NULL DEFAULT '{}',
     program jsonb,
     matcher name,
@@ -31,19 +32,24 @@ CREATE TABLE cep.patterns (
         after_match IN ('skip_past_last_row', 'skip_to_next_row')
     ),
     CONSTRAINT patterns_within_check CHECK (within IS NULL OR within > '0 seconds'),
-    CONSTRAINT patterns_max_runs_check CHECK (max_runs BETWEEN 1 AND 100000)
+    CONSTRAINT patterns_max_runs_check CHECK (max_runs BETWEEN 1 AND 100000),
+    CONSTRAINT patterns_engine_check CHECK (engine IN ('eager', 'lazy'))
 );
 
 CREATE INDEX patterns_stream_idx ON cep.patterns (stream_id);
 
 COMMENT ON TABLE cep.patterns IS
 'Event patterns (cep.create_pattern) and absence detectors (cep.create_absence) on streams: '
-'their definition, the compiled program and the generated matcher function.';
+'their definition, the compiled program, the engine that runs it (eager: every event is '
+'matched once the watermark reaches it; lazy: a key is matched when an event that can end a '
+'match arrives) and the generated matcher function.';
 
 -- Partial runs of one key of one pattern: the runs (by start event) with their threads
 -- (program counter, bound events as "id:variable;" text, bindings of variables whose columns
 -- conditions read), the best match found so far, the last processed event, and the time of
--- the first event still waiting for the watermark (pending_t).
+-- the first event still waiting for the watermark (pending_t; for a lazy pattern the first
+-- event that can end a match, or the watermark at which an undecided match is looked at
+-- again); deadline: when the oldest run with threads times out.
 CREATE TABLE cep.pattern_state (
     pattern_id integer NOT NULL,
     k text NOT NULL,
@@ -72,7 +78,27 @@ WHERE pending_t IS NOT NULL;
 
 COMMENT ON TABLE cep.pattern_state IS
 'Internal: per pattern and key, the open partial runs (threads of the compiled program) and '
-'the last processed event; also the lock that serializes concurrent sessions on a key.';
+'the last processed event; for an eager pattern also the lock that serializes concurrent '
+'sessions on a key (lazy patterns lock cep.pattern_keys).';
+
+-- The key lock of a stream's lazy patterns: a statement with events that some lazy pattern can
+-- use holds its keys' rows FOR KEY SHARE (statements never wait for each other here), one that
+-- matches a key (or cep.run_maintenance, cep.advance_watermark) FOR UPDATE, so matching a key
+-- waits for every session with uncommitted events of the key and the other way round. upto:
+-- the furthest event any lazy pattern matched the key to (an event of the key at or before it
+-- that commits later is late for those patterns); seen_t: event time when the row was made.
+CREATE TABLE cep.pattern_keys (
+    stream_id integer NOT NULL,
+    k text NOT NULL,
+    seen_t timestamptz NOT NULL,
+    upto_t timestamptz,
+    upto_id bigint,
+    CONSTRAINT pattern_keys_pkey PRIMARY KEY (stream_id, k)
+);
+
+COMMENT ON TABLE cep.pattern_keys IS
+'Internal: per stream and key, the row lazy patterns lock (FOR KEY SHARE to write events, FOR '
+'UPDATE to match) and the furthest event they matched the key to.';
 
 -- Events the pattern engine could not take in event-time order (an event of the key after it
 -- was already processed, e.g. from a transaction that committed behind another''s watermark).

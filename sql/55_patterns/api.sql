@@ -52,10 +52,11 @@ BEGIN
     SELECT format($g$
     IF %s::pg_catalog.oid::pg_catalog.regclass::text <> %L THEN
         PERFORM cep._stream_renamed(%s, NULL);
-        RETURN QUERY EXECUTE %L USING p_from, p_to, p_eoi, p_find, p_own, p_keys, p_lo, p_nx;
+        RETURN QUERY EXECUTE %L USING p_from, p_to, p_eoi, p_find, p_own, p_keys, p_lo, p_nx,
+            p_optimistic;
         RETURN;
     END IF;$g$, s.source::oid, s.source::text, s.stream_id,
-        format('SELECT * FROM cep.%I($1, $2, $3, $4, $5, $6, $7, $8)', v_fn))
+        format('SELECT * FROM cep.%I($1, $2, $3, $4, $5, $6, $7, $8, $9)', v_fn))
     INTO STRICT v_guard
     FROM cep.patterns AS p JOIN cep.streams AS s ON p.stream_id = s.stream_id
     WHERE p.pattern_id = _pattern_install.pattern_id;
@@ -63,7 +64,8 @@ BEGIN
     -- (generic plans would scan every key's state)
     v_ddl := format(
         'CREATE OR REPLACE FUNCTION cep.%I(p_from timestamptz, p_to timestamptz, p_eoi boolean, '
-        'p_find boolean, p_own bigint [], p_keys text [], p_lo timestamptz [], p_nx timestamptz []) '
+        'p_find boolean, p_own bigint [], p_keys text [], p_lo timestamptz [], p_nx timestamptz [], '
+        'p_optimistic boolean DEFAULT false) '
         'RETURNS TABLE (partition_key text, first_time timestamptz, '
         'last_time timestamptz, event_ids bigint [], classifiers text []) LANGUAGE plpgsql '
         'SET search_path = pg_catalog, pg_temp SET TimeZone = ''UTC'' SET jit = off '
@@ -74,17 +76,17 @@ BEGIN
     EXCEPTION WHEN object_not_in_prerequisite_state THEN
         -- inside ALTER EXTENSION UPDATE (see cep._regenerate_stream)
         EXECUTE format('ALTER EXTENSION pg_cep ADD FUNCTION cep.%I(timestamptz, timestamptz, '
-            'boolean, boolean, bigint [], text [], timestamptz [], timestamptz [])', v_fn);
+            'boolean, boolean, bigint [], text [], timestamptz [], timestamptz [], boolean)', v_fn);
         EXECUTE v_ddl;
         EXECUTE format('ALTER EXTENSION pg_cep DROP FUNCTION cep.%I(timestamptz, timestamptz, '
-            'boolean, boolean, bigint [], text [], timestamptz [], timestamptz [])', v_fn);
+            'boolean, boolean, bigint [], text [], timestamptz [], timestamptz [], boolean)', v_fn);
     END;
     EXECUTE format('REVOKE ALL ON FUNCTION cep.%I(timestamptz, timestamptz, boolean, boolean, '
-        'bigint [], text [], timestamptz [], timestamptz []) FROM PUBLIC', v_fn);
+        'bigint [], text [], timestamptz [], timestamptz [], boolean) FROM PUBLIC', v_fn);
     EXECUTE format('COMMENT ON FUNCTION cep.%I(timestamptz, timestamptz, boolean, boolean, '
-        'bigint [], text [], timestamptz [], timestamptz []) IS %L', v_fn, format('Generated matcher of pg_cep pattern %s.', pattern_id));
+        'bigint [], text [], timestamptz [], timestamptz [], boolean) IS %L', v_fn, format('Generated matcher of pg_cep pattern %s.', pattern_id));
     PERFORM cep._tie_to_extension(format('cep.%I(timestamptz, timestamptz, boolean, boolean, '
-        'bigint [], text [], timestamptz [], timestamptz [])', v_fn)::regprocedure);
+        'bigint [], text [], timestamptz [], timestamptz [], boolean)', v_fn)::regprocedure);
     UPDATE cep.patterns AS p SET matcher = v_fn WHERE p.pattern_id = _pattern_install.pattern_id;
 END
 $fn$;
@@ -96,7 +98,7 @@ COMMENT ON FUNCTION cep._pattern_install(integer) IS
 CREATE FUNCTION cep._patterns_advance(
     stream_id integer, p_from timestamptz, p_to timestamptz, p_own bigint[],
     p_keys text[] DEFAULT NULL, p_lo timestamptz[] DEFAULT NULL, p_nx timestamptz[] DEFAULT NULL,
-    p_rel bigint[] DEFAULT NULL, p_rel_ids integer[] DEFAULT NULL
+    p_rel bigint[] DEFAULT NULL, p_rel_ids integer[] DEFAULT NULL, skip_busy boolean DEFAULT FALSE
 )
 RETURNS void
 LANGUAGE plpgsql
@@ -111,9 +113,56 @@ DECLARE
     v_keys text [];
     v_lo timestamptz [];
     v_nx timestamptz [];
+    v_due record;
 BEGIN
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _patterns_advance.stream_id;
+    IF p_keys IS NULL THEN
+        -- Lazy patterns: the keys whose first event that can end a match the watermark reaches
+        -- (or whose match found waits for a decision), whose runs time out, or (end of input)
+        -- that have any state, locked FOR UPDATE in one pass in key order; then each pattern
+        -- matches its keys. (A writer's statement runs its lazy patterns itself, see
+        -- cep._pattern_section.)
+        SELECT array_agg(DISTINCT d.k ORDER BY d.k) INTO v_keys
+        FROM cep.patterns AS x
+        CROSS JOIN LATERAL (
+            SELECT ps.k FROM cep.pattern_state AS ps
+            WHERE ps.pattern_id = x.pattern_id AND ps.pending_t <= p_to
+            UNION ALL
+            SELECT ps.k FROM cep.pattern_state AS ps
+            WHERE ps.pattern_id = x.pattern_id AND ps.active AND (v_eoi OR ps.deadline < p_to)
+        ) AS d
+        WHERE x.stream_id = s.stream_id AND x.engine = 'lazy';
+        -- (cep.run_maintenance, skip_busy: the matchers match the keys without their locks
+        -- and keep the results of those they can lock at the end, see p_optimistic)
+        IF v_keys IS NOT NULL AND NOT skip_busy THEN
+            PERFORM cep._pattern_lock_keys(s.stream_id, v_keys,
+                array_fill(true, ARRAY[cardinality(v_keys)]), NULL,
+                CASE WHEN isfinite(p_from) THEN p_from ELSE now() END);
+        END IF;
+        IF v_keys IS NOT NULL THEN
+            FOR v_due IN
+                SELECT x.matcher, array_agg(DISTINCT d.k ORDER BY d.k) AS keys
+                FROM cep.patterns AS x
+                CROSS JOIN LATERAL (
+                    SELECT ps.k FROM cep.pattern_state AS ps
+                    WHERE ps.pattern_id = x.pattern_id AND ps.pending_t <= p_to
+                    UNION ALL
+                    SELECT ps.k FROM cep.pattern_state AS ps
+                    WHERE ps.pattern_id = x.pattern_id AND ps.active AND (v_eoi OR ps.deadline < p_to)
+                ) AS d
+                WHERE x.stream_id = s.stream_id AND x.engine = 'lazy'
+                    AND d.k IN (SELECT u.k FROM unnest(v_keys) AS u (k))
+                GROUP BY x.pattern_id, x.matcher
+                ORDER BY x.pattern_id
+            LOOP
+                EXECUTE format('SELECT count(*) FROM cep.%I($1, $2, $3, false, NULL, $4, NULL, NULL, $5)',
+                    v_due.matcher)
+                USING p_from, p_to, v_eoi, v_due.keys, skip_busy;
+            END LOOP;
+        END IF;
+    END IF;
     FOR p IN SELECT x.* FROM cep.patterns AS x WHERE x.stream_id = s.stream_id ORDER BY x.pattern_id LOOP
+        CONTINUE WHEN p.engine = 'lazy';
         IF p.kind = 'pattern' THEN
             v_keys := p_keys;
             v_lo := p_lo;
@@ -189,10 +238,11 @@ $fn$;
 
 COMMENT ON FUNCTION cep._patterns_advance(
     integer, timestamptz, timestamptz, bigint[], text[], timestamptz[], timestamptz[], bigint[],
-    integer[]
+    integer[], boolean
 ) IS
 'Internal: run a stream''s pattern matchers over the events the watermark reached and fire '
-'the absence detectors whose deadline it passed.';
+'the absence detectors whose deadline it passed (skip_busy: lazy patterns leave the keys '
+'another session holds).';
 
 -- The condition on rows e that a later event of key KEY between START and DEADLINE (UTC
 -- times) meets, written so that the (key, time) index serves it.
@@ -241,91 +291,205 @@ COMMENT ON FUNCTION cep._absence_rows_sql(cep.streams, cep.patterns) IS
 -- The pattern section of a stream's ingest function.
 CREATE FUNCTION cep._pattern_section(stream_id integer)
 RETURNS text
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    -- r: the patterns that some events cannot matter to (relaxed contiguity), one bit each
-    WITH r AS (
-        SELECT x.ids::text AS ids, x.bits
-        FROM (
-            SELECT array_agg(q.pattern_id ORDER BY q.pattern_id) AS ids,
-                string_agg(format('CASE WHEN %s THEN %s::bigint ELSE 0 END', q.rel,
-                    1::bigint << (q.o - 1)::integer), E'\n                        | '
-                    ORDER BY q.pattern_id) AS bits
-            FROM (
-                SELECT y.pattern_id, y.rel, row_number() OVER (ORDER BY y.pattern_id) AS o
-                FROM (
-                    SELECT p2.pattern_id, cep._pattern_relevance_sql(p2.pattern_id) AS rel
-                    FROM cep.patterns AS p2
-                    WHERE p2.stream_id = _pattern_section.stream_id AND p2.kind = 'pattern'
-                ) AS y
-                WHERE y.rel IS NOT NULL
-            ) AS q
-            WHERE q.o <= 63
-        ) AS x
-    )
-    SELECT CASE WHEN count(*) = 0 THEN '' ELSE format($p$
-    -- patterns and absence detectors (%1$s): register absence starts, then advance every
-    -- matcher over the events the watermark now reaches
-%2$s    IF v_events > v_late THEN
-        DECLARE
-            p_to timestamptz := greatest(v_watermark, v_max - %4$L::interval);
-            p_keys text [];
-            p_lo timestamptz [];
-            p_nx timestamptz [];
-            p_rel bigint [];
-        BEGIN
-            -- per key of the on-time events: the first one the new watermark reaches, the
-            -- first one it does not reach yet, and the patterns (bits, see p_rel_ids of
-            -- cep._patterns_advance) some of them can matter to
-            SELECT array_agg(b.k ORDER BY b.k), array_agg(b.lo ORDER BY b.k),
-                array_agg(b.nx ORDER BY b.k), array_agg(b.rel ORDER BY b.k)
-            INTO p_keys, p_lo, p_nx, p_rel
-            FROM (
-                SELECT e.k, min(e.t) FILTER (WHERE e.t <= p_to) AS lo,
-                    min(e.t) FILTER (WHERE e.t > p_to) AS nx,
-                    %7$s AS rel
-                FROM %6$s AS e
-                WHERE e.t >= v_watermark
-                GROUP BY e.k
-            ) AS b;
-            PERFORM cep._patterns_advance(%3$s, v_watermark, p_to,
-                ARRAY(SELECT n.%5$I::bigint FROM cep_new_rows AS n), p_keys, p_lo, p_nx, p_rel,
-                %8$s);
-        END;
+DECLARE
+    s cep.streams;
+    p cep.patterns;
+    v_names text;
+    v_absence text := '';
+    v_rows text;
+    v_rel text;
+    v_ids integer [] := '{}'::integer [];
+    v_bits text [] := '{}'::text [];
+    v_eager boolean := false;
+    v_lz_rel text [] := '{}'::text [];
+    v_lz_proc text [] := '{}'::text [];
+    v_lz_decl text := '';
+    v_lz_cols text := '';
+    v_lz_arrays text := '';
+    v_lz_into text := '';
+    v_lz_calls text := '';
+    v_lz_names text;
+    v_lazy boolean;
+BEGIN
+    SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _pattern_section.stream_id;
+    SELECT string_agg(x.name, ', ' ORDER BY x.pattern_id),
+        string_agg(x.name, ', ' ORDER BY x.pattern_id) FILTER (WHERE x.engine = 'lazy')
+    INTO v_names, v_lz_names
+    FROM cep.patterns AS x WHERE x.stream_id = s.stream_id;
+    IF v_names IS NULL THEN
+        RETURN '';
     END IF;
-$p$,
-        string_agg(p.name, ', ' ORDER BY p.pattern_id),
-        coalesce(string_agg(CASE WHEN p.kind = 'absence' THEN format($a$
+    FOR p IN SELECT x.* FROM cep.patterns AS x WHERE x.stream_id = s.stream_id ORDER BY x.pattern_id LOOP
+        IF p.kind = 'absence' THEN
+            v_eager := true;
+            v_absence := v_absence || format($a$
     INSERT INTO cep.absence_pending (pattern_id, k, event_id, start_time, deadline)
     SELECT %1$s, e.k, e.id, e.t, e.t + %2$L::interval
     FROM (%3$s) AS e
     WHERE e.t >= v_watermark AND %4$s
     ON CONFLICT DO NOTHING;
 $a$,
-            p.pattern_id, p.within,
-            -- (the rows SQL ends with its FROM clause: only that is swapped)
-            left(cep._absence_rows_sql(s, p), -length(format(' FROM %s AS s', s.source)))
-                || ' FROM cep_new_rows AS s',
-            (SELECT d.sql FROM cep._pat_define_sql(p.start_condition, s.source, '{}', 'start') AS d))
-        END, '' ORDER BY p.pattern_id), ''),
-        min(s.stream_id), min(s.allowed_lateness), min(s.id_column),
-        format('(SELECT %s AS k, %s AS t%s FROM cep_new_rows AS n)',
-            CASE WHEN min(s.key_column) IS NULL THEN '''''::text'
-                ELSE format('n.%I::text', min(s.key_column)) END,
-            cep._time_expr(min(s.stream_id)),
-            (SELECT coalesce(string_agg(format(', n.%I AS %I', a.attname, 'c:' || a.attname), ''
-                ORDER BY a.attnum), '')
-             FROM pg_catalog.pg_attribute AS a
-             WHERE a.attrelid = min(s.source::oid) AND a.attnum > 0 AND NOT a.attisdropped)),
-        CASE WHEN min(r.bits) IS NULL THEN 'NULL::bigint'
-            ELSE format(E'bit_or(\n                        %s)', min(r.bits)) END,
-        format('%L::integer []', min(r.ids))) END
-    FROM cep.patterns AS p
-    JOIN cep.streams AS s ON s.stream_id = p.stream_id
-    CROSS JOIN r
-    WHERE p.stream_id = _pattern_section.stream_id
+                p.pattern_id, p.within,
+                -- (the rows SQL ends with its FROM clause: only that is swapped)
+                left(cep._absence_rows_sql(s, p), -length(format(' FROM %s AS s', s.source)))
+                    || ' FROM cep_new_rows AS s',
+                (SELECT d.sql FROM cep._pat_define_sql(p.start_condition, s.source, '{}', 'start') AS d));
+            CONTINUE;
+        END IF;
+        v_rel := cep._pattern_relevance_sql(p.pattern_id);
+        IF p.engine = 'eager' THEN
+            v_eager := true;
+            -- eager patterns that some events cannot matter to (relaxed contiguity): a bit each
+            IF v_rel IS NOT NULL AND cardinality(v_ids) < 63 THEN
+                v_bits := v_bits || format('CASE WHEN %s THEN %s::bigint ELSE 0 END', v_rel,
+                    1::bigint << cardinality(v_ids));
+                v_ids := v_ids || p.pattern_id;
+            END IF;
+            CONTINUE;
+        END IF;
+        -- lazy: whether an event can matter to it (every event unless relaxed contiguity and
+        -- conditions over the event alone say otherwise); per key, the first event that can
+        -- end a match that the new watermark reaches (the key is matched now) and the first
+        -- one it does not reach yet
+        v_lz_rel := v_lz_rel || CASE WHEN v_rel IS NULL THEN 'true' ELSE format('(%s)', v_rel) END;
+        v_lz_proc := v_lz_proc || format('b.lo_%s IS NOT NULL', p.pattern_id);
+        v_lz_decl := v_lz_decl || format(
+            E'\n            l_k_%1$s text [];\n            l_lo_%1$s timestamptz [];'
+            || E'\n            l_nx_%1$s timestamptz [];\n            l_m_%1$s boolean;',
+            p.pattern_id);
+        v_lz_cols := v_lz_cols || format(
+            E',\n                    min(e.t) FILTER (WHERE e.t <= p_to AND (%1$s)) AS lo_%2$s,'
+            || E'\n                    min(e.t) FILTER (WHERE e.t > p_to AND (%1$s)) AS nx_%2$s',
+            cep._pattern_final_sql(p.pattern_id), p.pattern_id);
+        v_lz_arrays := v_lz_arrays || format(
+            E',\n                array_agg(b.k) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL),'
+            || E'\n                array_agg(b.lo_%1$s) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL),'
+            || E'\n                array_agg(b.nx_%1$s) FILTER (WHERE b.lo_%1$s IS NOT NULL OR b.nx_%1$s IS NOT NULL),'
+            || E'\n                coalesce(bool_or(b.lo_%1$s IS NOT NULL), false)',
+            p.pattern_id);
+        v_lz_into := v_lz_into || format(', l_k_%1$s, l_lo_%1$s, l_nx_%1$s, l_m_%1$s', p.pattern_id);
+        -- the pattern's matcher, given its keys with an event that can end a match (every key
+        -- of the statement when some may have late events)
+        v_lz_calls := v_lz_calls || format($c$
+                IF l_k_%2$s IS NOT NULL THEN
+                    -- its events that can end a match and wait for the watermark: the key
+                    -- remembers the first (pending_t), and is matched once the watermark
+                    -- reaches it (cep.run_maintenance, cep.advance_watermark or the key's
+                    -- next such event)
+                    INSERT INTO cep.pattern_state AS ps (pattern_id, k, pending_t)
+                    SELECT %2$s, u.k, u.nx FROM unnest(l_k_%2$s, l_lo_%2$s, l_nx_%2$s) AS u (k, lo, nx)
+                    WHERE u.lo IS NULL AND u.nx IS NOT NULL
+                    ORDER BY u.k
+                    ON CONFLICT (pattern_id, k) DO UPDATE SET pending_t = excluded.pending_t
+                    WHERE ps.pending_t IS NULL OR excluded.pending_t < ps.pending_t;
+                END IF;
+                IF l_m_%2$s OR cardinality(l_own) > 0 THEN
+                    IF cardinality(l_own) > 0 THEN
+                        SELECT array_agg(u.k ORDER BY u.k), array_agg(x.lo ORDER BY u.k),
+                            array_agg(x.nx ORDER BY u.k)
+                        INTO l_k_%2$s, l_lo_%2$s, l_nx_%2$s
+                        FROM unnest(l_keys) AS u (k)
+                        LEFT JOIN unnest(l_k_%2$s, l_lo_%2$s, l_nx_%2$s) AS x (k, lo, nx) ON x.k = u.k;
+                    END IF;
+                    -- the keys it matches now (its events that can end a match and that the
+                    -- watermark reaches), and late events
+                    PERFORM count(*) FROM cep.%1$I(v_watermark, p_to, false, false, l_own,
+                        l_k_%2$s, l_lo_%2$s, l_nx_%2$s);
+                END IF;$c$,
+            format('_pattern_%s', p.pattern_id), p.pattern_id);
+    END LOOP;
+    -- the statement's rows with the key, the time and every column as "c:<column>"
+    v_rows := format('(SELECT %s AS k, %s AS t%s FROM cep_new_rows AS n)',
+        CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('n.%I::text', s.key_column) END,
+        cep._time_expr(s.stream_id),
+        (SELECT coalesce(string_agg(format(', n.%I AS %I', a.attname, 'c:' || a.attname), ''
+            ORDER BY a.attnum), '')
+         FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid = s.source AND a.attnum > 0 AND NOT a.attisdropped));
+    v_lazy := cardinality(v_lz_rel) > 0;
+    RETURN format($p$
+    -- patterns and absence detectors (%1$s): register absence starts, then advance every
+    -- matcher over the events the watermark now reaches
+%2$s    IF v_events > v_late THEN
+        DECLARE
+            p_to timestamptz := greatest(v_watermark, v_max - %3$L::interval);%4$s
+        BEGIN
+            -- per key of the on-time events: %5$s
+            SELECT %6$s
+            INTO %7$s
+            FROM (
+                SELECT e.k%8$s
+                FROM %9$s AS e
+                WHERE e.t >= v_watermark%11$s
+                GROUP BY e.k
+            ) AS b;%10$s
+        END;
+    END IF;
+$p$,
+        v_names,
+        v_absence,
+        s.allowed_lateness,
+        CASE WHEN v_eager THEN '
+            p_keys text [];
+            p_lo timestamptz [];
+            p_nx timestamptz [];
+            p_rel bigint [];' ELSE '' END
+        || CASE WHEN v_lazy THEN '
+            l_keys text [];
+            l_proc boolean [];
+            l_mn timestamptz [];
+            l_own bigint [] := ''{}''::bigint [];' || v_lz_decl ELSE '' END,
+        concat_ws(E';\n            -- ',
+            CASE WHEN v_eager THEN 'the first one the new watermark reaches, the first one it '
+                || E'does not\n            -- reach yet, and the eager patterns (bits, see p_rel_ids of '
+                || E'cep._patterns_advance)\n            -- some of them can matter to' END,
+            CASE WHEN v_lazy THEN 'whether some lazy pattern can use one of them (lz) and the '
+                || E'first such\n            -- event (mn)' END),
+        concat_ws(E',\n                ',
+            CASE WHEN v_eager THEN 'array_agg(b.k ORDER BY b.k), array_agg(b.lo ORDER BY b.k), '
+                || E'\n                array_agg(b.nx ORDER BY b.k), array_agg(b.rel ORDER BY b.k)' END,
+            -- (the lazy arrays in the order of the rows; they are sorted where it matters)
+            CASE WHEN v_lazy THEN format('array_agg(b.k) FILTER (WHERE b.lz),'
+                || E'\n                array_agg(%s) FILTER (WHERE b.lz),'
+                || E'\n                array_agg(b.mn) FILTER (WHERE b.lz)%s',
+                array_to_string(v_lz_proc, ' OR '), v_lz_arrays) END),
+        concat_ws(', ',
+            CASE WHEN v_eager THEN 'p_keys, p_lo, p_nx, p_rel' END,
+            CASE WHEN v_lazy THEN 'l_keys, l_proc, l_mn' || v_lz_into END),
+        CASE WHEN v_eager THEN format(E',\n                    min(e.t) FILTER (WHERE e.t <= p_to) AS lo,'
+            || E'\n                    min(e.t) FILTER (WHERE e.t > p_to) AS nx,'
+            || E'\n                    %s AS rel',
+            CASE WHEN cardinality(v_bits) = 0 THEN 'NULL::bigint'
+                ELSE format(E'bit_or(\n                        %s)',
+                    array_to_string(v_bits, E'\n                        | ')) END) ELSE '' END
+        || CASE WHEN v_lazy AND v_eager THEN format(E',\n                    bool_or(%1$s) AS lz,'
+            || E'\n                    min(e.t) FILTER (WHERE %1$s) AS mn%2$s',
+            array_to_string(v_lz_rel, ' OR '), v_lz_cols)
+            -- only lazy patterns: only the events they can use
+            WHEN v_lazy THEN format(E',\n                    true AS lz,\n                    min(e.t) AS mn%s',
+                v_lz_cols) ELSE '' END,
+        v_rows,
+        CASE WHEN v_lazy THEN format($l$
+            IF l_keys IS NOT NULL THEN
+                -- lazy patterns (%1$s): the keys' rows of cep.pattern_keys, FOR UPDATE where
+                -- one of them matches the key now, FOR KEY SHARE elsewhere; this statement's
+                -- events are looked at for lateness only when a session matched some key past
+                -- one of them while this one waited
+                IF cep._pattern_lock_keys(%2$s, l_keys, l_proc, l_mn, v_max) THEN
+                    l_own := ARRAY(SELECT n.%3$I::bigint FROM cep_new_rows AS n);
+                END IF;%4$s
+            END IF;$l$, v_lz_names, s.stream_id, s.id_column, v_lz_calls) ELSE '' END
+        || CASE WHEN v_eager THEN format($e$
+            PERFORM cep._patterns_advance(%s, v_watermark, p_to,
+                ARRAY(SELECT n.%I::bigint FROM cep_new_rows AS n), p_keys, p_lo, p_nx, p_rel,
+                %L::integer []);$e$, s.stream_id, s.id_column, v_ids::text) ELSE '' END,
+        CASE WHEN v_lazy AND NOT v_eager AND NOT 'true' = ANY (v_lz_rel)
+            THEN format(' AND (%s)', array_to_string(v_lz_rel, ' OR ')) ELSE '' END);
+END
 $fn$;
 
 COMMENT ON FUNCTION cep._pattern_section(integer) IS
@@ -373,7 +537,8 @@ CREATE FUNCTION cep.create_pattern(
     contiguity text DEFAULT 'relaxed',
     after_match text DEFAULT 'skip_past_last_row',
     max_runs integer DEFAULT 100,
-    backfill boolean DEFAULT TRUE
+    backfill boolean DEFAULT TRUE,
+    engine text DEFAULT 'auto'
 )
 RETURNS integer
 LANGUAGE plpgsql
@@ -381,6 +546,7 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     s cep.streams;
+    v_engine text;
     v_vars text [];
     v_prog jsonb;
     v_key text;
@@ -401,6 +567,10 @@ BEGIN
     END IF;
     IF max_runs IS NULL OR max_runs NOT BETWEEN 1 AND 100000 THEN
         RAISE EXCEPTION 'max_runs must be between 1 and 100000' USING ERRCODE = '22023';
+    END IF;
+    IF engine IS NULL OR engine NOT IN ('auto', 'eager', 'lazy') THEN
+        RAISE EXCEPTION 'engine must be auto, eager or lazy, not %',
+            coalesce(quote_literal(engine), 'NULL') USING ERRCODE = '22023';
     END IF;
     SELECT c.variables, c.program INTO v_vars, v_prog FROM cep._pat_compile(pattern) AS c;
     IF define IS NULL OR jsonb_typeof(define) <> 'object' THEN
@@ -432,6 +602,19 @@ BEGIN
         make_interval(secs => extract(epoch FROM within)), contiguity, after_match, max_runs,
         v_vars, v_prog)
     RETURNING pattern_id INTO v_id;
+    -- The lazy engine matches a key only when an event that can end a match arrives: it needs
+    -- within (how far back a match can start) and conditions over the event alone for the
+    -- variables a match can end with.
+    v_engine := CASE WHEN within IS NOT NULL AND cep._pattern_final_sql(v_id) IS NOT NULL
+        THEN 'lazy' ELSE 'eager' END;
+    IF engine = 'lazy' AND v_engine = 'eager' THEN
+        RAISE EXCEPTION 'engine lazy needs within and, for every variable a match can end with '
+            '(%), a condition over the event''s own columns (no PREV, no var.col)',
+            (SELECT string_agg(v_vars[i], ', ' ORDER BY i) FROM unnest(cep._pattern_final_vars(v_prog)) AS i)
+            USING ERRCODE = '22023';
+    END IF;
+    UPDATE cep.patterns AS x SET engine = CASE WHEN create_pattern.engine = 'eager' THEN 'eager' ELSE v_engine END
+    WHERE x.pattern_id = v_id;
     PERFORM cep._pattern_install(v_id);
     PERFORM cep._pattern_prepare_stream(s, false);
 
@@ -445,6 +628,12 @@ BEGIN
             cep._stream_time_sql(s, 's'),
             s.source)
         INTO v_keys, v_los;
+        IF v_keys IS NOT NULL
+            AND (SELECT x.engine FROM cep.patterns AS x WHERE x.pattern_id = v_id) = 'lazy' THEN
+            -- a lazy pattern matches a key under its key row (FOR UPDATE)
+            PERFORM cep._pattern_lock_keys(s.stream_id, v_keys,
+                array_fill(true, ARRAY[cardinality(v_keys)]), NULL, cep._watermark(s.stream_id));
+        END IF;
         -- every key with stored events, from its first one
         EXECUTE format('SELECT count(*) FROM cep.%I($1, $2, false, false, NULL, $3, $4, NULL)',
             format('_pattern_%s', v_id))
@@ -455,13 +644,16 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep.create_pattern(text, text, text, jsonb, interval, text, text, integer, boolean) IS
+COMMENT ON FUNCTION cep.create_pattern(text, text, text, jsonb, interval, text, text, integer, boolean, text) IS
 'Define a MATCH_RECOGNIZE-style pattern on a stream: pattern syntax (concatenation, |, ( ), '
 '* + ? {n} {n,} {n,m} {,m} and reluctant forms, PERMUTE), DEFINE conditions (SQL over the '
 'columns, PREV(col), var.col), within, contiguity (strict | relaxed), after_match '
 '(skip_past_last_row | skip_to_next_row), max_runs per key. Events are matched per key in '
 '(time, id) order once the watermark reaches them; final matches go to cep.matches with an '
-'alert. backfill: also match the stored events up to the current watermark.';
+'alert. backfill: also match the stored events up to the current watermark. engine: lazy '
+'(match a key only when an event that can end a match arrives; needs within and conditions '
+'over the event alone for the variables a match ends with), eager (every event as the '
+'watermark reaches it) or auto (lazy where possible).';
 
 CREATE FUNCTION cep.create_absence(
     name text,
@@ -564,14 +756,23 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
+DECLARE
+    v_stream integer;
 BEGIN
-    EXECUTE format('DROP FUNCTION IF EXISTS cep.%I(timestamptz, timestamptz, boolean, boolean, bigint [], text [], timestamptz [], timestamptz [])',
+    EXECUTE format('DROP FUNCTION IF EXISTS cep.%I(timestamptz, timestamptz, boolean, boolean, bigint [], text [], timestamptz [], timestamptz [], boolean)',
         format('_pattern_%s', pattern_id));
     DELETE FROM cep.pattern_state AS x WHERE x.pattern_id = _drop_pattern_objects.pattern_id;
     DELETE FROM cep.absence_pending AS x WHERE x.pattern_id = _drop_pattern_objects.pattern_id;
     DELETE FROM cep.pattern_log AS x WHERE x.pattern_id = _drop_pattern_objects.pattern_id;
     DELETE FROM cep.pattern_late_events AS x WHERE x.pattern_id = _drop_pattern_objects.pattern_id;
-    DELETE FROM cep.patterns AS x WHERE x.pattern_id = _drop_pattern_objects.pattern_id;
+    DELETE FROM cep.patterns AS x WHERE x.pattern_id = _drop_pattern_objects.pattern_id
+    RETURNING x.stream_id INTO v_stream;
+    -- the key rows of a stream's lazy patterns go with the last of them
+    DELETE FROM cep.pattern_keys AS x
+    WHERE x.stream_id = v_stream
+        AND NOT EXISTS (
+            SELECT 1 FROM cep.patterns AS y WHERE y.stream_id = v_stream AND y.engine = 'lazy'
+        );
 END
 $fn$;
 

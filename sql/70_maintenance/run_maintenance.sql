@@ -37,6 +37,9 @@ DECLARE
     v_now timestamptz := clock_timestamp();
     v_stats_retention interval := cep._setting('stats_retention')::interval;
     v_orphans integer [];
+    v_m bigint;
+    v_keys_s integer [];
+    v_keys_k text [];
 BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtext('pg_cep run_maintenance')) THEN
         task := 'skipped: another session is running maintenance';
@@ -341,8 +344,8 @@ BEGIN
 
     -- Patterns and absence detectors: keys whose events waited for the watermark, runs that
     -- timed out and absence deadlines that passed, at the current watermark (writers only
-    -- advance their own keys).
-    SELECT count(cep._patterns_advance(x.stream_id, x.w, x.w, NULL)) INTO v_n
+    -- advance their own keys; lazy patterns leave keys a session holds to the next call).
+    SELECT count(cep._patterns_advance(x.stream_id, x.w, x.w, NULL, skip_busy => true)) INTO v_n
     FROM (
         SELECT DISTINCT p.stream_id, cep._watermark(p.stream_id) AS w
         FROM cep.patterns AS p
@@ -378,20 +381,54 @@ BEGIN
     DELETE FROM cep.pattern_state AS x
     WHERE (x.pattern_id, x.k) IN (
         SELECT o.pattern_id, o.k
-        FROM (
-            -- (each pattern's bound computed once, not once per key)
-            SELECT p.pattern_id,
-                cep._watermark(s.stream_id) - s.allowed_lateness - interval '1 hour' AS bound
-            FROM cep.patterns AS p
-            JOIN cep.streams AS s ON s.stream_id = p.stream_id
+        FROM cep.pattern_state AS o
+        JOIN cep.patterns AS p ON p.pattern_id = o.pattern_id
+        -- each stream's horizon computed once (OFFSET 0), not once per row
+        JOIN (
+            SELECT s.stream_id, cep._watermark(s.stream_id) - s.allowed_lateness - interval '1 hour' AS h
+            FROM cep.streams AS s
             OFFSET 0
-        ) AS b
-        JOIN cep.pattern_state AS o ON o.pattern_id = b.pattern_id
-        WHERE NOT o.active AND o.pending_t IS NULL AND o.upto_t < b.bound
+        ) AS s ON s.stream_id = p.stream_id
+        WHERE NOT o.active AND o.pending_t IS NULL AND p.engine = 'eager' AND o.upto_t < s.h
         LIMIT 50000
         FOR UPDATE OF o SKIP LOCKED
     );
     GET DIAGNOSTICS v_n = ROW_COUNT;
+    -- Lazy patterns: under the key's row of cep.pattern_keys (the lock of their writers and
+    -- matchers; skipped while a session holds it), idle state rows of keys whose every lazy
+    -- pattern matched the key more than an hour before the watermark, and the key rows left
+    -- without state (also those of keys no lazy pattern ever matched, an hour after the event
+    -- that made the row).
+    SELECT array_agg(o.stream_id), array_agg(o.k) INTO v_keys_s, v_keys_k
+    FROM (
+        SELECT o.stream_id, o.k
+        FROM cep.pattern_keys AS o
+        JOIN (
+            SELECT s.stream_id, cep._watermark(s.stream_id) - s.allowed_lateness - interval '1 hour' AS h
+            FROM cep.streams AS s
+            WHERE s.stream_id <> ALL (v_orphans)
+            OFFSET 0
+        ) AS s ON s.stream_id = o.stream_id
+        WHERE coalesce(o.upto_t, o.seen_t) < s.h
+        LIMIT 50000
+        FOR UPDATE OF o SKIP LOCKED
+    ) AS o;
+    IF v_keys_k IS NOT NULL THEN
+        DELETE FROM cep.pattern_state AS x
+        USING unnest(v_keys_s, v_keys_k) AS u (stream_id, k), cep.patterns AS p
+        WHERE p.stream_id = u.stream_id AND p.engine = 'lazy' AND x.pattern_id = p.pattern_id
+            AND x.k = u.k AND NOT x.active AND x.pending_t IS NULL;
+        GET DIAGNOSTICS v_m = ROW_COUNT;
+        v_n := v_n + v_m;
+        DELETE FROM cep.pattern_keys AS x
+        USING unnest(v_keys_s, v_keys_k) AS u (stream_id, k)
+        WHERE x.stream_id = u.stream_id AND x.k = u.k
+            AND NOT EXISTS (
+                SELECT 1 FROM cep.pattern_state AS o
+                JOIN cep.patterns AS p ON p.pattern_id = o.pattern_id
+                WHERE p.stream_id = u.stream_id AND p.engine = 'lazy' AND o.k = u.k
+            );
+    END IF;
     task := 'purge_pattern_state';
     items := v_n;
     RETURN NEXT;

@@ -7,6 +7,7 @@ SELECT
     p.name AS pattern,
     s.name AS stream,
     p.kind,
+    p.engine,
     coalesce(st.active_runs, 0)::bigint AS active_runs,
     coalesce(st.keys_with_runs, 0)::bigint AS keys_with_runs,
     coalesce(l.events, 0)::bigint AS events,
@@ -46,6 +47,7 @@ LEFT JOIN LATERAL (
 ) AS l ON TRUE;
 
 COMMENT ON VIEW cep.pattern_stats IS
-'Per pattern or absence detector: open partial runs (and keys holding them; for absences the '
+'Per pattern or absence detector: the engine (eager or lazy, see cep.create_pattern), open '
+'partial runs (and keys holding them; for absences the '
 'starts waiting for their deadline), events processed, matches, runs dropped at the max_runs '
 'cap, events skipped as late, and the event time of the last match.';

@@ -53,6 +53,7 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump('cep.patterns', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.patterns_pattern_id_seq', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.pattern_state', '');
+        PERFORM pg_catalog.pg_extension_config_dump('cep.pattern_keys', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.pattern_late_events', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.matches', '');
         PERFORM pg_catalog.pg_extension_config_dump('cep.matches_match_id_seq', '');
