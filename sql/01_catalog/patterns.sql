@@ -34,7 +34,7 @@ CREATE TABLE cep.patterns (
     CONSTRAINT patterns_within_check CHECK (within IS NULL OR within > '0 seconds'),
     CONSTRAINT patterns_max_runs_check CHECK (max_runs BETWEEN 1 AND 100000),
     CONSTRAINT patterns_engine_check CHECK (engine IN ('eager', 'lazy'))
-);
+) WITH (autovacuum_analyze_threshold = 1, autovacuum_analyze_scale_factor = 0);
 
 CREATE INDEX patterns_stream_idx ON cep.patterns (stream_id);
 
