@@ -79,6 +79,99 @@ COMMENT ON FUNCTION cep._rule_window_needs(integer) IS
 'Internal: the trailing windows (metrics and changes) a rule set reads, with their width number '
 'and, for metrics dense keys read from time buckets, the bucket series and group.';
 
+-- The laterals hm<grp> of the assessment's x, one per bucket group (series and width), for the
+-- events of keys dense in the series only: the stored rows' raw ends (t - w, lo) and [hi, t],
+-- and the buckets [lo, hi) in between (lo is at least the series' purge floor and the key's
+-- floor: raw rows stand in for buckets that are not there). The statement's own rows are left
+-- out (the buckets do not have them yet either); they are added from ev.
+CREATE FUNCTION cep._rule_hot_sql(rule_set_id integer)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    rs cep.rule_sets;
+    s cep.streams;
+    v_grp record;
+    v_x text;
+    v_aggs text;
+    v_lats text := '';
+    v_keyeq text;
+    v_proc text;
+BEGIN
+    SELECT * INTO STRICT rs FROM cep.rule_sets AS r WHERE r.rule_set_id = _rule_hot_sql.rule_set_id;
+    SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = rs.stream_id;
+    v_keyeq := CASE WHEN s.key_column IS NULL THEN 'true' ELSE format('s.%I = e.kraw', s.key_column) END;
+    v_proc := cep._processed_sql(s, 's');
+    FOR v_grp IN
+        SELECT n.grp, n.series_id, n.width, n.secs, coalesce(n.field, '') AS field,
+            bool_or(n.fn IN ('sum', 'avg')) AS sm, bool_or(n.fn = 'min') AS mn,
+            bool_or(n.fn = 'max') AS mx
+        FROM cep._rule_window_needs(rs.rule_set_id) AS n
+        WHERE n.grp IS NOT NULL
+        GROUP BY 1, 2, 3, 4, 5
+        ORDER BY 1
+    LOOP
+        v_x := cep._rule_bucket_value(s.source, v_grp.field,
+            CASE WHEN v_grp.field = '' THEN NULL ELSE format('s.%I', v_grp.field) END);
+        v_aggs := concat_ws(', ', format('count(%s) AS c', v_x),
+            CASE WHEN v_grp.sm THEN format('sum(%s) AS s', v_x) END,
+            CASE WHEN v_grp.mn THEN format('min(%s) AS mn', v_x) END,
+            CASE WHEN v_grp.mx THEN format('max(%s) AS mx', v_x) END);
+        v_lats := v_lats || format($g$
+        LEFT JOIN LATERAL (
+            SELECT %14$s
+            FROM (
+                SELECT least(greatest(
+                        pg_catalog.date_bin(%1$L::interval, e.t - make_interval(secs => %2$s),
+                            '2000-01-01 00:00:00+00') + %1$L::interval,
+                        (SELECT f.floor FROM cep.rule_bucket_series AS f WHERE f.series_id = %3$s),
+                        coalesce(e.%5$I, 'infinity')),
+                        pg_catalog.date_bin(%1$L::interval, e.t, '2000-01-01 00:00:00+00')) AS lo,
+                    pg_catalog.date_bin(%1$L::interval, e.t, '2000-01-01 00:00:00+00') AS hi
+            ) AS g
+            CROSS JOIN LATERAL (
+                SELECT %6$s
+                FROM %7$s AS s
+                WHERE %8$s AND s.%9$I > e.traw - make_interval(secs => %2$s)
+                    AND s.%9$I < %10$s%12$s
+                    AND s.%13$I::bigint NOT IN (SELECT x.id FROM ev AS x)
+                UNION ALL
+                SELECT %6$s
+                FROM %7$s AS s
+                WHERE %8$s AND s.%9$I >= %11$s AND s.%9$I <= e.traw%12$s
+                    AND s.%13$I::bigint NOT IN (SELECT x.id FROM ev AS x)
+                UNION ALL
+                SELECT %15$s
+                FROM cep.rule_buckets AS bk
+                WHERE bk.series_id = %3$s AND bk.k = e.k AND bk.b >= g.lo AND bk.b < g.hi
+            ) AS u
+            HAVING e.%5$I IS NOT NULL
+        ) AS hm%4$s ON true$g$,
+            v_grp.width, v_grp.secs, v_grp.series_id, v_grp.grp, 'f:' || v_grp.series_id,
+            v_aggs, s.source, v_keyeq, s.time_column,
+            cep._stream_raw_time_sql(s, 'g.lo'),
+            cep._stream_raw_time_sql(s, 'g.hi'),
+            v_proc, s.id_column,
+            concat_ws(', ', 'sum(u.c) AS c',
+                CASE WHEN v_grp.sm THEN 'sum(u.s) AS s' END,
+                CASE WHEN v_grp.mn THEN 'min(u.mn) AS mn' END,
+                CASE WHEN v_grp.mx THEN 'max(u.mx) AS mx' END),
+            concat_ws(', ', 'sum(bk.n)',
+                CASE WHEN v_grp.sm THEN 'sum(bk.s)' END,
+                CASE WHEN v_grp.mn THEN 'min(bk.mn)' END,
+                CASE WHEN v_grp.mx THEN 'max(bk.mx)' END));
+    END LOOP;
+
+    RETURN v_lats;
+END
+$fn$;
+
+COMMENT ON FUNCTION cep._rule_hot_sql(integer) IS
+'Internal: the laterals of the assessment that read a dense key''s long windows from its time '
+'buckets and the raw rows at their two ends (stored rows only).';
+
 -- SQL of the sum of two numerics of which either may be NULL (NULL only when both are).
 CREATE FUNCTION cep._rule_add_sql(a text, b text)
 RETURNS text
@@ -111,7 +204,9 @@ COMMENT ON FUNCTION cep._rule_add_sql(text, text) IS
 -- are dense in a bucket series (cep.rule_buckets) read their long windows from the buckets
 -- (per event: the buckets between the window's two raw ends) and raw rows only as far back as
 -- the other conditions need.
-CREATE FUNCTION cep._rule_assess_sql(rule_set_id integer, batch text, keys text DEFAULT NULL)
+CREATE FUNCTION cep._rule_assess_sql(
+    rule_set_id integer, batch text, keys text DEFAULT NULL, small boolean DEFAULT false
+)
 RETURNS text
 LANGUAGE plpgsql
 STABLE
@@ -303,6 +398,58 @@ BEGIN
     IF v_hot = '' THEN
         v_hot := 'false';
     END IF;
+    IF small THEN
+        -- Few events (a statement of one row, typically) of keys that are dense in no bucket
+        -- series (the caller sends others to the general form): per event, one scan of the
+        -- key's rows over its widest window, the statement's rows included up to the event in
+        -- (time, id) order (they are in the table). Its plan is much smaller than the arrays'.
+        v_aggs := '';
+        FOR v_need IN SELECT * FROM cep._rule_window_needs(rs.rule_set_id) AS n ORDER BY n.w, n.col LOOP
+            v_x := format('s.%I > e.traw - make_interval(secs => %s)', s.time_column, v_need.secs);
+            v_num := CASE WHEN v_need.field IS NOT NULL
+                THEN cep._rule_num(s.source, v_need.field, format('s.%I', v_need.field)) END;
+            v_aggs := v_aggs || CASE WHEN v_aggs = '' THEN '' ELSE E',\n                ' END || CASE
+                WHEN v_need.kind = 'changed' THEN format('coalesce(bool_or(s.%I <> e.%I) FILTER (WHERE %s), false)',
+                    v_need.field, 'c:' || v_need.field, v_x)
+                WHEN v_need.fn = 'count_distinct' THEN format('count(DISTINCT s.%I) FILTER (WHERE %s)',
+                    v_need.field, v_x)
+                WHEN v_need.fn = 'count' AND v_need.field IS NULL THEN format('count(*) FILTER (WHERE %s)', v_x)
+                WHEN v_need.fn = 'count' THEN format('count(s.%I) FILTER (WHERE %s)', v_need.field, v_x)
+                WHEN v_need.fn = 'avg' THEN format('sum(%1$s) FILTER (WHERE %2$s) AS %3$I, '
+                    'count(s.%4$I) FILTER (WHERE %2$s)', v_num, v_x, v_need.col || '_s', v_need.field)
+                ELSE format('%s(%s) FILTER (WHERE %s)', v_need.fn, v_num, v_x) END
+                || format(' AS %I', v_need.col || CASE WHEN v_need.fn = 'avg' THEN '_n' ELSE '' END);
+        END LOOP;
+        -- per series: the key's count over the series' window (it becomes dense at 64)
+        FOR v_grp IN
+            SELECT DISTINCT ON (n.series_id) n.series_id, n.secs
+            FROM cep._rule_window_needs(rs.rule_set_id) AS n
+            WHERE n.series_id IS NOT NULL
+            ORDER BY n.series_id, n.grp
+        LOOP
+            v_aggs := v_aggs || format(E',\n                count(*) FILTER (WHERE s.%I > e.traw - make_interval(secs => %s)) AS %I',
+                s.time_column, v_grp.secs, 'd:' || v_grp.series_id);
+        END LOOP;
+        RETURN v_sql || format($x$, x AS (
+        SELECT e.*, a.*%1$s
+        FROM ev AS e
+        CROSS JOIN LATERAL (
+            SELECT %2$s
+            FROM %3$s AS s
+            WHERE %4$s AND s.%5$I > e.traw - make_interval(secs => %6$s) AND s.%5$I <= e.traw%7$s
+                AND NOT (s.%5$I = e.traw AND s.%8$I::bigint > e.id
+                    AND s.%8$I::bigint IN (SELECT x.id FROM ev AS x))
+        ) AS a%9$s%10$s
+    ), fired AS (
+        SELECT x.id, x.k, x.t, x.traw,
+            pg_catalog.array_remove(ARRAY[%11$s
+            ]::integer [], NULL)%12$s AS pos
+        FROM x
+    )$x$,
+            v_hist_cols, v_aggs, s.source, v_keyeq, s.time_column, v_wmax, v_proc, s.id_column,
+            v_hist_from, v_hist_win, v_conds, v_groups);
+    END IF;
+
     -- the arrays of the statement's events (s:) and of the stored rows (a:), per key, and the
     -- columns of an event carried to x
     v_s_arrays := ', array_agg(e.traw) AS "s:t"';
@@ -483,69 +630,7 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- per bucket group (series and width), for a dense key's events only: the raw ends
-    -- (t - w, lo) and [hi, t] of stored rows and the buckets [lo, hi) in between (lo is at
-    -- least the series' purge floor and the key's floor: raw rows stand in for buckets that
-    -- are not there)
-    FOR v_grp IN
-        SELECT n.grp, n.series_id, n.width, n.secs, coalesce(n.field, '') AS field,
-            bool_or(n.fn IN ('sum', 'avg')) AS sm, bool_or(n.fn = 'min') AS mn,
-            bool_or(n.fn = 'max') AS mx
-        FROM cep._rule_window_needs(rs.rule_set_id) AS n
-        WHERE n.grp IS NOT NULL
-        GROUP BY 1, 2, 3, 4, 5
-        ORDER BY 1
-    LOOP
-        v_x := cep._rule_bucket_value(s.source, v_grp.field,
-            CASE WHEN v_grp.field = '' THEN NULL ELSE format('s.%I', v_grp.field) END);
-        v_aggs := concat_ws(', ', format('count(%s) AS c', v_x),
-            CASE WHEN v_grp.sm THEN format('sum(%s) AS s', v_x) END,
-            CASE WHEN v_grp.mn THEN format('min(%s) AS mn', v_x) END,
-            CASE WHEN v_grp.mx THEN format('max(%s) AS mx', v_x) END);
-        v_lats := v_lats || format($g$
-        LEFT JOIN LATERAL (
-            SELECT %14$s
-            FROM (
-                SELECT least(greatest(
-                        pg_catalog.date_bin(%1$L::interval, e.t - make_interval(secs => %2$s),
-                            '2000-01-01 00:00:00+00') + %1$L::interval,
-                        (SELECT f.floor FROM cep.rule_bucket_series AS f WHERE f.series_id = %3$s),
-                        coalesce(e.%5$I, 'infinity')),
-                        pg_catalog.date_bin(%1$L::interval, e.t, '2000-01-01 00:00:00+00')) AS lo,
-                    pg_catalog.date_bin(%1$L::interval, e.t, '2000-01-01 00:00:00+00') AS hi
-            ) AS g
-            CROSS JOIN LATERAL (
-                SELECT %6$s
-                FROM %7$s AS s
-                WHERE %8$s AND s.%9$I > e.traw - make_interval(secs => %2$s)
-                    AND s.%9$I < %10$s%12$s
-                    AND s.%13$I::bigint NOT IN (SELECT x.id FROM ev AS x)
-                UNION ALL
-                SELECT %6$s
-                FROM %7$s AS s
-                WHERE %8$s AND s.%9$I >= %11$s AND s.%9$I <= e.traw%12$s
-                    AND s.%13$I::bigint NOT IN (SELECT x.id FROM ev AS x)
-                UNION ALL
-                SELECT %15$s
-                FROM cep.rule_buckets AS bk
-                WHERE bk.series_id = %3$s AND bk.k = e.k AND bk.b >= g.lo AND bk.b < g.hi
-            ) AS u
-            HAVING e.%5$I IS NOT NULL
-        ) AS hm%4$s ON true$g$,
-            v_grp.width, v_grp.secs, v_grp.series_id, v_grp.grp, 'f:' || v_grp.series_id,
-            v_aggs, s.source, v_keyeq, s.time_column,
-            cep._stream_raw_time_sql(s, 'g.lo'),
-            cep._stream_raw_time_sql(s, 'g.hi'),
-            v_proc, s.id_column,
-            concat_ws(', ', 'sum(u.c) AS c',
-                CASE WHEN v_grp.sm THEN 'sum(u.s) AS s' END,
-                CASE WHEN v_grp.mn THEN 'min(u.mn) AS mn' END,
-                CASE WHEN v_grp.mx THEN 'max(u.mx) AS mx' END),
-            concat_ws(', ', 'sum(bk.n)',
-                CASE WHEN v_grp.sm THEN 'sum(bk.s)' END,
-                CASE WHEN v_grp.mn THEN 'min(bk.mn)' END,
-                CASE WHEN v_grp.mx THEN 'max(bk.mx)' END));
-    END LOOP;
+    v_lats := v_lats || cep._rule_hot_sql(rs.rule_set_id);
 
     -- the value of every need, from the arrays or, for a key dense in its series, the buckets
     FOR v_need IN SELECT * FROM cep._rule_window_needs(rs.rule_set_id) AS n ORDER BY n.w, n.col LOOP
@@ -630,15 +715,19 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._rule_assess_sql(integer, text, text) IS
+COMMENT ON FUNCTION cep._rule_assess_sql(integer, text, text, boolean) IS
 'Internal: the SQL that evaluates a rule set over a set of events (CTEs ev, ..., x, fired); '
 'shared by the ingest code (the events are in the table) and cep.evaluate_rules (they are not).';
 
--- The rules section of a stream's ingest function: the statement's keys locked (when a rule
--- reads history), then one statement that assesses the events, writes the assessments, the
--- alerts and their deliveries, applies the block action, keeps the z-score histories and the
--- bucket series, and logs the counters. Everything that depends only on the set of fired rules
--- (scores, level, arrays, alert details) is computed once per distinct set, not per event.
+-- The rules section of a stream's ingest function. When a rule reads history: the statement's
+-- keys locked in key order (the lock rows keep each key's latest stored time). Then one
+-- statement assesses the events and writes the assessments, the alerts with their deliveries,
+-- the z-score histories and the counters; everything that depends only on the set of fired
+-- rules (scores, level, arrays, alert details) is computed once per distinct set. What is
+-- rarely needed runs as a statement of its own, only when needed (its plan costs nothing
+-- otherwise): the block action, the upkeep of the bucket series, the doorbell. A statement of
+-- at most 8 events of keys dense in no bucket series is assessed by the small form (one scan
+-- per event), larger ones by the arrays form (one read per key).
 CREATE FUNCTION cep._rule_section(stream_id integer)
 RETURNS text
 LANGUAGE plpgsql
@@ -659,7 +748,17 @@ DECLARE
     v_block text := '';
     v_alert_cond text;
     v_stateful boolean;
-    v_windows boolean := false;
+    v_windows boolean;
+    v_series integer [];
+    v_sid integer;
+    v_tail text;
+    v_last text;
+    v_into text := '';
+    v_vars text := '';
+    v_dense text := '';
+    v_hot_cond text := '';
+    v_main text;
+    v_k text;
 BEGIN
     rs := cep._rule_set(stream_id);
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _rule_section.stream_id;
@@ -685,6 +784,10 @@ BEGIN
     JOIN cep.rule_versions AS v ON v.rule_id = u.rule_id AND v.version = u.version
     LEFT JOIN LATERAL (SELECT n.kind FROM cep._rule_needs(v.condition) AS n LIMIT 1) AS n ON true;
     v_stateful := v_meta.stateful;
+    v_windows := EXISTS (SELECT 1 FROM cep._rule_window_needs(rs.rule_set_id));
+    SELECT coalesce(array_agg(f.series_id ORDER BY f.series_id), '{}') INTO v_series
+    FROM cep._rule_set_series(rs.rule_set_id) AS f;
+    v_k := CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('n.%I::text', s.key_column) END;
 
     v_combine := CASE p.combine
         WHEN 'sum' THEN 'sum(%1$s)'
@@ -702,10 +805,19 @@ BEGIN
         WHEN 'medium' THEN 'l.level IN (''medium'', ''high'')'
         ELSE 'l.level = ''high''' END || ' AND cardinality(a.rules) > 0';
 
+    -- per bucket series: the keys that became dense in it (64 events within its window)
+    FOREACH v_sid IN ARRAY v_series LOOP
+        v_vars := v_vars || format(E'\n        %I text [];', 'v_rule_dense_' || v_sid);
+        v_into := v_into || format(', %I', 'v_rule_dense_' || v_sid);
+        v_dense := v_dense || format(E',\n        (SELECT array_agg(DISTINCT x.k) FROM x WHERE x.%I >= 64)',
+            'd:' || v_sid);
+        v_hot_cond := v_hot_cond || format(' OR %I IS NOT NULL', 'v_rule_dense_' || v_sid);
+    END LOOP;
+
     IF v_stateful THEN
-        -- (the keys whose latest time moved, with the time before, go to the assessment: a key
-        -- whose latest stored time is before its events' windows has nothing stored to read)
-        v_windows := EXISTS (SELECT 1 FROM cep._rule_window_needs(rs.rule_set_id));
+        -- the keys whose latest time moved, with the time before (a key whose latest stored
+        -- time is before its events' windows has nothing stored to read), and whether one of
+        -- the statement's keys is dense in a bucket series (then the general form assesses)
         v_lock := format($l$
     -- rules: lock the statement's keys in key order before reading their history, and move
     -- their latest stored time (ON CONFLICT locks the row even when its WHERE leaves it as it is)
@@ -717,13 +829,18 @@ BEGIN
         ON CONFLICT (stream_id, k) DO UPDATE SET prev_seen = kk.last_seen, last_seen = EXCLUDED.last_seen
         WHERE kk.last_seen < EXCLUDED.last_seen%5$s;
 $l$,
-            s.stream_id,
-            CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('n.%I::text', s.key_column) END,
-            cep._time_expr(s.stream_id),
+            s.stream_id, v_k, cep._time_expr(s.stream_id),
             CASE WHEN v_windows THEN E'WITH u AS (\n        ' ELSE '' END,
-            CASE WHEN v_windows THEN E'\n        RETURNING kk.k, kk.prev_seen\n    )\n    '
-                'SELECT array_agg(u.k), array_agg(u.prev_seen) INTO v_rule_k, v_rule_prev FROM u'
-                ELSE '' END);
+            CASE WHEN NOT v_windows THEN ''
+                ELSE format(E'\n        RETURNING kk.k, kk.prev_seen\n    )\n    '
+                    'SELECT array_agg(u.k), array_agg(u.prev_seen)%s '
+                    'INTO v_rule_k, v_rule_prev%s FROM u',
+                    -- (a small statement: whether one of its keys is dense)
+                    CASE WHEN cardinality(v_series) = 0 THEN '' ELSE format(
+                        E',\n        CASE WHEN v_events <= 8 THEN EXISTS (SELECT 1 FROM cep.rule_bucket_keys AS b '
+                        'WHERE b.series_id = ANY (%L::integer []) '
+                        'AND b.k IN (SELECT %s FROM cep_new_rows AS n)) END', v_series, v_k) END,
+                    CASE WHEN cardinality(v_series) = 0 THEN '' ELSE ', v_rule_hot' END) END);
     END IF;
 
     -- z-score histories grow by the statement's events, in the same statement (its CTEs all
@@ -758,28 +875,24 @@ $l$,
         INTO v_block
         FROM jsonb_each(p.block_action -> 'set') AS a
         JOIN pg_catalog.pg_attribute AS t ON t.attrelid = s.source AND t.attname = a.key;
-        v_block := format($b$, blk AS (
+        v_block := format($b$
+    IF v_rule_blocked IS NOT NULL THEN
         -- the block action on the blocked events' rows (later statements read the new values)
-        UPDATE %1$s AS n SET %2$s
-        WHERE n.%3$I = ANY (ARRAY(SELECT c.id FROM scored AS c WHERE c.blocked))
-    )$b$,
+        UPDATE %1$s AS n SET %2$s WHERE n.%3$I = ANY (v_rule_blocked);
+    END IF;$b$,
             s.source, v_block, s.id_column);
     END IF;
 
-    RETURN format($r$
-    -- rules: rule set %1$s (rules %2$s, versions %3$s)
-    DECLARE
-        v_rule_alert bigint;%23$s
-    BEGIN%4$s
-    -- rules: assess the statement's events, write what follows from it
-    %5$s, fs AS (
-        SELECT f.pos, count(*) AS n FROM fired AS f WHERE %16$s GROUP BY f.pos
+    -- the statement after the assessment: what follows from it, once per distinct set of
+    -- fired rules, and the writes
+    v_tail := format($t$, fs AS (
+        SELECT f.pos, count(*) AS n FROM fired AS f WHERE %2$s GROUP BY f.pos
     ), sets AS (
         -- what follows from a set of fired rules, once per distinct set
         SELECT z.pos, a.*, l.level, l.blocked,
             CASE WHEN l.blocked THEN 'critical' ELSE l.level END AS severity,
             a.total::float8 AS score,
-            %6$s AND %7$s AS alert,
+            %3$s AS alert,
             l.level || ' risk ' || round(a.total::float8::numeric, 4) || ' for key ' AS mpre,
             ': ' || a.names AS msuf,
             pg_catalog.jsonb_build_object(
@@ -787,36 +900,36 @@ $l$,
                 'blocked', l.blocked, 'rule_set_id', %1$s, 'shadow_rules', a.srules) AS details
         FROM fs AS z
         CROSS JOIN LATERAL (
-            SELECT coalesce(%8$s FILTER (WHERE (%9$L::boolean [])[q.p]), 0) AS total,
-                coalesce(%8$s, 0) AS total_all,
-                coalesce(array_agg((%10$L::bigint [])[q.p] ORDER BY q.p)
-                    FILTER (WHERE (%9$L::boolean [])[q.p]), '{}') AS rules,
-                coalesce(array_agg((%11$L::integer [])[q.p] ORDER BY q.p)
-                    FILTER (WHERE (%9$L::boolean [])[q.p]), '{}') AS versions,
-                coalesce(array_agg((%10$L::bigint [])[q.p] ORDER BY q.p)
-                    FILTER (WHERE NOT (%9$L::boolean [])[q.p]), '{}') AS srules,
-                coalesce(array_agg((%11$L::integer [])[q.p] ORDER BY q.p)
-                    FILTER (WHERE NOT (%9$L::boolean [])[q.p]), '{}') AS sversions,
-                coalesce(string_agg((%12$L::text [])[q.p], ', ' ORDER BY q.p)
-                    FILTER (WHERE (%9$L::boolean [])[q.p]), '') AS names,
-                coalesce(jsonb_agg((%13$L::jsonb [])[q.p] ORDER BY q.p)
-                    FILTER (WHERE (%9$L::boolean [])[q.p]), '[]') AS objs
+            SELECT coalesce(%4$s FILTER (WHERE (%5$L::boolean [])[q.p]), 0) AS total,
+                coalesce(%4$s, 0) AS total_all,
+                coalesce(array_agg((%6$L::bigint [])[q.p] ORDER BY q.p)
+                    FILTER (WHERE (%5$L::boolean [])[q.p]), '{}') AS rules,
+                coalesce(array_agg((%7$L::integer [])[q.p] ORDER BY q.p)
+                    FILTER (WHERE (%5$L::boolean [])[q.p]), '{}') AS versions,
+                coalesce(array_agg((%6$L::bigint [])[q.p] ORDER BY q.p)
+                    FILTER (WHERE NOT (%5$L::boolean [])[q.p]), '{}') AS srules,
+                coalesce(array_agg((%7$L::integer [])[q.p] ORDER BY q.p)
+                    FILTER (WHERE NOT (%5$L::boolean [])[q.p]), '{}') AS sversions,
+                coalesce(string_agg((%8$L::text [])[q.p], ', ' ORDER BY q.p)
+                    FILTER (WHERE (%5$L::boolean [])[q.p]), '') AS names,
+                coalesce(jsonb_agg((%9$L::jsonb [])[q.p] ORDER BY q.p)
+                    FILTER (WHERE (%5$L::boolean [])[q.p]), '[]') AS objs
             FROM unnest(z.pos) AS q (p)
         ) AS a
         CROSS JOIN LATERAL (
-            SELECT %14$s AS level, %15$s AS blocked
+            SELECT %10$s AS level, %11$s AS blocked
         ) AS l
     ), scored AS (
         SELECT f.id, f.k, f.t, c.*
         FROM fired AS f
         JOIN sets AS c ON c.pos = f.pos
-        WHERE %16$s
+        WHERE %2$s
     ), ins AS (
         INSERT INTO cep.risk_assessments (
             event_id, stream, partition_key, event_time, total_score, level, triggered_rules,
             rule_versions, shadow_rules, shadow_versions, shadow_score, blocked, rule_set_id
         )
-        SELECT c.id, %17$L, c.k, c.t, c.score, c.level, c.rules, c.versions, c.srules,
+        SELECT c.id, %12$L, c.k, c.t, c.score, c.level, c.rules, c.versions, c.srules,
             c.sversions, c.total_all::float8, c.blocked, %1$s
         FROM scored AS c
         ORDER BY c.t, c.id
@@ -825,7 +938,7 @@ $l$,
             source_kind, source_name, stream, partition_key, event_id, severity, score, message,
             details
         )
-        SELECT 'rule', %18$L, %17$L, c.k, c.id, c.severity, c.score,
+        SELECT 'rule', %13$L, %12$L, c.k, c.id, c.severity, c.score,
             c.mpre || c.k || ', event ' || c.id || c.msuf, c.details
         FROM scored AS c
         WHERE c.alert
@@ -837,54 +950,93 @@ $l$,
         SELECT cs.consumer_id, al.alert_id FROM al CROSS JOIN cep.consumers AS cs
     ), lg AS (
         INSERT INTO cep.rule_log (stream_id, rule_set_id, events, hit_rules, hit_counts)
-        SELECT %19$s, %1$s, v_events,
-            coalesce(array_agg((%10$L::bigint [])[h.p] ORDER BY h.p), '{}'),
+        SELECT %14$s, %1$s, v_events,
+            coalesce(array_agg((%6$L::bigint [])[h.p] ORDER BY h.p), '{}'),
             coalesce(array_agg(h.n ORDER BY h.p), '{}')
         FROM (SELECT q.p, sum(z.n)::bigint AS n FROM fs AS z, unnest(z.pos) AS q (p) GROUP BY q.p) AS h
-    )%20$s%21$s%22$s
-    SELECT min(al.alert_id) INTO v_rule_alert FROM al;
+    )%15$s$t$,
+        rs.rule_set_id,                                   -- 1
+        CASE WHEN p.log_all THEN 'true' ELSE 'cardinality(f.pos) > 0' END,  -- 2
+        v_alert_cond,                                     -- 3
+        v_combine,                                        -- 4
+        v_meta.enforce,                                   -- 5
+        rs.rule_ids,                                      -- 6
+        rs.versions,                                      -- 7
+        v_meta.names,                                     -- 8
+        v_meta.objs,                                      -- 9
+        v_level,                                          -- 10
+        CASE WHEN p.block_action IS NOT NULL
+            THEN format('a.total >= %L::numeric AND cardinality(a.rules) > 0', p.block::text::numeric)
+            ELSE 'false' END,                             -- 11
+        s.name,                                           -- 12
+        'risk_policy:' || s.name,                         -- 13
+        s.stream_id,                                      -- 14
+        v_hist);                                          -- 15
+    -- its last statement: the first alert, the blocked events, the keys that became dense
+    v_last := format(E'\n    SELECT min(al.alert_id),\n        %s%s',
+        CASE WHEN p.block_action IS NOT NULL
+            THEN '(SELECT array_agg(c.id) FROM scored AS c WHERE c.blocked)'
+            ELSE 'NULL::bigint []' END,
+        v_dense);
+
+    -- (the general form also tells whether one of its events is of a dense key)
+    v_main := cep._rule_assess_sql(rs.rule_set_id, 'cep_new_rows AS n', CASE WHEN v_windows
+        THEN '(SELECT u.k, u.prev FROM unnest(v_rule_k, v_rule_prev) AS u (k, prev))' END)
+        || v_tail || v_last
+        || CASE WHEN cardinality(v_series) = 0 THEN '' ELSE format(E',\n        (SELECT bool_or(%s) FROM x)',
+            (SELECT string_agg(format('x.%I IS NOT NULL', 'f:' || i), ' OR ' ORDER BY i)
+                FROM unnest(v_series) AS i)) END
+        || format(E'\n    INTO v_rule_alert, v_rule_blocked%s%s\n    FROM al;', v_into,
+            CASE WHEN cardinality(v_series) = 0 THEN '' ELSE ', v_rule_hot' END);
+    IF v_windows THEN
+        v_main := format(E'IF v_events <= 8%s THEN\n    %s\n    ELSE\n    %s\n    END IF;',
+            CASE WHEN cardinality(v_series) > 0 THEN ' AND NOT v_rule_hot' ELSE '' END,
+            cep._rule_assess_sql(rs.rule_set_id, 'cep_new_rows AS n', NULL, true) || v_tail || v_last
+                || format(E'\n    INTO v_rule_alert, v_rule_blocked%s\n    FROM al;', v_into),
+            v_main);
+    END IF;
+
+    RETURN format($r$
+    -- rules: rule set %1$s (rules %2$s, versions %3$s)
+    DECLARE
+        v_rule_alert bigint;
+        v_rule_blocked bigint [];%4$s
+    BEGIN%5$s
+    -- rules: assess the statement's events, write what follows from it
+    %6$s%7$s%8$s
     IF v_rule_alert IS NOT NULL THEN
         -- the stream's doorbell (cep._raise_alerts rings it the same way)
         PERFORM cep._ring_doorbell(x.notify_channel, v_rule_alert)
         FROM cep.streams AS x
-        WHERE x.stream_id = %19$s AND x.notify;
+        WHERE x.stream_id = %9$s AND x.notify;
     END IF;
     END;
 $r$,
         rs.rule_set_id,                                   -- 1
         array_to_string(rs.rule_ids, ','),                -- 2
         array_to_string(rs.versions, ','),                -- 3
-        v_lock,                                           -- 4
-        cep._rule_assess_sql(rs.rule_set_id, 'cep_new_rows AS n', CASE WHEN v_windows
-            THEN '(SELECT u.k, u.prev FROM unnest(v_rule_k, v_rule_prev) AS u (k, prev))' END),  -- 5
-        v_alert_cond,                                     -- 6
-        'true',                                           -- 7
-        v_combine,                                        -- 8
-        v_meta.enforce,                                   -- 9
-        rs.rule_ids,                                      -- 10
-        rs.versions,                                      -- 11
-        v_meta.names,                                     -- 12
-        v_meta.objs,                                      -- 13
-        v_level,                                          -- 14
-        CASE WHEN p.block_action IS NOT NULL
-            THEN format('a.total >= %L::numeric AND cardinality(a.rules) > 0', p.block::text::numeric)
-            ELSE 'false' END,                             -- 15
-        CASE WHEN p.log_all THEN 'true' ELSE 'cardinality(f.pos) > 0' END,  -- 16
-        s.name,                                           -- 17
-        'risk_policy:' || s.name,                         -- 18
-        s.stream_id,                                      -- 19
-        v_block,                                          -- 20
-        v_hist,                                           -- 21
-        cep._rule_bucket_sql(rs.rule_set_id),             -- 22
         CASE WHEN v_windows THEN E'\n        v_rule_k text [];\n        v_rule_prev timestamptz [];'
-            ELSE '' END);                                 -- 23
+            ELSE '' END
+            || CASE WHEN cardinality(v_series) > 0
+                THEN E'\n        v_rule_hot boolean;\n        v_rule_n bigint;' ELSE '' END
+            || v_vars,                                    -- 4
+        v_lock,                                           -- 5
+        v_main,                                           -- 6
+        v_block,                                          -- 7
+        CASE WHEN cardinality(v_series) = 0 THEN '' ELSE format($k$
+    IF v_rule_hot%1$s THEN
+        -- rules: keep the bucket series (the statement's rows of dense keys, keys that became
+        -- dense)
+        %2$s
+    END IF;$k$, v_hot_cond, cep._rule_bucket_sql(rs.rule_set_id)) END,  -- 8
+        s.stream_id);                                     -- 9
 END
 $fn$;
 
 COMMENT ON FUNCTION cep._rule_section(integer) IS
-'Internal: the rules section of a stream''s ingest function: key locks, then one statement '
-'with the assessment, risk_assessments rows, alerts and deliveries, block action, history and '
-'bucket updates and counters.';
+'Internal: the rules section of a stream''s ingest function: key locks, one statement with the '
+'assessment, risk_assessments rows, alerts and deliveries, history updates and counters, and '
+'when needed the block action and the upkeep of bucket series.';
 
 -- Product of numerics (noisy-or combination of rule scores).
 CREATE FUNCTION cep._product_step(state numeric, value numeric)
@@ -957,11 +1109,11 @@ $fn$;
 COMMENT ON FUNCTION cep._rule_set_series(integer) IS
 'Internal: the bucket series (id, field, width) the trailing metrics of a rule set read.';
 
--- The CTEs of the rules statement that keep a rule set's bucket series (they read the
--- assessment's x, and write what the next statement reads): the statement's rows of keys
--- dense before it go into their buckets; the keys that became dense (64 events within the
--- series' window at one of their events) get a floor inside that window and their buckets from
--- it, built from the stored rows (the statement's included).
+-- The statement of the rules section that keeps a rule set's bucket series, run when the
+-- statement has events of keys dense in a series (their rows go into its buckets) or keys that
+-- became dense (64 events within the series' window at one of their events, found by the
+-- assessment: arrays v_rule_dense_<series>); those get a floor inside that window and their
+-- buckets from it, built from the stored rows (the statement's included).
 CREATE FUNCTION cep._rule_bucket_sql(rule_set_id integer)
 RETURNS text
 LANGUAGE plpgsql
@@ -973,24 +1125,26 @@ DECLARE
     s cep.streams;
     v_series record;
     v_sql text := '';
+    v_k text;
     v_kcast text;
 BEGIN
     SELECT * INTO STRICT rs FROM cep.rule_sets AS r WHERE r.rule_set_id = _rule_bucket_sql.rule_set_id;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = rs.stream_id;
+    v_k := cep._stream_key_sql(s, 'n');
     v_kcast := CASE WHEN s.key_column IS NULL THEN 'true' ELSE format('s.%I = h.k::%s', s.key_column,
         (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a
          WHERE a.attrelid = s.source AND a.attname = s.key_column)) END;
     FOR v_series IN SELECT * FROM cep._rule_set_series(rs.rule_set_id) LOOP
-        v_sql := v_sql || format($b$, bu%1$s AS (
+        v_sql := v_sql || CASE WHEN v_sql = '' THEN 'WITH ' ELSE E', ' END || format($b$bu%1$s AS (
         -- bucket series %1$s (%2$L, width %3$s): the statement's rows of keys dense before it
         INSERT INTO cep.rule_buckets AS o (series_id, k, b, n, s, mn, mx)
         SELECT %1$s, y.k, y.b, count(y.v), sum(y.v), min(y.v), max(y.v)
         FROM (
-            SELECT e.k, pg_catalog.date_bin(%3$L::interval, e.t, '2000-01-01 00:00:00+00') AS b,
-                %4$s AS v, e.%5$I AS floor
-            FROM x AS e
+            SELECT %4$s AS k, pg_catalog.date_bin(%3$L::interval, %5$s, '2000-01-01 00:00:00+00') AS b,
+                %6$s AS v
+            FROM cep_new_rows AS n
         ) AS y
-        WHERE y.b >= y.floor
+        JOIN cep.rule_bucket_keys AS kf ON kf.series_id = %1$s AND kf.k = y.k AND y.b >= kf.floor
         GROUP BY y.k, y.b
         ORDER BY y.k, y.b
         ON CONFLICT (series_id, k, b) DO UPDATE
@@ -1002,33 +1156,31 @@ BEGIN
     ), bn%1$s AS (
         -- bucket series %1$s: keys that became dense
         INSERT INTO cep.rule_bucket_keys AS kk (series_id, k, floor)
-        SELECT %1$s, e.k,
-            pg_catalog.date_bin(%3$L::interval, max(e.t) - 32 * %3$L::interval, '2000-01-01 00:00:00+00')
+        SELECT %1$s, c.k,
+            pg_catalog.date_bin(%3$L::interval, c.t - 32 * %3$L::interval, '2000-01-01 00:00:00+00')
             + %3$L::interval
-        FROM x AS e
-        WHERE e.%6$I IS NOT NULL
-        GROUP BY e.k
-        HAVING max(e.%6$I) >= 64
-        ORDER BY e.k
+        FROM (SELECT %4$s AS k, max(%5$s) AS t FROM cep_new_rows AS n GROUP BY 1) AS c
+        WHERE c.k = ANY (%7$I)
+        ORDER BY c.k
         ON CONFLICT (series_id, k) DO NOTHING
         RETURNING kk.k, kk.floor
     ), bb%1$s AS (
         -- bucket series %1$s: their buckets, from the stored rows (the statement's included)
         INSERT INTO cep.rule_buckets AS o (series_id, k, b, n, s, mn, mx)
-        SELECT %1$s, h.k, pg_catalog.date_bin(%3$L::interval, %7$s, '2000-01-01 00:00:00+00'),
-            count(%8$s), sum(%8$s), min(%8$s), max(%8$s)
+        SELECT %1$s, h.k, pg_catalog.date_bin(%3$L::interval, %8$s, '2000-01-01 00:00:00+00'),
+            count(%9$s), sum(%9$s), min(%9$s), max(%9$s)
         FROM bn%1$s AS h
-        JOIN %9$s AS s ON %10$s AND s.%11$I >= %12$s%13$s
+        JOIN %10$s AS s ON %11$s AND s.%12$I >= %13$s%14$s
         GROUP BY 2, 3
         ORDER BY 2, 3
         ON CONFLICT (series_id, k, b) DO UPDATE
         SET n = EXCLUDED.n, s = EXCLUDED.s, mn = EXCLUDED.mn, mx = EXCLUDED.mx
     )$b$,
             v_series.series_id, v_series.field, v_series.width,
+            v_k, cep._time_expr(s.stream_id),
             cep._rule_bucket_value(s.source, v_series.field,
-                CASE WHEN v_series.field = '' THEN NULL ELSE format('e.%I', 'c:' || v_series.field) END),
-            'f:' || v_series.series_id,
-            'd:' || v_series.series_id,
+                CASE WHEN v_series.field = '' THEN NULL ELSE format('n.%I', v_series.field) END),
+            'v_rule_dense_' || v_series.series_id,
             cep._stream_time_sql(s, 's'),
             cep._rule_bucket_value(s.source, v_series.field,
                 CASE WHEN v_series.field = '' THEN NULL ELSE format('s.%I', v_series.field) END),
@@ -1038,9 +1190,10 @@ BEGIN
             cep._stream_raw_time_sql(s, 'h.floor'),
             cep._processed_sql(s, 's'));
     END LOOP;
-    RETURN v_sql;
+    RETURN CASE WHEN v_sql = '' THEN '' ELSE v_sql || E'\n    SELECT count(*) INTO v_rule_n FROM bn'
+        || (SELECT max(f.series_id) FROM cep._rule_set_series(rs.rule_set_id) AS f) || ';' END;
 END
 $fn$;
 
 COMMENT ON FUNCTION cep._rule_bucket_sql(integer) IS
-'Internal: the CTEs of the rules statement that keep the bucket series of its rule set.';
+'Internal: the statement of the rules section that keeps the bucket series of its rule set.';
