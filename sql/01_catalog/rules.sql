@@ -128,7 +128,7 @@ COMMENT ON TABLE cep.risk_assessments IS
 -- key's trailing metrics are read, so concurrent statements on one key serialize. last_seen is
 -- the latest event time of the key's stored rows (every statement that stores rows of the key
 -- moves it, under the lock), so a statement knows which keys have nothing stored in its
--- windows; prev_seen is the value before the statement that last moved it. The rows are
+-- windows; prev_seen is the value before the last statement. The rows are
 -- forgotten whenever the stream's rules start reading history (see cep._rules_prepare): a
 -- missing row means unknown.
 CREATE TABLE cep.rule_keys (

@@ -759,6 +759,7 @@ DECLARE
     v_hot_cond text := '';
     v_main text;
     v_k text;
+    v_kcast text;
 BEGIN
     rs := cep._rule_set(stream_id);
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _rule_section.stream_id;
@@ -788,6 +789,9 @@ BEGIN
     SELECT coalesce(array_agg(f.series_id ORDER BY f.series_id), '{}') INTO v_series
     FROM cep._rule_set_series(rs.rule_set_id) AS f;
     v_k := CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('n.%I::text', s.key_column) END;
+    v_kcast := CASE WHEN s.key_column IS NULL THEN 'true' ELSE format('s.%I = r.k::%s', s.key_column,
+        (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid = s.source AND a.attname = s.key_column)) END;
 
     v_combine := CASE p.combine
         WHEN 'sum' THEN 'sum(%1$s)'
@@ -815,19 +819,21 @@ BEGIN
     END LOOP;
 
     IF v_stateful THEN
-        -- the keys whose latest time moved, with the time before (a key whose latest stored
-        -- time is before its events' windows has nothing stored to read), and whether one of
-        -- the statement's keys is dense in a bucket series (then the general form assesses)
+        -- the statement's keys with their latest stored time before it (a key whose latest
+        -- stored time is before its events' windows has nothing stored to read), and whether
+        -- one of them is dense in a bucket series (then the general form assesses); the rows
+        -- are always updated, so that a REPEATABLE READ or SERIALIZABLE writer of a key that a
+        -- concurrent transaction wrote gets a serialization failure instead of a stale history
         v_lock := format($l$
     -- rules: lock the statement's keys in key order before reading their history, and move
-    -- their latest stored time (ON CONFLICT locks the row even when its WHERE leaves it as it is)
+    -- their latest stored time
     %4$sINSERT INTO cep.rule_keys AS kk (stream_id, k, last_seen)
         SELECT %1$s, e.k, max(e.t)
         FROM (SELECT %2$s AS k, %3$s AS t FROM cep_new_rows AS n) AS e
         GROUP BY e.k
         ORDER BY e.k
-        ON CONFLICT (stream_id, k) DO UPDATE SET prev_seen = kk.last_seen, last_seen = EXCLUDED.last_seen
-        WHERE kk.last_seen < EXCLUDED.last_seen%5$s;
+        ON CONFLICT (stream_id, k) DO UPDATE
+        SET prev_seen = kk.last_seen, last_seen = greatest(kk.last_seen, EXCLUDED.last_seen)%5$s;
 $l$,
             s.stream_id, v_k, cep._time_expr(s.stream_id),
             CASE WHEN v_windows THEN E'WITH u AS (\n        ' ELSE '' END,
@@ -954,7 +960,7 @@ $l$,
             coalesce(array_agg((%6$L::bigint [])[h.p] ORDER BY h.p), '{}'),
             coalesce(array_agg(h.n ORDER BY h.p), '{}')
         FROM (SELECT q.p, sum(z.n)::bigint AS n FROM fs AS z, unnest(z.pos) AS q (p) GROUP BY q.p) AS h
-    )%15$s$t$,
+    )%15$s%16$s$t$,
         rs.rule_set_id,                                   -- 1
         CASE WHEN p.log_all THEN 'true' ELSE 'cardinality(f.pos) > 0' END,  -- 2
         v_alert_cond,                                     -- 3
@@ -971,7 +977,22 @@ $l$,
         s.name,                                           -- 12
         'risk_policy:' || s.name,                         -- 13
         s.stream_id,                                      -- 14
-        v_hist);                                          -- 15
+        v_hist,                                           -- 15
+        CASE WHEN NOT v_windows THEN '' ELSE format($f$, kfix AS (
+        -- keys new to cep.rule_keys (first seen since the rules read history, or since their row
+        -- was purged): the statement read their windows whole; their latest stored time there
+        -- (rows can be stored before the row existed) comes from one probe of the index
+        UPDATE cep.rule_keys AS r
+        SET last_seen = greatest(r.last_seen, %1$s)
+        WHERE r.stream_id = %2$s AND r.k = ANY (ARRAY(
+            SELECT u.k FROM unnest(v_rule_k, v_rule_prev) AS u (k, prev) WHERE u.prev IS NULL))
+    )$f$,
+            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
+                THEN format('pg_catalog.timezone(''UTC'', (SELECT max(s.%I) FROM %s AS s WHERE %s))',
+                    s.time_column, s.source, v_kcast)
+                ELSE format('(SELECT max(s.%I) FROM %s AS s WHERE %s)', s.time_column, s.source,
+                    v_kcast) END,
+            s.stream_id) END);                            -- 16
     -- its last statement: the first alert, the blocked events, the keys that became dense
     v_last := format(E'\n    SELECT min(al.alert_id),\n        %s%s',
         CASE WHEN p.block_action IS NOT NULL
