@@ -125,24 +125,17 @@ COMMENT ON TABLE cep.risk_assessments IS
 'versions; shadow rules that fired are listed apart with the score they would have added.';
 
 -- One row per key of a stream with stateful rules: the lock taken, in key order, before the
--- key's trailing metrics are read, so concurrent statements on one key serialize. last_seen is
--- the latest event time of the key's stored rows (every statement that stores rows of the key
--- moves it, under the lock), so a statement knows which keys have nothing stored in its
--- windows; prev_seen is the value before the last statement. The rows are
--- forgotten whenever the stream's rules start reading history (see cep._rules_prepare): a
--- missing row means unknown.
+-- key's trailing metrics are read, so concurrent statements on one key serialize.
 CREATE TABLE cep.rule_keys (
     stream_id integer NOT NULL,
     k text NOT NULL,
     last_seen timestamptz NOT NULL,
-    prev_seen timestamptz,
     CONSTRAINT rule_keys_pkey PRIMARY KEY (stream_id, k)
 );
 
 COMMENT ON TABLE cep.rule_keys IS
-'Internal: per-key lock rows of streams whose rules read the key''s history, with the latest '
-'event time stored for the key; rows of keys idle past every metric window are purged by '
-'cep.run_maintenance().';
+'Internal: per-key lock rows of streams whose rules read the key''s history; rows of keys idle '
+'past every metric window are purged by cep.run_maintenance().';
 
 -- Running count, sum and sum of squares of a numeric field per key (z-score anomaly rules).
 CREATE TABLE cep.rule_history (

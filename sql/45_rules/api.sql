@@ -86,27 +86,6 @@ BEGIN
         AND cep._rule_bucket_width(n.fn, n.secs) IS NOT NULL
     ON CONFLICT ON CONSTRAINT rule_bucket_series_key DO NOTHING;
 
-    -- The latest event time per key in cep.rule_keys is only known while every statement on
-    -- the stream keeps it: when the compiled rules did not read history (or there were none),
-    -- it is forgotten, and no insert may slip between that and the new ingest code.
-    IF EXISTS (
-        SELECT 1 FROM cep.rules AS r CROSS JOIN LATERAL cep._rule_needs(r.condition) AS n
-        WHERE r.stream = s.name AND r.active
-    ) AND NOT coalesce((
-        SELECT bool_or(n.kind IS NOT NULL)
-        FROM cep.rule_sets AS rs
-        CROSS JOIN LATERAL unnest(rs.rule_ids, rs.versions) AS u (rule_id, version)
-        JOIN cep.rule_versions AS v ON v.rule_id = u.rule_id AND v.version = u.version
-        CROSS JOIN LATERAL cep._rule_needs(v.condition) AS n
-        WHERE rs.rule_set_id = (cep._rule_set(s.stream_id)).rule_set_id
-    ), false) THEN
-        IF NOT v_locked THEN
-            EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', s.source);
-            v_locked := true;
-        END IF;
-        DELETE FROM cep.rule_keys AS k WHERE k.stream_id = s.stream_id;
-    END IF;
-
     -- Trailing metrics read the key's recent rows: make sure an index on (key, time) exists.
     IF s.key_column IS NOT NULL AND EXISTS (
         SELECT 1 FROM cep.rules AS r CROSS JOIN LATERAL cep._rule_needs(r.condition) AS n

@@ -205,7 +205,7 @@ COMMENT ON FUNCTION cep._rule_add_sql(text, text) IS
 -- (per event: the buckets between the window's two raw ends) and raw rows only as far back as
 -- the other conditions need.
 CREATE FUNCTION cep._rule_assess_sql(
-    rule_set_id integer, batch text, keys text DEFAULT NULL, small boolean DEFAULT false
+    rule_set_id integer, batch text, small boolean DEFAULT false
 )
 RETURNS text
 LANGUAGE plpgsql
@@ -383,17 +383,18 @@ BEGIN
     v_key := CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('s.%I', s.key_column) END;
     v_keyeq := CASE WHEN s.key_column IS NULL THEN 'true' ELSE format('s.%I = e.kraw', s.key_column) END;
     v_proc := cep._processed_sql(s, 's');
-    -- per bucket series: the key's floor there (NULL: the key is not dense in that series)
+    -- per bucket series: the key's floor there (NULL: the key is not dense in that series, or
+    -- its events spell the key in more than one way); looked up once per key
     FOR v_grp IN
         SELECT DISTINCT n.series_id FROM cep._rule_window_needs(rs.rule_set_id) AS n
         WHERE n.series_id IS NOT NULL ORDER BY 1
     LOOP
-        v_kf_cols := v_kf_cols || format(', kf%1$s.floor AS %2$I', v_grp.series_id,
-            'f:' || v_grp.series_id);
-        v_kf_from := v_kf_from || format(E'\n        LEFT JOIN cep.rule_bucket_keys AS kf%1$s '
-            'ON kf%1$s.series_id = %1$s AND kf%1$s.k = e.k', v_grp.series_id);
+        v_kf_cols := v_kf_cols || format(', CASE WHEN g.k1 = g.k2 THEN kf%1$s.floor END AS %2$I',
+            v_grp.series_id, 'f:' || v_grp.series_id);
+        v_kf_from := v_kf_from || format(E'\n            LEFT JOIN cep.rule_bucket_keys AS kf%1$s '
+            'ON kf%1$s.series_id = %1$s AND kf%1$s.k = g.k1', v_grp.series_id);
         v_hot := v_hot || CASE WHEN v_hot = '' THEN '' ELSE ' AND ' END
-            || format('e.%I IS NOT NULL', 'f:' || v_grp.series_id);
+            || format('k.%I IS NOT NULL', 'f:' || v_grp.series_id);
     END LOOP;
     IF v_hot = '' THEN
         v_hot := 'false';
@@ -443,11 +444,14 @@ BEGIN
     ), fired AS (
         SELECT x.id, x.k, x.t, x.traw,
             pg_catalog.array_remove(ARRAY[%11$s
-            ]::integer [], NULL)%12$s AS pos
+            ]::integer [], NULL)%12$s AS pos%13$s
         FROM x
     )$x$,
             v_hist_cols, v_aggs, s.source, v_keyeq, s.time_column, v_wmax, v_proc, s.id_column,
-            v_hist_from, v_hist_win, v_conds, v_groups);
+            v_hist_from, v_hist_win, v_conds, v_groups,
+            (SELECT coalesce(string_agg(format(', x.%I', 'd:' || n.series_id), '' ORDER BY n.series_id), '')
+                FROM (SELECT DISTINCT n.series_id FROM cep._rule_window_needs(rs.rule_set_id) AS n
+                    WHERE n.series_id IS NOT NULL) AS n));
     END IF;
 
     -- the arrays of the statement's events (s:) and of the stored rows (a:), per key, and the
@@ -470,31 +474,32 @@ BEGIN
         v_in_cols := v_in_cols || format(', sq.%I, a.%I', 's:c:' || v_col, 'a:c:' || v_col);
     END LOOP;
 
-    v_sql := v_sql || format($w$, eo AS (
-        -- the statement's events with their rank in (time, id) order within their key, and the
-        -- latest time stored for the key before the statement, when known (cep.rule_keys)
-        SELECT e.*, pg_catalog.row_number() OVER (PARTITION BY e.kraw ORDER BY e.traw, e.id) AS "e:r",
-            rk.prev AS "e:prev", rk.k IS NOT NULL AS "e:known"%1$s
-        FROM ev AS e
-        LEFT JOIN %17$s AS rk ON rk.k = e.k%2$s
-    ), sk AS (
+    v_sql := v_sql || format($w$, sk AS (
         -- per key: its events as arrays in (time, id) order (the order of the sorted input),
-        -- whether it reads its long windows from buckets, and the range of its stored rows
-        -- that its windows read (up to the latest stored time, when known): w and rd
-        SELECT k.*, k.up > k.lo - k.w AS rd
+        -- the key's floor in each bucket series, whether it reads its long windows from
+        -- buckets (dense in every series), and the range of its stored rows that its windows
+        -- read (w, and rd: whether it reads any, as keys dense in every series and no other
+        -- need do not)
+        SELECT k.*, k.w IS NOT NULL AS rd
         FROM (
-            SELECT e.kraw, min(e.traw) AS lo, max(e.traw) AS hi, bool_and(%3$s) AS hot,
-                CASE WHEN bool_and(e."e:known") THEN least(max(e.traw), %18$s) ELSE max(e.traw) END AS up,
-                CASE WHEN bool_and(%3$s) THEN %14$s ELSE make_interval(secs => %10$s) END AS w%4$s
-            FROM (SELECT e.* FROM eo AS e ORDER BY e.kraw, e."e:r") AS e
-            GROUP BY e.kraw
+            SELECT k.*, CASE WHEN %3$s THEN %14$s ELSE make_interval(secs => %10$s) END AS w,
+                %3$s AS hot
+            FROM (
+                SELECT g.*%1$s
+                FROM (
+                    SELECT e.kraw, min(e.k) AS k1, max(e.k) AS k2, min(e.traw) AS lo,
+                        max(e.traw) AS hi, array_agg(e.id) AS "s:id"%4$s
+                    FROM (SELECT e.* FROM ev AS e ORDER BY e.kraw, e.traw, e.id) AS e
+                    GROUP BY e.kraw
+                ) AS g%2$s
+            ) AS k
         ) AS k
     ), sp AS (
         -- the range the statement's keys read, apart for the keys that read buckets
         SELECT min(k.lo - k.w) FILTER (WHERE k.rd AND NOT k.hot) AS lo,
-            max(k.up) FILTER (WHERE k.rd AND NOT k.hot) AS hi,
+            max(k.hi) FILTER (WHERE k.rd AND NOT k.hot) AS hi,
             min(k.lo - k.w) FILTER (WHERE k.rd AND k.hot) AS hlo,
-            max(k.up) FILTER (WHERE k.rd AND k.hot) AS hhi
+            max(k.hi) FILTER (WHERE k.rd AND k.hot) AS hhi
         FROM sk AS k
     ), so AS (
         -- stored rows of the statement's keys over their events' windows: one index scan over
@@ -508,15 +513,15 @@ BEGIN
         UNION ALL
         SELECT o.*
         FROM (
-            SELECT c.kraw, min(c.traw) - c.w AS lo, least(max(c.traw), c.up) AS hi
+            SELECT c.kraw, min(c.traw) - c.w AS lo, max(c.traw) AS hi
             FROM (
-                SELECT g.kraw, g.traw, g.w, g.up, count(*) FILTER (WHERE g.gap) OVER (
+                SELECT g.kraw, g.traw, g.w, count(*) FILTER (WHERE g.gap) OVER (
                     PARTITION BY g.kraw ORDER BY g.traw, g.id ROWS UNBOUNDED PRECEDING) AS c
                 FROM (
-                    SELECT e.kraw, e.traw, e.id, k.w, k.up,
+                    SELECT e.kraw, e.traw, e.id, k.w,
                         e.traw - pg_catalog.lag(e.traw) OVER (
                             PARTITION BY e.kraw ORDER BY e.traw, e.id) > k.w AS gap
-                    FROM eo AS e
+                    FROM ev AS e
                     JOIN (
                         SELECT k.* FROM sk AS k, sp AS p
                         WHERE k.rd AND CASE WHEN k.hot THEN p.hhi - p.hlo > 2 * k.w
@@ -524,7 +529,7 @@ BEGIN
                     ) AS k ON k.kraw = e.kraw
                 ) AS g
             ) AS c
-            GROUP BY c.kraw, c.c, c.w, c.up
+            GROUP BY c.kraw, c.c, c.w
         ) AS r
         CROSS JOIN LATERAL (
             SELECT %5$s AS kraw, s.%6$I AS traw, s.%7$I::bigint AS id%8$s
@@ -575,8 +580,7 @@ BEGIN
         CASE WHEN s.key_column IS NULL THEN 'true'
             ELSE format('s.%I = r.kraw', s.key_column) END,           -- 15
         v_a_arrays,                                                   -- 16
-        coalesce(keys, '(SELECT NULL::text AS k, NULL::timestamptz AS prev WHERE false)'),  -- 17
-        cep._stream_raw_time_sql(s, 'max(e."e:prev")'));              -- 18
+        NULL, NULL);                                                  -- (17, 18: unused)
 
     -- Per event: the slice bounds of every window width (ah, a<w>, s<w>: computed once, in the
     -- subquery), the aggregates of each width's slices (wa: stored rows, ws: the statement's
@@ -698,29 +702,43 @@ BEGIN
     RETURN v_sql || format($x$, x AS (
         SELECT %1$s%2$s%3$s
         FROM (
-            SELECT e.*%4$s,
+            -- (e:r, the event's rank in (time, id) order among the statement's events of its
+            -- key: those of earlier times, and its place among those of its time, ids ascending)
+            SELECT e.*%4$s%11$s,
+                r.lt + pg_catalog.width_bucket(e.id, sq."s:id"[r.lt + 1:r.le]) AS "e:r",
                 %5$s
-            FROM eo AS e
+            FROM ev AS e
             JOIN sk AS sq ON sq.kraw = e.kraw
             LEFT JOIN sa AS a ON a.kraw = e.kraw
+            CROSS JOIN LATERAL (
+                SELECT pg_catalog.width_bucket(e.traw - '1 microsecond'::interval, sq."s:t") AS lt,
+                    pg_catalog.width_bucket(e.traw, sq."s:t") AS le
+            ) AS r
             OFFSET 0
         ) AS e%6$s%7$s%8$s
     ), fired AS (
         SELECT x.id, x.k, x.t, x.traw,
             pg_catalog.array_remove(ARRAY[%9$s
-            ]::integer [], NULL)%10$s AS pos
+            ]::integer [], NULL)%10$s AS pos%12$s
         FROM x
     )$x$, v_eo_cols, v_fin, v_hist_cols, v_in_cols, v_pos, v_lats, v_hist_from, v_hist_win,
-        v_conds, v_groups);
+        v_conds, v_groups,
+        (SELECT coalesce(string_agg(format(', sq.%I', 'f:' || n.series_id), '' ORDER BY n.series_id), '')
+            FROM (SELECT DISTINCT n.series_id FROM cep._rule_window_needs(rs.rule_set_id) AS n
+                WHERE n.series_id IS NOT NULL) AS n),
+        (SELECT coalesce(string_agg(format(', x.%I, x.%I', 'd:' || n.series_id, 'f:' || n.series_id),
+                '' ORDER BY n.series_id), '')
+            FROM (SELECT DISTINCT n.series_id FROM cep._rule_window_needs(rs.rule_set_id) AS n
+                WHERE n.series_id IS NOT NULL) AS n));
 END
 $fn$;
 
-COMMENT ON FUNCTION cep._rule_assess_sql(integer, text, text, boolean) IS
+COMMENT ON FUNCTION cep._rule_assess_sql(integer, text, boolean) IS
 'Internal: the SQL that evaluates a rule set over a set of events (CTEs ev, ..., x, fired); '
 'shared by the ingest code (the events are in the table) and cep.evaluate_rules (they are not).';
 
 -- The rules section of a stream's ingest function. When a rule reads history: the statement's
--- keys locked in key order (the lock rows keep each key's latest stored time). Then one
+-- keys locked in key order, before their history is read. Then one
 -- statement assesses the events and writes the assessments, the alerts with their deliveries,
 -- the z-score histories and the counters; everything that depends only on the set of fired
 -- rules (scores, level, arrays, alert details) is computed once per distinct set. What is
@@ -759,7 +777,6 @@ DECLARE
     v_hot_cond text := '';
     v_main text;
     v_k text;
-    v_kcast text;
 BEGIN
     rs := cep._rule_set(stream_id);
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = _rule_section.stream_id;
@@ -789,9 +806,6 @@ BEGIN
     SELECT coalesce(array_agg(f.series_id ORDER BY f.series_id), '{}') INTO v_series
     FROM cep._rule_set_series(rs.rule_set_id) AS f;
     v_k := CASE WHEN s.key_column IS NULL THEN '''''::text' ELSE format('n.%I::text', s.key_column) END;
-    v_kcast := CASE WHEN s.key_column IS NULL THEN 'true' ELSE format('s.%I = r.k::%s', s.key_column,
-        (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a
-         WHERE a.attrelid = s.source AND a.attname = s.key_column)) END;
 
     v_combine := CASE p.combine
         WHEN 'sum' THEN 'sum(%1$s)'
@@ -813,40 +827,24 @@ BEGIN
     FOREACH v_sid IN ARRAY v_series LOOP
         v_vars := v_vars || format(E'\n        %I text [];', 'v_rule_dense_' || v_sid);
         v_into := v_into || format(', %I', 'v_rule_dense_' || v_sid);
-        v_dense := v_dense || format(E',\n        (SELECT array_agg(DISTINCT x.k) FROM x WHERE x.%I >= 64)',
+        v_dense := v_dense || format(E',\n        (SELECT array_agg(DISTINCT f.k) FROM fired AS f WHERE f.%I >= 64)',
             'd:' || v_sid);
         v_hot_cond := v_hot_cond || format(' OR %I IS NOT NULL', 'v_rule_dense_' || v_sid);
     END LOOP;
 
     IF v_stateful THEN
-        -- the statement's keys with their latest stored time before it (a key whose latest
-        -- stored time is before its events' windows has nothing stored to read), and whether
-        -- one of them is dense in a bucket series (then the general form assesses); the rows
-        -- are always updated, so that a REPEATABLE READ or SERIALIZABLE writer of a key that a
-        -- concurrent transaction wrote gets a serialization failure instead of a stale history
         v_lock := format($l$
-    -- rules: lock the statement's keys in key order before reading their history, and move
-    -- their latest stored time
-    %4$sINSERT INTO cep.rule_keys AS kk (stream_id, k, last_seen)
-        SELECT %1$s, e.k, max(e.t)
-        FROM (SELECT %2$s AS k, %3$s AS t FROM cep_new_rows AS n) AS e
-        GROUP BY e.k
-        ORDER BY e.k
-        ON CONFLICT (stream_id, k) DO UPDATE
-        SET prev_seen = kk.last_seen, last_seen = greatest(kk.last_seen, EXCLUDED.last_seen)%5$s;
+    -- rules: lock the statement's keys in key order before reading their history (ON CONFLICT
+    -- locks the row even when its WHERE leaves it unchanged; last_seen moves hourly at most)
+    INSERT INTO cep.rule_keys AS kk (stream_id, k, last_seen)
+    SELECT %1$s, e.k, max(e.t)
+    FROM (SELECT %2$s AS k, %3$s AS t FROM cep_new_rows AS n) AS e
+    GROUP BY e.k
+    ORDER BY e.k
+    ON CONFLICT (stream_id, k) DO UPDATE SET last_seen = EXCLUDED.last_seen
+    WHERE kk.last_seen < EXCLUDED.last_seen - interval '1 hour';
 $l$,
-            s.stream_id, v_k, cep._time_expr(s.stream_id),
-            CASE WHEN v_windows THEN E'WITH u AS (\n        ' ELSE '' END,
-            CASE WHEN NOT v_windows THEN ''
-                ELSE format(E'\n        RETURNING kk.k, kk.prev_seen\n    )\n    '
-                    'SELECT array_agg(u.k), array_agg(u.prev_seen)%s '
-                    'INTO v_rule_k, v_rule_prev%s FROM u',
-                    -- (a small statement: whether one of its keys is dense)
-                    CASE WHEN cardinality(v_series) = 0 THEN '' ELSE format(
-                        E',\n        CASE WHEN v_events <= 8 THEN EXISTS (SELECT 1 FROM cep.rule_bucket_keys AS b '
-                        'WHERE b.series_id = ANY (%L::integer []) '
-                        'AND b.k IN (SELECT %s FROM cep_new_rows AS n)) END', v_series, v_k) END,
-                    CASE WHEN cardinality(v_series) = 0 THEN '' ELSE ', v_rule_hot' END) END);
+            s.stream_id, v_k, cep._time_expr(s.stream_id));
     END IF;
 
     -- z-score histories grow by the statement's events, in the same statement (its CTEs all
@@ -960,7 +958,7 @@ $l$,
             coalesce(array_agg((%6$L::bigint [])[h.p] ORDER BY h.p), '{}'),
             coalesce(array_agg(h.n ORDER BY h.p), '{}')
         FROM (SELECT q.p, sum(z.n)::bigint AS n FROM fs AS z, unnest(z.pos) AS q (p) GROUP BY q.p) AS h
-    )%15$s%16$s$t$,
+    )%15$s$t$,
         rs.rule_set_id,                                   -- 1
         CASE WHEN p.log_all THEN 'true' ELSE 'cardinality(f.pos) > 0' END,  -- 2
         v_alert_cond,                                     -- 3
@@ -977,22 +975,7 @@ $l$,
         s.name,                                           -- 12
         'risk_policy:' || s.name,                         -- 13
         s.stream_id,                                      -- 14
-        v_hist,                                           -- 15
-        CASE WHEN NOT v_windows THEN '' ELSE format($f$, kfix AS (
-        -- keys new to cep.rule_keys (first seen since the rules read history, or since their row
-        -- was purged): the statement read their windows whole; their latest stored time there
-        -- (rows can be stored before the row existed) comes from one probe of the index
-        UPDATE cep.rule_keys AS r
-        SET last_seen = greatest(r.last_seen, %1$s)
-        WHERE r.stream_id = %2$s AND r.k = ANY (ARRAY(
-            SELECT u.k FROM unnest(v_rule_k, v_rule_prev) AS u (k, prev) WHERE u.prev IS NULL))
-    )$f$,
-            CASE WHEN s.time_type = 'timestamp without time zone'::regtype
-                THEN format('pg_catalog.timezone(''UTC'', (SELECT max(s.%I) FROM %s AS s WHERE %s))',
-                    s.time_column, s.source, v_kcast)
-                ELSE format('(SELECT max(s.%I) FROM %s AS s WHERE %s)', s.time_column, s.source,
-                    v_kcast) END,
-            s.stream_id) END);                            -- 16
+        v_hist);                                          -- 15
     -- its last statement: the first alert, the blocked events, the keys that became dense
     v_last := format(E'\n    SELECT min(al.alert_id),\n        %s%s',
         CASE WHEN p.block_action IS NOT NULL
@@ -1001,18 +984,19 @@ $l$,
         v_dense);
 
     -- (the general form also tells whether one of its events is of a dense key)
-    v_main := cep._rule_assess_sql(rs.rule_set_id, 'cep_new_rows AS n', CASE WHEN v_windows
-        THEN '(SELECT u.k, u.prev FROM unnest(v_rule_k, v_rule_prev) AS u (k, prev))' END)
-        || v_tail || v_last
-        || CASE WHEN cardinality(v_series) = 0 THEN '' ELSE format(E',\n        (SELECT bool_or(%s) FROM x)',
-            (SELECT string_agg(format('x.%I IS NOT NULL', 'f:' || i), ' OR ' ORDER BY i)
+    v_main := cep._rule_assess_sql(rs.rule_set_id, 'cep_new_rows AS n') || v_tail || v_last
+        || CASE WHEN cardinality(v_series) = 0 THEN '' ELSE format(E',\n        (SELECT bool_or(%s) FROM fired AS f)',
+            (SELECT string_agg(format('f.%I IS NOT NULL', 'f:' || i), ' OR ' ORDER BY i)
                 FROM unnest(v_series) AS i)) END
         || format(E'\n    INTO v_rule_alert, v_rule_blocked%s%s\n    FROM al;', v_into,
             CASE WHEN cardinality(v_series) = 0 THEN '' ELSE ', v_rule_hot' END);
     IF v_windows THEN
         v_main := format(E'IF v_events <= 8%s THEN\n    %s\n    ELSE\n    %s\n    END IF;',
-            CASE WHEN cardinality(v_series) > 0 THEN ' AND NOT v_rule_hot' ELSE '' END,
-            cep._rule_assess_sql(rs.rule_set_id, 'cep_new_rows AS n', NULL, true) || v_tail || v_last
+            CASE WHEN cardinality(v_series) = 0 THEN ''
+                ELSE format(' AND NOT EXISTS (SELECT 1 FROM cep.rule_bucket_keys AS b '
+                    'WHERE b.series_id = ANY (%L::integer []) AND b.k IN (SELECT %s FROM cep_new_rows AS n))',
+                    v_series, v_k) END,
+            cep._rule_assess_sql(rs.rule_set_id, 'cep_new_rows AS n', true) || v_tail || v_last
                 || format(E'\n    INTO v_rule_alert, v_rule_blocked%s\n    FROM al;', v_into),
             v_main);
     END IF;
@@ -1036,10 +1020,8 @@ $r$,
         rs.rule_set_id,                                   -- 1
         array_to_string(rs.rule_ids, ','),                -- 2
         array_to_string(rs.versions, ','),                -- 3
-        CASE WHEN v_windows THEN E'\n        v_rule_k text [];\n        v_rule_prev timestamptz [];'
-            ELSE '' END
-            || CASE WHEN cardinality(v_series) > 0
-                THEN E'\n        v_rule_hot boolean;\n        v_rule_n bigint;' ELSE '' END
+        CASE WHEN cardinality(v_series) > 0
+            THEN E'\n        v_rule_hot boolean := false;\n        v_rule_n bigint;' ELSE '' END
             || v_vars,                                    -- 4
         v_lock,                                           -- 5
         v_main,                                           -- 6
