@@ -205,7 +205,7 @@ COMMENT ON FUNCTION cep._rule_add_sql(text, text) IS
 -- (per event: the buckets between the window's two raw ends) and raw rows only as far back as
 -- the other conditions need.
 CREATE FUNCTION cep._rule_assess_sql(
-    rule_set_id integer, batch text, small boolean DEFAULT false
+    rule_set_id integer, batch text, small boolean DEFAULT FALSE
 )
 RETURNS text
 LANGUAGE plpgsql
