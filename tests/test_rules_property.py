@@ -1159,3 +1159,21 @@ def test_log_all_without_active_rules(conn):
     ingest(conn, m, [row(2, "2024-03-01T12:01:00+00:00", amount="1000")])
     assert sorted(m.assessments) == [1, 2]
     check(conn, m)
+
+
+def test_block_threshold_zero_blocks_only_events_that_fired(conn):
+    """A policy with block 0 and log_all assesses every event; only those that fired an
+    enforced rule are blocked (not those that fired nothing, or only shadow rules)."""
+    m = setup_stream(conn)
+    add_rule(conn, m, "big", {"field": "amount", "op": ">", "value": 100}, 0.2)
+    add_rule(conn, m, "night", {"time_of_day": {"from": "22:00", "to": "06:00"}}, 0.3,
+             mode="shadow")
+    set_policy(conn, m, medium=0, high=0, block=0, block_action=BLOCK, log_all=True)
+    ingest(conn, m, [row(1, "2024-03-01T12:00:00+00:00", amount="500"),
+                     row(2, "2024-03-01T12:01:00+00:00", amount="5"),
+                     row(3, "2024-03-01T23:00:00+00:00", amount="5", user="u2")])
+    ingest(conn, m, [row(4, "2024-03-01T23:01:00+00:00", amount="5", user="u3")])
+    got = read_assessments(conn)
+    assert sorted(got) == [1, 2, 3, 4]
+    assert {k: v["blocked"] for k, v in got.items()} == {1: True, 2: False, 3: False, 4: False}
+    check(conn, m)

@@ -977,18 +977,18 @@ $l$,
         s.stream_id,                                      -- 14
         v_hist);                                          -- 15
     -- its last statement: the first alert, the blocked events, the keys that became dense
-    v_last := format(E'\n    SELECT min(al.alert_id),\n        %s%s',
+    v_last := format(E'\n    SELECT min(al.alert_id)%s%s',
         CASE WHEN p.block_action IS NOT NULL
-            THEN '(SELECT array_agg(c.id) FROM scored AS c WHERE c.blocked)'
-            ELSE 'NULL::bigint []' END,
+            THEN E',\n        (SELECT array_agg(c.id) FROM scored AS c WHERE c.blocked)' ELSE '' END,
         v_dense);
+    v_into := CASE WHEN p.block_action IS NOT NULL THEN ', v_rule_blocked' ELSE '' END || v_into;
 
     -- (the general form also tells whether one of its events is of a dense key)
     v_main := cep._rule_assess_sql(rs.rule_set_id, 'cep_new_rows AS n') || v_tail || v_last
         || CASE WHEN cardinality(v_series) = 0 THEN '' ELSE format(E',\n        (SELECT bool_or(%s) FROM fired AS f)',
             (SELECT string_agg(format('f.%I IS NOT NULL', 'f:' || i), ' OR ' ORDER BY i)
                 FROM unnest(v_series) AS i)) END
-        || format(E'\n    INTO v_rule_alert, v_rule_blocked%s%s\n    FROM al;', v_into,
+        || format(E'\n    INTO v_rule_alert%s%s\n    FROM al;', v_into,
             CASE WHEN cardinality(v_series) = 0 THEN '' ELSE ', v_rule_hot' END);
     IF v_windows THEN
         v_main := format(E'IF v_events <= 8%s THEN\n    %s\n    ELSE\n    %s\n    END IF;',
@@ -997,15 +997,14 @@ $l$,
                     'WHERE b.series_id = ANY (%L::integer []) AND b.k IN (SELECT %s FROM cep_new_rows AS n))',
                     v_series, v_k) END,
             cep._rule_assess_sql(rs.rule_set_id, 'cep_new_rows AS n', true) || v_tail || v_last
-                || format(E'\n    INTO v_rule_alert, v_rule_blocked%s\n    FROM al;', v_into),
+                || format(E'\n    INTO v_rule_alert%s\n    FROM al;', v_into),
             v_main);
     END IF;
 
     RETURN format($r$
     -- rules: rule set %1$s (rules %2$s, versions %3$s)
     DECLARE
-        v_rule_alert bigint;
-        v_rule_blocked bigint [];%4$s
+        v_rule_alert bigint;%4$s
     BEGIN%5$s
     -- rules: assess the statement's events, write what follows from it
     %6$s%7$s%8$s
@@ -1020,8 +1019,9 @@ $r$,
         rs.rule_set_id,                                   -- 1
         array_to_string(rs.rule_ids, ','),                -- 2
         array_to_string(rs.versions, ','),                -- 3
-        CASE WHEN cardinality(v_series) > 0
-            THEN E'\n        v_rule_hot boolean := false;\n        v_rule_n bigint;' ELSE '' END
+        CASE WHEN p.block_action IS NOT NULL THEN E'\n        v_rule_blocked bigint [];' ELSE '' END
+            || CASE WHEN cardinality(v_series) > 0
+                THEN E'\n        v_rule_hot boolean := false;' ELSE '' END
             || v_vars,                                    -- 4
         v_lock,                                           -- 5
         v_main,                                           -- 6
@@ -1130,6 +1130,8 @@ DECLARE
     v_sql text := '';
     v_k text;
     v_kcast text;
+    v_last integer;
+    v_main text;
 BEGIN
     SELECT * INTO STRICT rs FROM cep.rule_sets AS r WHERE r.rule_set_id = _rule_bucket_sql.rule_set_id;
     SELECT * INTO STRICT s FROM cep.streams AS x WHERE x.stream_id = rs.stream_id;
@@ -1138,6 +1140,9 @@ BEGIN
         (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a
          WHERE a.attrelid = s.source AND a.attname = s.key_column)) END;
     FOR v_series IN SELECT * FROM cep._rule_set_series(rs.rule_set_id) LOOP
+        IF v_main IS NOT NULL THEN
+            v_sql := v_sql || format(E', bb%s AS (\n        %s\n    )', v_last, v_main);
+        END IF;
         v_sql := v_sql || CASE WHEN v_sql = '' THEN 'WITH ' ELSE E', ' END || format($b$bu%1$s AS (
         -- bucket series %1$s (%2$L, width %3$s): the statement's rows of keys dense before it
         INSERT INTO cep.rule_buckets AS o (series_id, k, b, n, s, mn, mx)
@@ -1167,9 +1172,16 @@ BEGIN
         ORDER BY c.k
         ON CONFLICT (series_id, k) DO NOTHING
         RETURNING kk.k, kk.floor
-    ), bb%1$s AS (
-        -- bucket series %1$s: their buckets, from the stored rows (the statement's included)
-        INSERT INTO cep.rule_buckets AS o (series_id, k, b, n, s, mn, mx)
+    )$b$,
+            v_series.series_id, v_series.field, v_series.width,
+            v_k, cep._time_expr(s.stream_id),
+            cep._rule_bucket_value(s.source, v_series.field,
+                CASE WHEN v_series.field = '' THEN NULL ELSE format('n.%I', v_series.field) END),
+            'v_rule_dense_' || v_series.series_id);
+        -- bucket series: the buckets of the keys that became dense, from the stored rows (the
+        -- statement's included)
+        v_last := v_series.series_id;
+        v_main := format($m$INSERT INTO cep.rule_buckets AS o (series_id, k, b, n, s, mn, mx)
         SELECT %1$s, h.k, pg_catalog.date_bin(%3$L::interval, %8$s, '2000-01-01 00:00:00+00'),
             count(%9$s), sum(%9$s), min(%9$s), max(%9$s)
         FROM bn%1$s AS h
@@ -1177,13 +1189,8 @@ BEGIN
         GROUP BY 2, 3
         ORDER BY 2, 3
         ON CONFLICT (series_id, k, b) DO UPDATE
-        SET n = EXCLUDED.n, s = EXCLUDED.s, mn = EXCLUDED.mn, mx = EXCLUDED.mx
-    )$b$,
-            v_series.series_id, v_series.field, v_series.width,
-            v_k, cep._time_expr(s.stream_id),
-            cep._rule_bucket_value(s.source, v_series.field,
-                CASE WHEN v_series.field = '' THEN NULL ELSE format('n.%I', v_series.field) END),
-            'v_rule_dense_' || v_series.series_id,
+        SET n = EXCLUDED.n, s = EXCLUDED.s, mn = EXCLUDED.mn, mx = EXCLUDED.mx$m$,
+            v_series.series_id, NULL, v_series.width, NULL, NULL, NULL, NULL,
             cep._stream_time_sql(s, 's'),
             cep._rule_bucket_value(s.source, v_series.field,
                 CASE WHEN v_series.field = '' THEN NULL ELSE format('s.%I', v_series.field) END),
@@ -1193,8 +1200,11 @@ BEGIN
             cep._stream_raw_time_sql(s, 'h.floor'),
             cep._processed_sql(s, 's'));
     END LOOP;
-    RETURN CASE WHEN v_sql = '' THEN '' ELSE v_sql || E'\n    SELECT count(*) INTO v_rule_n FROM bn'
-        || (SELECT max(f.series_id) FROM cep._rule_set_series(rs.rule_set_id) AS f) || ';' END;
+    IF v_main IS NULL THEN
+        RETURN '';
+    END IF;
+    -- (the statement itself is the buckets' insert of the last series; the rest its CTEs)
+    RETURN v_sql || E'\n    ' || v_main || ';';
 END
 $fn$;
 
