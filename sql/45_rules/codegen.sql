@@ -835,16 +835,25 @@ BEGIN
     IF v_stateful THEN
         v_lock := format($l$
     -- rules: lock the statement's keys in key order before reading their history (ON CONFLICT
-    -- locks the row even when its WHERE leaves it unchanged; last_seen moves hourly at most)
+    -- locks the row even when its WHERE leaves it unchanged; last_seen moves hourly at most)%4$s
     INSERT INTO cep.rule_keys AS kk (stream_id, k, last_seen)
     SELECT %1$s, e.k, max(e.t)
     FROM (SELECT %2$s AS k, %3$s AS t FROM cep_new_rows AS n) AS e
     GROUP BY e.k
     ORDER BY e.k
     ON CONFLICT (stream_id, k) DO UPDATE SET last_seen = EXCLUDED.last_seen
-    WHERE kk.last_seen < EXCLUDED.last_seen - interval '1 hour';
+    WHERE kk.last_seen < EXCLUDED.last_seen - interval '1 hour'%5$s;
 $l$,
-            s.stream_id, v_k, cep._time_expr(s.stream_id));
+            s.stream_id, v_k, cep._time_expr(s.stream_id),
+            -- (a small statement: whether one of its keys is dense, in the same statement; the
+            -- assessment is exact either way, the small form only slower for a dense key)
+            CASE WHEN cardinality(v_series) = 0 OR NOT v_windows THEN ''
+                ELSE E'\n    WITH u AS (' END,
+            CASE WHEN cardinality(v_series) = 0 OR NOT v_windows THEN ''
+                ELSE format(E'\n    )\n    SELECT CASE WHEN v_events <= 8 THEN EXISTS ('
+                    'SELECT 1 FROM cep.rule_bucket_keys AS b WHERE b.series_id = ANY (%L::integer []) '
+                    'AND b.k IN (SELECT %s FROM cep_new_rows AS n)) END INTO v_rule_hot',
+                    v_series, v_k) END);
     END IF;
 
     -- z-score histories grow by the statement's events, in the same statement (its CTEs all
@@ -992,12 +1001,16 @@ $l$,
             CASE WHEN cardinality(v_series) = 0 THEN '' ELSE ', v_rule_hot' END);
     IF v_windows THEN
         v_main := format(E'IF v_events <= 8%s THEN\n    %s\n    ELSE\n    %s\n    END IF;',
-            CASE WHEN cardinality(v_series) = 0 THEN ''
-                ELSE format(' AND NOT EXISTS (SELECT 1 FROM cep.rule_bucket_keys AS b '
-                    'WHERE b.series_id = ANY (%L::integer []) AND b.k IN (SELECT %s FROM cep_new_rows AS n))',
-                    v_series, v_k) END,
+            CASE WHEN cardinality(v_series) = 0 THEN '' ELSE ' AND NOT v_rule_hot' END,
             cep._rule_assess_sql(rs.rule_set_id, 'cep_new_rows AS n', true) || v_tail || v_last
-                || format(E'\n    INTO v_rule_alert%s\n    FROM al;', v_into),
+                -- (whether one of its keys is dense now, seen after the lock: its rows go into
+                -- the buckets)
+                || CASE WHEN cardinality(v_series) = 0 THEN '' ELSE format(
+                    E',\n        EXISTS (SELECT 1 FROM cep.rule_bucket_keys AS b '
+                    'WHERE b.series_id = ANY (%L::integer []) AND b.k IN (SELECT e.k FROM ev AS e))',
+                    v_series) END
+                || format(E'\n    INTO v_rule_alert%s%s\n    FROM al;', v_into,
+                    CASE WHEN cardinality(v_series) = 0 THEN '' ELSE ', v_rule_hot' END),
             v_main);
     END IF;
 
