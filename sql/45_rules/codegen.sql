@@ -716,6 +716,8 @@ BEGIN
             ) AS r
             OFFSET 0
         ) AS e%6$s%7$s%8$s
+        -- (not merged into fired: rules that share a metric would each compute it)
+        OFFSET 0
     ), fired AS (
         SELECT x.id, x.k, x.t, x.traw,
             pg_catalog.array_remove(ARRAY[%9$s
@@ -812,7 +814,7 @@ BEGIN
         WHEN 'max' THEN 'max(%1$s)'
         ELSE '1 - cep._product(1 - %1$s)'
     END;
-    v_combine := format(v_combine, format('(%L::numeric [])[q.p]', v_meta.scores));
+    v_combine := format(v_combine, format('(%L::jsonb -> (q.p - 1))::numeric', to_jsonb(v_meta.scores)));
     v_level := format(
         'CASE WHEN a.total >= %1$L::numeric THEN ''high'' WHEN a.total >= %2$L::numeric '
         'THEN ''medium'' ELSE ''low'' END',
@@ -901,7 +903,9 @@ $l$,
     v_tail := format($t$, fs AS (
         SELECT f.pos, count(*) AS n FROM fired AS f WHERE %2$s GROUP BY f.pos
     ), sets AS (
-        -- what follows from a set of fired rules, once per distinct set
+        -- what follows from a set of fired rules, once per distinct set (the rules' names,
+        -- scores and entries are elements of jsonb arrays, reached directly: a subscript of an
+        -- array of a variable-length type walks the array)
         SELECT z.pos, a.*, l.level, l.blocked,
             CASE WHEN l.blocked THEN 'critical' ELSE l.level END AS severity,
             a.total::float8 AS score,
@@ -923,9 +927,9 @@ $l$,
                     FILTER (WHERE NOT (%5$L::boolean [])[q.p]), '{}') AS srules,
                 coalesce(array_agg((%7$L::integer [])[q.p] ORDER BY q.p)
                     FILTER (WHERE NOT (%5$L::boolean [])[q.p]), '{}') AS sversions,
-                coalesce(string_agg((%8$L::text [])[q.p], ', ' ORDER BY q.p)
+                coalesce(string_agg(%8$L::jsonb ->> (q.p - 1), ', ' ORDER BY q.p)
                     FILTER (WHERE (%5$L::boolean [])[q.p]), '') AS names,
-                coalesce(jsonb_agg((%9$L::jsonb [])[q.p] ORDER BY q.p)
+                coalesce(jsonb_agg(%9$L::jsonb -> (q.p - 1) ORDER BY q.p)
                     FILTER (WHERE (%5$L::boolean [])[q.p]), '[]') AS objs
             FROM unnest(z.pos) AS q (p)
         ) AS a
@@ -975,8 +979,8 @@ $l$,
         v_meta.enforce,                                   -- 5
         rs.rule_ids,                                      -- 6
         rs.versions,                                      -- 7
-        v_meta.names,                                     -- 8
-        v_meta.objs,                                      -- 9
+        to_jsonb(v_meta.names),                           -- 8
+        to_jsonb(v_meta.objs),                            -- 9
         v_level,                                          -- 10
         CASE WHEN p.block_action IS NOT NULL
             THEN format('a.total >= %L::numeric AND cardinality(a.rules) > 0', p.block::text::numeric)
