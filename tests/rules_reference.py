@@ -24,7 +24,8 @@ cep.risk_assessments, cep.alerts and cep.rule_stats must show. The contract it i
 - Scores combine exactly in decimal (Decimal(repr(float)) of each float8 score): sum, max or
   noisy_or = 1 - prod(1 - s), 0 when nothing fired. The total is over the fired enforced rules;
   shadow_score is over every fired rule. level: high if total >= high, medium if >= medium,
-  else low. blocked: block_action set and total >= block.
+  else low. blocked: block_action set, some enforced rule fired and total >= block (with
+  log_all and block 0, an event that fired nothing is assessed, not blocked).
 - An assessment row exists for an event iff some rule (enforce or shadow) fired, or log_all.
   An alert exists for an assessed event iff some enforced rule fired and level >= alert_level.
 - Blocked rows get the block action applied after the statement's assessment, so later
@@ -447,7 +448,8 @@ class Stream:
                 triggered_rules=[r.rule_id for r in enf], rule_versions=[r.version for r in enf],
                 shadow_rules=[r.rule_id for r in sh], shadow_versions=[r.version for r in sh],
                 shadow_total=combine([r.score_dec for r in fired], p.combine),
-                blocked=p.block_action is not None and total >= dec_of_float(p.block),
+                blocked=p.block_action is not None and bool(enf)
+                and total >= dec_of_float(p.block),
                 fired=[r.rule_id for r in fired])
             out.append(a)
             if enf and p.alert_level != "none" and (

@@ -795,6 +795,153 @@ def test_zscore_threshold_is_strict_and_exact(conn):
     check(conn, m)
 
 
+# -- 2b. the assessment's forms -----------------------------------------------------------------
+# The generated code assesses a statement in one of three ways: a statement of at most 8 events
+# of keys dense in no bucket series scans each event's window (the small form); larger ones read
+# every key's stored rows once, as arrays (with one index scan over all keys when the statement
+# spans less than twice the widest window, else one scan per key and cluster of its events),
+# and dense keys read their long windows from time buckets. The same events, split into
+# statements so that each form is taken, must give the reference's results in every case.
+
+FORM_RULES = [
+    ({"metric": "count", "window": "1 hour", "op": ">", "value": v}, f"cnt_h_{v}") for v in (1, 4, 9, 30, 70)
+] + [
+    ({"metric": "count", "window": "1 minute", "op": ">=", "value": v}, f"cnt_m_{v}") for v in (2, 3)
+] + [
+    ({"metric": "count", "field": "location", "window": "5 minutes", "op": ">", "value": 2}, "cntf_5m"),
+    ({"metric": "sum", "field": "amount", "window": "1 hour", "op": ">", "value": 3000}, "sum_h"),
+    ({"metric": "sum", "field": "amount", "window": "1 hour", "op": "<", "value": 0}, "sum_h_neg"),
+    ({"metric": "avg", "field": "amount", "window": "10 minutes", "op": ">", "value": 200}, "avg_10m"),
+    ({"metric": "min", "field": "amount", "window": "1 hour", "op": "<", "value": 10}, "min_h"),
+    ({"metric": "max", "field": "fval", "window": "1 hour", "op": ">=", "value": 19.5}, "max_h"),
+    ({"metric": "max", "field": "amount", "window": "2 minutes", "op": ">", "value": 1000}, "max_2m"),
+    ({"metric": "count_distinct", "field": "location", "window": "30 minutes", "op": ">", "value": 2},
+     "cd_30m"),
+    ({"changed": "location", "window": "5 minutes"}, "chg_loc"),
+    ({"changed": "amount", "window": "2.5 seconds"}, "chg_amt"),
+    ({"anomaly": "zscore", "field": "amount", "threshold": 2, "min_samples": 5}, "z_amt"),
+    ({"all": [{"field": "status", "op": "=", "value": "hold"},
+              {"metric": "count", "window": "1 hour", "op": "<=", "value": 3}]}, "quiet_hold"),
+]
+
+
+def form_events(seed: int) -> list[dict]:
+    """Three ordinary keys over about five hours (ties, exact window boundaries, late arrivals,
+    NULLs), and one key that makes 150 transactions within 40 minutes (dense in the bucket
+    series of the 1-hour windows), interleaved in arrival order."""
+    rnd = random.Random(seed)
+    events = gen_events(rnd, 240, ["u1", "u2", "u3"], ts("2024-06-15T21:00:00+00:00"))
+    burst = gen_events(rnd, 150, ["hot"], ts("2024-06-15T22:30:00+00:00"))
+    t0 = ts("2024-06-15T22:30:00+00:00")
+    for i, e in enumerate(burst):
+        e["id"] += 10**6
+        e["created_at"] = t0 + dt.timedelta(seconds=16 * i + rnd.choice([0, 0, 1, 2.5]))
+    out = list(events)
+    for e in burst:
+        out.insert(rnd.randrange(len(out) + 1), e)
+    return out
+
+
+def split(events: list, sizes: list[int]) -> list[list]:
+    out, i = [], 0
+    while i < len(events):
+        size = sizes[len(out) % len(sizes)]
+        out.append(events[i:i + size])
+        i += size
+    return out
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_assessment_forms_match_reference(conn, seed):
+    """One row per statement (the small form, then the bucket form once the burst's key is
+    dense), statements of 5 rows (the small form with ties inside a statement), batches of 40
+    rows (arrays read with one index scan over the statement's keys), and statements of 60 and
+    then 250 rows, the latter spanning more than two hours after stored rows (arrays read per
+    key and cluster): each equals the reference for every metric kind, on ties, exact window
+    boundaries, late events and NULLs."""
+    events = form_events(seed)
+    for form, sizes in (("rows", [1]), ("fives", [5]), ("batches", [40]), ("spans", [60, 250])):
+        m = setup_stream(conn, table=f"tx_{form}", stream=f"tx_{form}")
+        for cond, name in FORM_RULES:
+            add_rule(conn, m, f"{form}_{name}", cond, 0.1, stream=f"tx_{form}")
+        set_policy(conn, m, stream=f"tx_{form}", combine="max", log_all=True)
+        stmts = split(events, sizes)
+        if form == "spans":
+            big = stmts[1]
+            assert max(e["created_at"] for e in big) - min(e["created_at"] for e in big) > \
+                dt.timedelta(hours=2)
+        for stmt in stmts:
+            ingest(conn, m, stmt, table=f"tx_{form}")
+        check(conn, m, stream=f"tx_{form}", table=f"tx_{form}", context=f"form {form}")
+        # the burst's key became dense and read buckets; the other keys did not
+        assert conn.execute(
+            "SELECT array_agg(DISTINCT k.k) FROM cep.rule_bucket_keys AS k "
+            "JOIN cep.rule_bucket_series AS f USING (series_id) JOIN cep.streams AS s USING "
+            "(stream_id) WHERE s.name = %s", (f"tx_{form}",)).fetchone()[0] == ["hot"], form
+        assert sum(len(a.fired) > 0 for a in m.assessments.values()) > len(events) // 2
+
+
+def test_window_boundaries_in_every_form(conn):
+    """Stored rows exactly at t - w (outside) and one microsecond after (inside), for an event
+    assessed alone (small form), in a statement spanning minutes (one scan over the keys) and in
+    one spanning hours (one scan per key and cluster): the same counts, sums, changes."""
+    rules = [({"metric": "count", "window": "1 hour", "op": ">=", "value": v}, f"c{v}")
+             for v in (1, 2, 3, 4)] + [
+        ({"metric": "sum", "field": "amount", "window": "1 hour", "op": ">", "value": 150}, "s150"),
+        ({"metric": "min", "field": "amount", "window": "1 hour", "op": "<", "value": 60}, "m60"),
+        ({"changed": "location", "window": "1 hour"}, "chg")]
+    t = ts("2024-03-01T12:00:00+00:00")
+    h, us = dt.timedelta(hours=1), dt.timedelta(microseconds=1)
+    for form in ("alone", "minutes", "hours"):
+        m = setup_stream(conn, table=f"edge_{form}", stream=f"edge_{form}")
+        for cond, name in rules:
+            add_rule(conn, m, f"edge_{form}_{name}", cond, 0.1, stream=f"edge_{form}")
+        set_policy(conn, m, stream=f"edge_{form}", combine="max", log_all=True)
+        stored = [row(1, t - h, user="a", amount="50", location="x"),
+                  row(2, t - h + us, user="a", amount="100", location="y"),
+                  row(3, t - h, user="b", amount="10", location="x"),
+                  row(4, t + 2 * h - h, user="b", amount="70", location="x")]
+        ingest(conn, m, stored, table=f"edge_{form}")
+        events = [row(10, t, user="a", amount="1", location="x"),
+                  row(11, t, user="b", amount="5", location="x")]
+        if form == "minutes":
+            events.append(row(12, t + dt.timedelta(minutes=20), user="a", amount="2"))
+        elif form == "hours":
+            events.append(row(12, t + 2 * h, user="b", amount="2", location="z"))
+            events.append(row(13, t + 3 * h, user="a", amount="3"))
+        if form != "alone":
+            # (more than 8 events: the arrays form)
+            events += [row(100 + i, t + dt.timedelta(minutes=i), user=f"f{i}") for i in range(8)]
+        if form == "alone":
+            for e in events:
+                ingest(conn, m, [e], table=f"edge_{form}")
+        else:
+            ingest(conn, m, events, table=f"edge_{form}")
+        check(conn, m, stream=f"edge_{form}", table=f"edge_{form}", context=f"form {form}")
+        got = read_assessments(conn, f"edge_{form}")
+        # event 10 sees row 2 (one microsecond inside) and itself, not row 1 (exactly t - w)
+        assert len(got[10]["triggered_rules"]) == len(m.assessments[10].fired) >= 3
+
+
+def test_statement_of_late_events_behind_its_stored_rows(conn):
+    """A statement's events older than rows stored before it (late arrivals, rows of another
+    session): their windows reach those rows, in both forms."""
+    for form, size in (("rows", 1), ("batches", 20)):
+        m = setup_stream(conn, table=f"late_{form}", stream=f"late_{form}")
+        for cond, name in FORM_RULES[:5] + FORM_RULES[10:14]:
+            add_rule(conn, m, f"late_{form}_{name}", cond, 0.1, stream=f"late_{form}")
+        set_policy(conn, m, stream=f"late_{form}", combine="max", log_all=True)
+        base = ts("2024-03-01T12:00:00+00:00")
+        ingest(conn, m, [row(1000 + i, base + dt.timedelta(minutes=i), user=f"k{i % 3}",
+                             location=["a", "b"][i % 2], amount=str(10 * i))
+                         for i in range(30)], table=f"late_{form}")
+        late = [row(2000 + i, base + dt.timedelta(minutes=i, seconds=30), user=f"k{i % 3}",
+                    location="c", amount=str(i)) for i in range(0, 30, 2)]
+        for i in range(0, len(late), size):
+            ingest(conn, m, late[i:i + size], table=f"late_{form}")
+        check(conn, m, stream=f"late_{form}", table=f"late_{form}", context=f"form {form}")
+
+
 # -- 3. rule changes mid-stream ---------------------------------------------------------------
 
 def test_rule_change_mid_stream_versions(conn):
@@ -1011,4 +1158,22 @@ def test_log_all_without_active_rules(conn):
     update_rule(conn, m, rid, active=False)
     ingest(conn, m, [row(2, "2024-03-01T12:01:00+00:00", amount="1000")])
     assert sorted(m.assessments) == [1, 2]
+    check(conn, m)
+
+
+def test_block_threshold_zero_blocks_only_events_that_fired(conn):
+    """A policy with block 0 and log_all assesses every event; only those that fired an
+    enforced rule are blocked (not those that fired nothing, or only shadow rules)."""
+    m = setup_stream(conn)
+    add_rule(conn, m, "big", {"field": "amount", "op": ">", "value": 100}, 0.2)
+    add_rule(conn, m, "night", {"time_of_day": {"from": "22:00", "to": "06:00"}}, 0.3,
+             mode="shadow")
+    set_policy(conn, m, medium=0, high=0, block=0, block_action=BLOCK, log_all=True)
+    ingest(conn, m, [row(1, "2024-03-01T12:00:00+00:00", amount="500"),
+                     row(2, "2024-03-01T12:01:00+00:00", amount="5"),
+                     row(3, "2024-03-01T23:00:00+00:00", amount="5", user="u2")])
+    ingest(conn, m, [row(4, "2024-03-01T23:01:00+00:00", amount="5", user="u3")])
+    got = read_assessments(conn)
+    assert sorted(got) == [1, 2, 3, 4]
+    assert {k: v["blocked"] for k, v in got.items()} == {1: True, 2: False, 3: False, 4: False}
     check(conn, m)

@@ -49,9 +49,10 @@ BEGIN
     INTO v_notify, v_max_usage
     FROM cep.settings AS st
     WHERE st.name IN ('notify', 'notify_max_queue_usage');
+    -- (the default is cep._setting's, written out: calling that function, which is planned on
+    -- every call, would cost more than the rest of the doorbell)
     IF v_notify = 'off'
-        OR pg_notification_queue_usage()
-            >= coalesce(v_max_usage, cep._setting('notify_max_queue_usage'))::float8 THEN
+        OR pg_notification_queue_usage() >= coalesce(v_max_usage, '0.5')::float8 THEN
         RETURN false;
     END IF;
     PERFORM pg_notify(channel, alert_id::text);

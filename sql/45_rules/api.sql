@@ -401,7 +401,7 @@ BEGIN
         '(SELECT (pg_catalog.jsonb_populate_record(NULL::%1$s, $1 || pg_catalog.jsonb_build_object('
         '%2$L, coalesce($1 -> %2$L, pg_catalog.to_jsonb(pg_catalog.now())), '
         '%3$L, coalesce($1 -> %3$L, ''-1''::jsonb)))).*) AS n',
-        s.source, s.time_column, s.id_column), false)
+        s.source, s.time_column, s.id_column))
         || format(
             ' SELECT u.r, v.name, v.risk_score, u.p = ANY (f.pos) '
             'FROM fired AS f, cep.rule_sets AS rs, '

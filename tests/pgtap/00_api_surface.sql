@@ -45,6 +45,7 @@ SELECT functions_are(
         'process_stream', 'set_stream_mode', '_process_queue', '_unprocessed', '_compile_checks',
         '_batch_sql', '_reject_sql', '_compile_enqueue', '_queued_rows_sql', '_bind_rows', '_processed_sql',
         '_rule_bucket_width', '_rule_bucket_value', '_rule_bucket_sql', '_rule_set_series',
+        '_rule_window_needs', '_rule_add_sql', '_rule_hot_sql',
         'create_slice_publications', 'attach_replica_stream', 'window_partials',
         'merge_window_partials', 'import_alerts', '_slice_hash_function', '_apply_queued'
     ],
