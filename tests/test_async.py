@@ -170,11 +170,16 @@ def snapshot(conn) -> dict[str, list[str]]:
                 "public.tx"):
         q = sql.SQL("SELECT (to_jsonb(x) - %s::text[])::text FROM {} AS x").format(
             sql.SQL(rel))
+        if rel == "cep.user_recommendations":
+            # (float8 scores are sums whose order may differ in the last bits: README)
+            q = sql.SQL("SELECT (to_jsonb(x) - %s::text[] || jsonb_build_object('score', "
+                        "round(x.score::numeric, 6)))::text FROM {} AS x").format(sql.SQL(rel))
         out[rel] = sorted(r[0] for r in conn.execute(q, (sorted(VOLATILE),)))
     out["stats"] = [repr(r) for r in conn.execute(
         "SELECT stream, events_total, late_events, watermark FROM cep.stream_stats ORDER BY 1")]
     out["recommend"] = [repr(r) for r in conn.execute(
-        "SELECT u, r.* FROM generate_series(0, 39) AS u, cep.recommend('shop', u::text, 5) AS r "
+        "SELECT u, r.item_id, round(r.score::numeric, 6), r.rank, r.because_of "
+        "FROM generate_series(0, 39) AS u, cep.recommend('shop', u::text, 5) AS r "
         "ORDER BY u, r.rank")]
     return out
 

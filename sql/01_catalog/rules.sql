@@ -28,7 +28,7 @@ CREATE TABLE cep.rules (
     CONSTRAINT rules_risk_score_check CHECK (risk_score >= 0 AND risk_score <= 1),
     CONSTRAINT rules_mode_check CHECK (mode IN ('enforce', 'shadow')),
     CONSTRAINT rules_version_check CHECK (version >= 1)
-);
+) WITH (autovacuum_analyze_threshold = 1, autovacuum_analyze_scale_factor = 0);
 
 CREATE INDEX rules_stream_idx ON cep.rules (stream, rule_id);
 
