@@ -540,11 +540,14 @@ BEGIN
         WHERE (SELECT p.hi - p.lo > make_interval(secs => 2 * %10$s) OR p.hhi - p.hlo > 2 * %14$s
             FROM sp AS p)
     ), sa AS (
-        -- per key: its stored rows (not the statement's) as arrays in time order
+        -- per key: its stored rows (not the statement's) as arrays in time order. (NOT IN:
+        -- a hashed subplan, whatever the planner thinks ev holds. An asynchronous stream's ev
+        -- reads id = ANY (p_ids), estimated at 10 rows, and NOT EXISTS became a nested loop
+        -- over the whole batch for every stored row: ~0.2 s per 1000-row statement.)
         SELECT o.kraw%16$s
         FROM (
             SELECT o.* FROM so AS o
-            WHERE NOT EXISTS (SELECT 1 FROM ev AS x WHERE x.id = o.id)
+            WHERE o.id IS NULL OR o.id NOT IN (SELECT x.id FROM ev AS x)
             ORDER BY o.kraw, o.traw, o.id
         ) AS o
         GROUP BY o.kraw
