@@ -1183,27 +1183,8 @@ def add_to_json(path, summary: dict) -> None:
 
 
 def main_only(args, base) -> int:
-    """--fraud-only: this part alone, in its own throwaway cluster."""
-    import platform
-    t_start = time.perf_counter()
-    base.heading("pg_cep benchmark: full fraud profile only")
-    with base.throwaway_cluster(base.CLUSTER_SETTINGS, label="Bench cluster") as cluster:
-        with cluster.connect() as conn:
-            version = base.server_version(conn)
-        meta = {"postgresql": version, "cpus": base.cpu_count(),
-                "python": platform.python_version(), "psycopg": psycopg.__version__,
-                "machine": platform.machine()}
-        print(f"PostgreSQL {version} on {meta['cpus']} CPU(s).")
-        base.subheading("Runs: fraud profile")
-        raw = run(cluster, args, base)
-    summary = summarize(raw, args)
-    print_report(summary, base.heading, base.subheading, base.print_table)
-    out = base.write_json(None, args, meta, None)
-    add_to_json(out, summary)
-    print(f"\nWrote {out.relative_to(base.HERE.parent)}. "
-          f"Total bench time {time.perf_counter() - t_start:.0f} s.")
-    print("Targets are reported, not enforced: timings never change the exit code.")
-    if not summary["verified"]:
-        print("Fraud profile correctness guard failed: exit code 1.", file=__import__("sys").stderr)
-        return 1
-    return 0
+    """--fraud-only of bench/run_bench.py: this part alone."""
+    return base.part_alone(
+        args, "full fraud profile", lambda cluster: summarize(run(cluster, args, base), args),
+        lambda summary: print_report(summary, base.heading, base.subheading, base.print_table),
+        add_to_json, "Fraud profile")

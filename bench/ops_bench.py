@@ -349,27 +349,11 @@ def print_report(s: dict, heading, subheading, print_table) -> None:
 
 
 def main_only(args, base) -> int:
-    """--ops-only of bench/run_bench.py: this part alone, in its own throwaway cluster,
-    results written to bench/results/latest.json like a full run."""
-    import platform
-    t_start = time.perf_counter()
-    base.heading("pg_cep benchmark: operations only")
-    with base.throwaway_cluster(base.CLUSTER_SETTINGS, label="Bench cluster") as cluster:
-        with cluster.connect() as conn:
-            version = base.server_version(conn)
-        meta = {"postgresql": version, "cpus": base.cpu_count(),
-                "python": platform.python_version(), "psycopg": psycopg.__version__,
-                "machine": platform.machine()}
-        print(f"PostgreSQL {version} on {meta['cpus']} CPU(s).")
-        base.subheading("Runs: operations")
-        raw = run(cluster, args)
-    print_report(raw, base.heading, base.subheading, base.print_table)
-    out = base.write_json(None, args, meta, None)
-    add_to_json(out, raw)
-    print(f"\nWrote {out.relative_to(base.HERE.parent)}. "
-          f"Total bench time {time.perf_counter() - t_start:.0f} s.")
-    print("Targets are reported, not enforced: timings never change the exit code.")
-    return 0
+    """--ops-only of bench/run_bench.py: this part alone."""
+    return base.part_alone(
+        args, "operations", lambda cluster: run(cluster, args),
+        lambda raw: print_report(raw, base.heading, base.subheading, base.print_table),
+        add_to_json, None)
 
 
 def add_to_json(path, summary: dict) -> None:

@@ -874,32 +874,11 @@ def add_to_json(path: Path, summary: dict, args) -> None:
 
 
 def main_only(args, base) -> int:
-    """--patterns-only of bench/run_bench.py: this part alone, in its own throwaway cluster,
-    results written to bench/results/latest.json like a full run."""
-    import platform
-    t_start = time.perf_counter()
-    base.heading("pg_cep benchmark: patterns only")
+    """--patterns-only of bench/run_bench.py: this part alone."""
     data = prepare(args)
-    with base.throwaway_cluster(base.CLUSTER_SETTINGS, label="Bench cluster") as cluster:
-        with cluster.connect() as conn:
-            version = base.server_version(conn)
-        meta = {"postgresql": version, "cpus": base.cpu_count(),
-                "python": platform.python_version(), "psycopg": psycopg.__version__,
-                "machine": platform.machine()}
-        print(f"PostgreSQL {version} on {meta['cpus']} CPU(s).")
-        base.subheading("Runs: patterns")
-        raw = run(cluster, args, data)
-    summary = summarize(raw, args, data)
-    print_report(summary)
-    out = base.write_json(None, args, meta, None)
-    add_to_json(out, summary, args)
-    print(f"\nWrote {out.relative_to(base.HERE.parent)}. "
-          f"Total bench time {time.perf_counter() - t_start:.0f} s.")
-    print("Targets are reported, not enforced: timings never change the exit code.")
-    if not summary["verified"]:
-        print("Patterns correctness guard failed: exit code 1.", file=sys.stderr)
-        return 1
-    return 0
+    return base.part_alone(
+        args, "patterns", lambda cluster: summarize(run(cluster, args, data), args, data),
+        print_report, lambda path, summary: add_to_json(path, summary, args), "Patterns")
 
 
 def main(argv=None) -> int:

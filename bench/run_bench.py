@@ -585,6 +585,35 @@ def write_json(summary: dict | None, args, meta: dict, alerts: dict | None,
     return out
 
 
+def part_alone(args, title: str, run_part, report, add_to_json, guard: str | None) -> int:
+    """--patterns-only, --fraud-only, --ops-only: one part in its own throwaway cluster, its
+    results written to bench/results/latest.json like a full run. RUN_PART(cluster) measures
+    and returns the part's summary, REPORT(summary) prints it, ADD_TO_JSON(path, summary) adds
+    it to the results; GUARD names the part's correctness guard (summary["verified"]), whose
+    failure is the exit code 1."""
+    t_start = time.perf_counter()
+    heading(f"pg_cep benchmark: {title} only")
+    with throwaway_cluster(CLUSTER_SETTINGS, label="Bench cluster") as cluster:
+        with cluster.connect() as conn:
+            version = server_version(conn)
+        meta = {"postgresql": version, "cpus": cpu_count(),
+                "python": platform.python_version(), "psycopg": psycopg.__version__,
+                "machine": platform.machine()}
+        print(f"PostgreSQL {version} on {meta['cpus']} CPU(s).")
+        subheading(f"Runs: {title}")
+        summary = run_part(cluster)
+    report(summary)
+    out = write_json(None, args, meta, None)
+    add_to_json(out, summary)
+    print(f"\nWrote {out.relative_to(HERE.parent)}. "
+          f"Total bench time {time.perf_counter() - t_start:.0f} s.")
+    print("Targets are reported, not enforced: timings never change the exit code.")
+    if guard and not summary["verified"]:
+        print(f"{guard} correctness guard failed: exit code 1.", file=sys.stderr)
+        return 1
+    return 0
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
