@@ -6,6 +6,7 @@ rollbacks), under concurrency, and across ingest-log compaction."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 import threading
 
@@ -304,6 +305,69 @@ def test_stats_and_dashboard_match_the_workload(conn):
                       "FROM cep.timeline('ev', '1 minute', '10 minutes')").fetchone()
     assert tl == (3000, len(model.late), 12)
     assert conn.execute("SELECT ingest_micros_per_event > 0 FROM cep.stream_stats").fetchone()[0]
+
+
+@pytest.mark.parametrize("most", [None, "4000", "100"])
+def test_dashboard_active_keys_from_a_slice_of_many_sketches(conn, most):
+    # Many uncompacted statements: above dashboard_sketch_positions positions in all, the
+    # dashboard reads only the sketch positions below a slice and scales up. The expected value
+    # is recomputed from the raw events: each statement's distinct positions (hashtext of the
+    # key's text & 4095), the slice from their total, the distinct positions below it.
+    setup_stream(conn, "1 hour")
+    if most is not None:
+        conn.execute("INSERT INTO cep.settings (name, value) VALUES "
+                      "('dashboard_sketch_positions', %s)", (most,))
+    rng = random.Random(7)
+    now = dt.datetime.now(dt.timezone.utc)
+    cur, ident, keys = conn.cursor(), 0, set()
+    statements = []
+    for _ in range(30):
+        rows = []
+        for _ in range(200):
+            ident += 1
+            k = rng.randrange(5000)
+            keys.add(k)
+            rows.append((ident, k, 1, now - dt.timedelta(seconds=rng.randrange(600))))
+        insert(cur, rows)
+        statements.append([r[1] for r in rows])
+    pos = conn.execute(
+        "SELECT array_agg(hashtext(k::text) & 4095 ORDER BY o) FROM unnest(%s::int[]) "
+        "WITH ORDINALITY AS u (k, o)", ([k for st_ in statements for k in st_],)).fetchone()[0]
+    per_statement = [set(pos[i * 200:(i + 1) * 200]) for i in range(len(statements))]
+    total = sum(len(p) for p in per_statement)
+    limit = 65536 if most is None else int(most)
+    slice_ = 4096 if total <= limit else max(128, int(4096 * limit / total))
+    seen = {p for ps in per_statement for p in ps if p < slice_}
+    if len(seen) >= slice_:
+        want = round(4096 * math.log(slice_))
+    else:
+        want = round(-4096 * math.log((slice_ - len(seen)) / slice_))
+    got = conn.execute("SELECT active_keys FROM cep.dashboard").fetchone()[0]
+    assert got == want
+    # (~5,800 positions in all: the whole space by default, a slice of it under 4000, the
+    # smallest slice under 100)
+    if most is None:
+        assert slice_ == 4096
+    elif most == "4000":
+        assert 128 < slice_ < 4096
+    else:
+        assert slice_ == 128
+    # a sample of the hash space, so an estimate of the true count
+    assert abs(got - len(keys)) <= (0.05 if slice_ == 4096 else 0.2) * len(keys)
+    # compacted, the rows keep the whole sketch as bitmaps: no slice
+    conn.execute("UPDATE cep.stream_log SET logged_at = logged_at - interval '3 minutes'")
+    conn.execute("SELECT cep.run_maintenance()")
+    allpos = {p for ps in per_statement for p in ps}
+    assert conn.execute("SELECT active_keys FROM cep.dashboard").fetchone()[0] == round(
+        -4096 * math.log((4096 - len(allpos)) / 4096))
+
+
+def test_dashboard_sketch_positions_setting_is_checked(conn):
+    for bad in ("0", "-5", "many", "1.5"):
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO cep.settings (name, value) VALUES "
+                         "('dashboard_sketch_positions', %s)", (bad,))
+        conn.rollback()
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ AS $fn$
         WHEN 'late_event_retention' THEN value ~ '^[1-9][0-9]* (seconds|minutes|hours|days)$'
         WHEN 'alert_retention' THEN value ~ '^[1-9][0-9]* (seconds|minutes|hours|days)$'
         WHEN 'assessment_retention' THEN value ~ '^[1-9][0-9]* (seconds|minutes|hours|days)$'
+        WHEN 'dashboard_sketch_positions' THEN value ~ '^[1-9][0-9]{0,17}$'
         ELSE false
     END
 $fn$;
@@ -21,4 +22,4 @@ $fn$;
 COMMENT ON FUNCTION cep._valid_setting(text, text) IS
 'Internal: whether VALUE is valid for SETTING: notify on|off; notify_max_queue_usage 0..1; '
 'stats_retention, late_event_retention, alert_retention, assessment_retention as '
-'''N seconds|minutes|hours|days''.';
+'''N seconds|minutes|hours|days''; dashboard_sketch_positions a positive integer.';

@@ -96,19 +96,56 @@ bits AS (
     GROUP BY l.stream_id
 ),
 
--- The positions of the key sketch seen in the hour: the bitmaps of compacted rows ORed, plus
--- the positions of the newest rows' arrays that are not in them. (Written out here, not
--- calling internal functions: readers of the view run its functions with their own rights.)
+-- How much of the hash space the estimate reads. The newest (not yet compacted) rows carry one
+-- array of sketch positions per statement, sorted; when they hold more than
+-- dashboard_sketch_positions positions in all (default 65536: a fast load before maintenance
+-- compacted it, or hundreds of big statements a second), only the positions below a slice of
+-- the 4096 are read (at least 128), and the estimate is scaled up: each position stands for
+-- 1/4096 of the hash space, so the keys hashed below the slice are a uniform sample.
+slices AS (
+    SELECT
+        r.stream_id,
+        CASE
+            WHEN n.positions <= m.most THEN 4096
+            ELSE greatest(128, floor(4096 * m.most::float8 / n.positions))::integer
+        END AS slice
+    FROM recent AS r
+    CROSS JOIN
+        LATERAL (
+            SELECT coalesce(sum(cardinality(u.key_sketch)), 0) AS positions
+            FROM cep.stream_log AS u
+            WHERE
+                u.stream_id = r.stream_id AND u.key_bits IS NULL
+                AND u.logged_at >= clock_timestamp() - interval '1 hour'
+        ) AS n
+    CROSS JOIN (
+        SELECT coalesce((
+            SELECT x.value::bigint FROM cep.settings AS x
+            WHERE x.name = 'dashboard_sketch_positions'
+        ), 65536) AS most
+    ) AS m
+),
+
+-- The positions of the key sketch seen in the hour, below the slice: the bitmaps of compacted
+-- rows ORed, plus the positions of the newest rows' arrays that are not in them. (Written out
+-- here, not calling internal functions: readers of the view run its functions with their own
+-- rights.)
 keys AS (
     SELECT
         r.stream_id,
-        coalesce(bit_count(b.bits), 0) + (
+        sl.slice,
+        coalesce(bit_count(substring(b.bits FROM 1 FOR sl.slice)), 0) + (
             SELECT count(*)
             FROM (
-                -- (hashed, not sorted: the newest rows can hold many positions)
+                -- (hashed, not sorted: the newest rows can hold many positions; a slice of a
+                -- sorted array by binary search)
                 SELECT p.position
                 FROM cep.stream_log AS u
-                CROSS JOIN LATERAL unnest(u.key_sketch) AS p (position)
+                CROSS JOIN
+                    LATERAL unnest(CASE
+                        WHEN sl.slice = 4096 THEN u.key_sketch
+                        ELSE u.key_sketch[1:width_bucket((sl.slice - 1)::smallint, u.key_sketch)]
+                    END) AS p (position)
                 WHERE
                     u.stream_id = r.stream_id AND u.key_bits IS NULL
                     AND u.logged_at >= clock_timestamp() - interval '1 hour'
@@ -117,6 +154,7 @@ keys AS (
             ) AS d
         ) AS positions
     FROM recent AS r
+    INNER JOIN slices AS sl ON r.stream_id = sl.stream_id
     LEFT JOIN bits AS b ON r.stream_id = b.stream_id
 )
 
@@ -126,12 +164,13 @@ SELECT
     round(coalesce(sum(r.events_last_minute), 0) / 60.0, 3) AS events_per_second,
     round(sum(r.ingest_micros)::numeric / nullif(sum(r.batches), 0) / 1000.0, 3)
         AS avg_ingest_latency_ms,
-    -- linear counting: the distinct keys behind that many of 4096 positions of
-    -- hashtext(key) & 4095 (within a few percent below ~10k keys; saturates near 30k)
+    -- linear counting: the distinct keys behind that many of the slice's positions of
+    -- hashtext(key) & 4095, times 4096 / slice (within a few percent below ~10k keys over the
+    -- whole 4096; saturates near 30k; a slice of 128 to 4096 positions adds sampling error)
     coalesce(sum(CASE
         WHEN k.positions IS NULL OR k.positions <= 0 THEN 0
-        WHEN k.positions >= 4096 THEN round(4096 * ln(4096::float8))
-        ELSE round(-4096 * ln((4096 - k.positions)::float8 / 4096))
+        WHEN k.positions >= k.slice THEN round(4096 * ln(k.slice::float8))
+        ELSE round(-4096 * ln((k.slice - k.positions)::float8 / k.slice))
     END), 0)::bigint AS active_keys,
     (
         SELECT count(*) FROM cep.alerts AS al
