@@ -166,6 +166,32 @@ RP_STEPS = {
 }
 
 
+def test_window_stats_state_rows_of_a_big_state(conn):
+    # Up to 100000 pane rows are counted; above, state_rows is the statistics system's live-row
+    # count of the pane table, checked here against a count of the table itself.
+    conn.execute(SETUP)
+    conn.execute("SELECT cep.create_window('big', 'ev \"quoted\"', 'tumbling', '10 minutes', "
+                 "group_by => '{k}')")
+    panes = "cep." + conn.execute(
+        "SELECT state_table || '_panes' FROM cep.windows WHERE name = 'big'").fetchone()[0]
+
+    def state_rows():
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        return conn.execute(
+            "SELECT state_rows FROM cep.window_stats WHERE \"window\" = 'big'").fetchone()[0]
+
+    start = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    for lo, n in ((0, 60000), (60000, 60000)):
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        conn.execute(
+            "INSERT INTO public.ev (id, k, v, t) SELECT i, 'k' || i, 1, %s "
+            "FROM generate_series(%s, %s) AS i", (start, lo + 1, lo + n))
+        conn.execute("SELECT pg_stat_force_next_flush()")   # (reported when it ends)
+        want = conn.execute(f"SELECT count(*) FROM {panes}").fetchone()[0]
+        assert want == lo + n
+        assert state_rows() == want
+
+
 def rp_workload(seed: int = 8):
     """Statements of (id, user, amount, location, time) rows: 36 in event-time order with
     random sizes, two of them followed by a statement of late rows (older than the watermark),
