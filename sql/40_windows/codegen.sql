@@ -503,9 +503,9 @@ COMMENT ON FUNCTION cep._window_compact_sql(integer) IS
 'and group within [$1, $2), returning how many rows it removed.';
 
 -- Monitoring of a tumbling or hopping window from its panes ($1 the watermark, $2 purged_before):
--- open windows, pane rows (counted up to 100000, above that the live-row count of the statistics
--- system, so that a big state is not scanned whole on every look), end of the newest closed
--- window. Through the index on pane_start:
+-- open windows, pane rows (counted while the pane table's heap is at most 8 MB, above that the
+-- live-row count of the statistics system: a big state, or one full of rows purged or merged
+-- away until vacuum, is not scanned whole on every look), end of the newest closed window. Through the index on pane_start:
 -- the open windows have their panes within one size of the watermark; the newest closed window
 -- is one of the newest pane's before the watermark (failing that, of an older pane's: a closed
 -- window that does not contain that pane ends before it starts).
@@ -519,9 +519,9 @@ AS $fn$
         'SELECT (SELECT count(*) FROM (SELECT DISTINCT x.ws%1$s FROM cep.%2$I AS s %3$s '
         'WHERE s.pane_start > $1 - %4$L::interval AND x.ws + %4$L::interval > s.pane_start '
         'AND x.ws + %4$L::interval > $1) AS o), '
-        '(SELECT CASE WHEN c.n <= 100000 THEN c.n ELSE greatest(c.n, '
-        'pg_catalog.pg_stat_get_live_tuples(%6$L::regclass)) END '
-        'FROM (SELECT count(*) AS n FROM (SELECT FROM cep.%2$I LIMIT 100001) AS x) AS c), '
+        '(SELECT CASE WHEN pg_catalog.pg_relation_size(%6$L::regclass) <= 8388608 '
+        'THEN (SELECT count(*) FROM cep.%2$I) '
+        'ELSE pg_catalog.pg_stat_get_live_tuples(%6$L::regclass) END), '
         'coalesce((SELECT max(x.ws + %4$L::interval) FROM (SELECT DISTINCT s.pane_start '
         'FROM cep.%2$I AS s WHERE s.pane_start < $1 AND s.pane_start > '
         '(SELECT max(u.pane_start) FROM cep.%2$I AS u WHERE u.pane_start < $1) '
