@@ -232,6 +232,20 @@ def _percentiles(ms: list[float]) -> dict:
             "mean_ms": float(a.mean()), "calls": len(ms)}
 
 
+def _load_writing(admin, dsn: str, data: dict, args, setup_sql: str, pairs: str):
+    """A fresh clicks table, SETUP_SQL on it, the timed load: seconds, and the rows inserted
+    or updated in the table PAIRS (the item-pair row writes)."""
+    admin.execute(TABLE_SQL)
+    admin.execute(setup_sql)
+    admin.execute("CHECKPOINT")
+    secs = _load(dsn, data["batches"], args.rec_clients)
+    admin.execute("SELECT pg_stat_clear_snapshot()")
+    writes = admin.execute(
+        "SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables WHERE relid = %s::regclass",
+        (pairs,)).fetchone()[0]
+    return secs, writes
+
+
 def run(cluster, args, data: dict) -> dict:
     cluster.create_database(DATABASE)
     dsn = cluster.dsn(DATABASE)
@@ -252,14 +266,7 @@ def run(cluster, args, data: dict) -> dict:
         # (f) the floor first, in the same database (its tables are apart from pg_cep's), so
         # that the recommender's state is what the last load left in memory when it is read
         admin.execute("DROP TABLE clicks")
-        admin.execute(TABLE_SQL)
-        admin.execute(FLOOR_SQL)
-        admin.execute("CHECKPOINT")
-        secs = _load(dsn, data["batches"], args.rec_clients)
-        admin.execute("SELECT pg_stat_clear_snapshot()")
-        floor_writes = admin.execute(
-            "SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables "
-            "WHERE relid = 'floor_p'::regclass").fetchone()[0]
+        secs, floor_writes = _load_writing(admin, dsn, data, args, FLOOR_SQL, "floor_p")
         pairs_f, dots_f = admin.execute(
             "SELECT count(*), sum(dot) FROM floor_p WHERE dot <> 0").fetchone()
         out["floor"] = {"seconds": secs, "events_per_second": n / secs,
@@ -270,14 +277,8 @@ def run(cluster, args, data: dict) -> dict:
         admin.execute("DROP TABLE clicks, floor_users, floor_w, floor_p")
         admin.execute("DROP FUNCTION floor_rec()")
 
-        admin.execute(TABLE_SQL)
-        admin.execute(RECOMMENDER_SQL)
-        admin.execute("CHECKPOINT")
-        secs = _load(dsn, data["batches"], args.rec_clients)
-        admin.execute("SELECT pg_stat_clear_snapshot()")
-        pair_writes = admin.execute(
-            "SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables "
-            "WHERE relid = 'cep.recommender_pairs'::regclass").fetchone()[0]
+        secs, pair_writes = _load_writing(admin, dsn, data, args, RECOMMENDER_SQL,
+                                          "cep.recommender_pairs")
         per_event = admin.execute(
             "SELECT ingest_micros_per_event FROM cep.stream_stats").fetchone()[0]
         out["recommender"] = {"seconds": secs, "events_per_second": n / secs,
