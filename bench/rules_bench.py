@@ -16,6 +16,17 @@ fresh table per measurement) and data rendering as the insert part; variants int
       windows, so that (f) and (g) compute the same thing;
   (f0) -- (f) with alert_level 'none' and no block action, on the batch workloads only: splits
       (f)'s cost into assessing and alerting/blocking;
+  (fw), (fl), (fr), (fs) -- floors, on the batch workloads only: the bare stream (b) plus a
+      statement trigger that evaluates nothing but writes exactly the rows (f) wrote for the
+      same events in its previous run (looked up by user, time and amount in a table filled
+      from that run: assessments, alerts with their message and details, the rule log row, the
+      UPDATE of the blocked rows). (fw) only that; (fl) first locks the statement's keys in
+      cep.rule_keys in key order, as (f) does and design.md's principle 5 requires of per-key
+      state; (fr) = (fl) + one read of each key's stored rows of the trailing hour (what exact
+      trailing metrics computed from the table need at least); (fs) = (fw) + one state row per
+      key rewritten by every statement instead of the lock (what an incremental per-key state
+      needs at least). No implementation of the contract can be faster than (fl), nor than
+      the cheaper of (fr) and (fs) with the seed's trailing-window rules;
   (r10), (r100), (r1000) -- the stream with 10, 100, 1000 generated rules (mostly
       one-comparison threshold rules, which pg_cep indexes by sorted thresholds, plus a few
       combinators and trailing metrics), each set inserted with one INSERT statement.
@@ -211,6 +222,137 @@ CREATE TRIGGER seed_assess AFTER INSERT ON transactions
 """
 
 
+# Variants (fl) and (fw): the rows (f) wrote, by event, and a trigger that writes them again.
+FLOOR_SETUP_SQL = """
+DROP TABLE IF EXISTS floor_decisions;
+CREATE TABLE floor_decisions (
+    user_id int NOT NULL,
+    created_at timestamptz NOT NULL,
+    amount numeric(12,2) NOT NULL,
+    total_score float8 NOT NULL,
+    level text NOT NULL,
+    triggered_rules bigint[] NOT NULL,
+    rule_versions int[] NOT NULL,
+    shadow_score float8,
+    blocked boolean NOT NULL,
+    rule_set_id bigint,
+    severity text,
+    alert_score float8,
+    mpre text,
+    msuf text,
+    details jsonb
+);
+CREATE INDEX floor_decisions_idx ON floor_decisions (user_id, created_at);
+"""
+
+FLOOR_FUNCTION_SQL = """
+CREATE OR REPLACE FUNCTION floor_rules() RETURNS trigger LANGUAGE plpgsql
+-- each event's rows found through the index (a hash of the whole table per statement would
+-- cost more than the writes)
+SET enable_hashjoin = off SET enable_mergejoin = off
+AS $fn$
+DECLARE
+    v_blocked bigint[];
+BEGIN
+    IF TG_ARGV[0] IN ('locks', 'reads') THEN
+        INSERT INTO cep.rule_keys AS kk (stream_id, k, last_seen)
+        SELECT {sid}, e.k, max(e.t)
+        FROM (SELECT n.user_id::text AS k, n.created_at AS t FROM floor_new AS n) AS e
+        GROUP BY e.k
+        ORDER BY e.k
+        ON CONFLICT (stream_id, k) DO UPDATE SET last_seen = EXCLUDED.last_seen
+        WHERE kk.last_seen < EXCLUDED.last_seen - interval '1 hour';
+    ELSIF TG_ARGV[0] = 'state' THEN
+        -- the cheapest incremental state: one row per key, rewritten by every statement
+        INSERT INTO cep.rule_keys AS kk (stream_id, k, last_seen)
+        SELECT {sid}, e.k, max(e.t)
+        FROM (SELECT n.user_id::text AS k, n.created_at AS t FROM floor_new AS n) AS e
+        GROUP BY e.k
+        ORDER BY e.k
+        ON CONFLICT (stream_id, k) DO UPDATE SET last_seen = EXCLUDED.last_seen;
+    END IF;
+    IF TG_ARGV[0] = 'reads' THEN
+        -- the stored rows of each key's trailing hour (the longest rule window), read once
+        PERFORM count(*), max(t.location)
+        FROM (SELECT n.user_id, min(n.created_at) - interval '1 hour' AS lo,
+                  max(n.created_at) AS hi
+              FROM floor_new AS n GROUP BY n.user_id) AS k
+        CROSS JOIN LATERAL (
+            SELECT t.location FROM transactions AS t
+            WHERE t.user_id = k.user_id AND t.created_at > k.lo AND t.created_at <= k.hi
+        ) AS t;
+    END IF;
+    WITH d AS (
+        SELECT n.id, n.user_id::text AS k, n.created_at AS t, x.*
+        FROM floor_new AS n
+        JOIN floor_decisions AS x
+            ON x.user_id = n.user_id AND x.created_at = n.created_at AND x.amount = n.amount
+    ), ins AS (
+        INSERT INTO cep.risk_assessments (
+            event_id, stream, partition_key, event_time, total_score, level, triggered_rules,
+            rule_versions, shadow_rules, shadow_versions, shadow_score, blocked, rule_set_id)
+        SELECT d.id, 'transactions', d.k, d.t, d.total_score, d.level, d.triggered_rules,
+            d.rule_versions, '{{}}', '{{}}', d.shadow_score, d.blocked, d.rule_set_id
+        FROM d
+        ORDER BY d.t, d.id
+    ), al AS (
+        INSERT INTO cep.alerts (source_kind, source_name, stream, partition_key, event_id,
+            severity, score, message, details)
+        SELECT 'rule', 'risk_policy:transactions', 'transactions', d.k, d.id, d.severity,
+            d.alert_score, d.mpre || ', event ' || d.id || d.msuf, d.details
+        FROM d
+        WHERE d.severity IS NOT NULL
+        ORDER BY d.t, d.id
+        RETURNING alert_id
+    ), delivery AS (
+        INSERT INTO cep.consumer_pending (consumer_id, alert_id)
+        SELECT cs.consumer_id, al.alert_id FROM al CROSS JOIN cep.consumers AS cs
+    ), lg AS (
+        INSERT INTO cep.rule_log (stream_id, rule_set_id, events, hit_rules, hit_counts)
+        SELECT {sid}, {rsid}, (SELECT count(*) FROM floor_new), '{{}}', '{{}}'
+    )
+    SELECT array_agg(d.id) FILTER (WHERE d.blocked) INTO v_blocked FROM d;
+    IF v_blocked IS NOT NULL THEN
+        UPDATE transactions AS n SET status = 'blocked' WHERE n.id = ANY (v_blocked);
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER floor_rules AFTER INSERT ON transactions REFERENCING NEW TABLE AS floor_new
+    FOR EACH STATEMENT EXECUTE FUNCTION floor_rules('{mode}');
+"""
+
+DECISIONS_SQL = """
+SELECT DISTINCT ON (t.user_id, t.created_at, t.amount)
+    t.user_id, t.created_at, t.amount, a.total_score, a.level, a.triggered_rules,
+    a.rule_versions, a.shadow_score, a.blocked, a.rule_set_id, al.severity, al.score,
+    al.message, al.details
+FROM cep.risk_assessments AS a
+JOIN transactions AS t ON t.id = a.event_id
+LEFT JOIN cep.alerts AS al ON al.event_id = a.event_id AND al.source_kind = 'rule'
+ORDER BY t.user_id, t.created_at, t.amount, a.event_id
+"""
+
+
+def floor_rule_set(decisions: list) -> int:
+    """The rule set (f) assessed with (its id in the rule log rows)."""
+    return max((d[9] for d in decisions), default=0)
+
+
+def capture_decisions(conn) -> list[tuple]:
+    """The rows (f) wrote in its run, by event, for the floors: the alert's message without
+    the event id (the floor puts the new id in)."""
+    out = []
+    for row in conn.execute(DECISIONS_SQL):
+        *head, msg, details = row
+        mpre = msuf = None
+        if msg is not None:
+            mpre, rest = msg.split(", event ", 1)
+            msuf = rest[rest.index(":"):] if ":" in rest else ""
+        out.append((*head, mpre, msuf, None if details is None else json.dumps(details)))
+    return out
+
+
 # -- generated rule sets ----------------------------------------------------------------------
 
 def generate_rules(n: int, seed: int) -> list[tuple[str, str, dict, float]]:
@@ -305,7 +447,16 @@ VARIANTS = [
 ]
 # Batch workloads only: where (f)'s time goes between assessing and alerting/blocking.
 QUIET = RVariant("f0", "(f0) = (f) without alerts and block", "bench_rules_f", "quiet_rules")
-CEP_KINDS = ("stream", "seed_rules", "quiet_rules", "generated")
+# Batch workloads only: what (f) cannot go below (see the module's docstring).
+FLOORS = [RVariant("fw", "(fw) floor: (f)'s rows only", "bench_rules_floor", "floor_writes"),
+          RVariant("fl", "(fl) floor: key locks + (f)'s rows", "bench_rules_floor", "floor_locks"),
+          RVariant("fr", "(fr) floor: (fl) + window reads", "bench_rules_floor", "floor_reads"),
+          RVariant("fs", "(fs) floor: key state rows + (f)'s rows", "bench_rules_floor",
+                   "floor_state")]
+FLOOR_KINDS = ("floor_writes", "floor_locks", "floor_reads", "floor_state")
+FLOOR_MODES = {"floor_writes": "writes", "floor_locks": "locks", "floor_reads": "reads",
+               "floor_state": "state"}
+CEP_KINDS = ("stream", "seed_rules", "quiet_rules", "generated") + FLOOR_KINDS
 RULE_KINDS = ("seed_rules", "quiet_rules", "generated")
 
 
@@ -413,7 +564,7 @@ def setup_databases(cluster, variants: list[RVariant], base) -> None:
                 conn.execute(SEED_FUNCTIONS_SQL)
 
 
-def _prepare(admin, v: RVariant, base, rule_sets: dict) -> None:
+def _prepare(admin, v: RVariant, base, rule_sets: dict, wl_key: str = "") -> None:
     admin.execute("SET client_min_messages = warning")
     if v.kind in CEP_KINDS:
         admin.execute("SELECT cep.drop_stream(name) FROM cep.streams "
@@ -434,13 +585,27 @@ def _prepare(admin, v: RVariant, base, rule_sets: dict) -> None:
         admin.execute(POLICY_SQL)
     if v.kind == "seed_trigger":
         admin.execute(SEED_SETUP_SQL)
+    if v.kind in FLOOR_KINDS:
+        admin.execute("DELETE FROM cep.rule_keys")
+        admin.execute(FLOOR_SETUP_SQL)
+        with admin.cursor().copy("COPY floor_decisions FROM STDIN") as cp:
+            for row in rule_sets["decisions"][wl_key]:
+                cp.write_row(row)
+        admin.execute("ANALYZE floor_decisions")
+        sid = admin.execute("SELECT stream_id FROM cep.streams "
+                            "WHERE name = 'transactions'").fetchone()[0]
+        admin.execute(FLOOR_FUNCTION_SQL.format(
+            sid=sid, rsid=floor_rule_set(rule_sets["decisions"][wl_key]),
+            mode=FLOOR_MODES[v.kind]))
     admin.execute("CHECKPOINT")
 
 
 def measure(cluster, v: RVariant, wl, base, rule_sets: dict):
+    if v.kind in FLOOR_KINDS and wl.key not in rule_sets.setdefault("decisions", {}):
+        measure(cluster, VARIANTS[2], wl, base, rule_sets)     # (f), untimed: its rows
     dsn = cluster.dsn(v.database)
     with cluster.connect(v.database) as admin:
-        _prepare(admin, v, base, rule_sets)
+        _prepare(admin, v, base, rule_sets, wl.key)
         shared = {"lock": threading.Lock(), "items": wl.items, "next": 0}
         warmed = threading.Barrier(base.CLIENTS + 1)
         go = threading.Barrier(base.CLIENTS + 1)
@@ -483,6 +648,10 @@ def measure(cluster, v: RVariant, wl, base, rule_sets: dict):
                                                   / max(1, after[0] - before[0]))
         if v.kind in RULE_KINDS:
             m.extra.update(check_cep(admin, v, rule_sets, warm_max))
+        if v.kind == "seed_rules":
+            rule_sets.setdefault("decisions", {})[wl.key] = capture_decisions(admin)
+        if v.kind in FLOOR_KINDS:
+            m.extra.update(check_floor(admin, rule_sets["decisions"][wl.key]))
         if v.kind == "seed_trigger":
             m.extra.update(check_seed(admin, warm_max))
     return m
@@ -575,6 +744,26 @@ def check_cep(conn, v: RVariant, rule_sets: dict, warm_max: int) -> dict:
     return out
 
 
+def check_floor(conn, decisions: list) -> dict:
+    """A floor wrote what (f) wrote: one assessment per decision, its alerts, its blocks."""
+    out: dict = {"checks": {}}
+    c = out["checks"]
+    total, blocked_a = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE blocked) FROM cep.risk_assessments").fetchone()
+    alerts = conn.execute("SELECT count(*) FROM cep.alerts").fetchone()[0]
+    blocked_t = conn.execute(
+        "SELECT count(*) FROM transactions WHERE status = 'blocked'").fetchone()[0]
+    stored = conn.execute("SELECT count(*) FROM transactions").fetchone()[0]
+    want = (len(decisions), sum(1 for d in decisions if d[8]),
+            sum(1 for d in decisions if d[10] is not None))
+    out.update(assessments=total, assessed_fraction=round(total / stored, 4), alerts=alerts,
+               blocked=blocked_t)
+    _fail_unless(c, "(f)'s assessments, alerts and blocks written again",
+                 (total, blocked_t, alerts) == want and blocked_a == blocked_t,
+                 f"{total} assessments, {blocked_t} blocked, {alerts} alerts; (f) wrote {want}")
+    return out
+
+
 def check_seed(conn, warm_max: int) -> dict:
     out: dict = {"checks": {}}
     c = out["checks"]
@@ -615,13 +804,13 @@ def run(cluster, args, base) -> dict:
     t_start = time.perf_counter()
     workloads = prepare_workloads(args, base)
     scale = scale_variants(counts)
-    setup_databases(cluster, VARIANTS + scale, base)
+    setup_databases(cluster, VARIANTS + FLOORS + scale, base)
     rule_sets = {"rules": {n: generate_rules(n, args.seed) for n in counts},
                  "compile_seconds": {n: [] for n in counts}}
-    plan = {wl.key: VARIANTS + ([QUIET] if wl.batch else [])
+    plan = {wl.key: VARIANTS + ([QUIET] + FLOORS if wl.batch else [])
             + (scale if wl.key == "realistic_batch" else []) for wl in workloads}
     results = {wl.key: {v.key: [] for v in plan[wl.key]} for wl in workloads}
-    width = max(len(v.name) for v in VARIANTS + [QUIET] + scale)
+    width = max(len(v.name) for v in VARIANTS + [QUIET] + FLOORS + scale)
     # One untimed round: WAL segments, caches, plans.
     t = time.perf_counter()
     for v in plan[workloads[0].key]:
@@ -716,6 +905,12 @@ def summarize(raw: dict, args) -> dict:
         if "f0" in per:
             w["ratio_f0_a"] = round(med["f0"] / med["a"], 3)
             w["paired_ratio_f0_a"] = paired("f0", "a")
+        for k in ("fw", "fl", "fr", "fs"):
+            if k in per:
+                w[f"ratio_{k}_a"] = round(med[k] / med["a"], 3)
+                w[f"paired_ratio_{k}_a"] = paired(k, "a")
+                w[f"ratio_{k}_g"] = round(med[k] / med["g"], 3)
+                w[f"paired_ratio_{k}_g"] = paired(k, "g")
         ing = {k: per[k].get("median_ingest_micros_per_event") for k in ("b", "f", "f0")
                if k in per}
         w["rules_ingest_micros_per_event"] = round(ing["f"] - ing["b"], 3)
@@ -792,6 +987,19 @@ NOTE_G = (
     "in\nseed_alerts for high risk, status = 'blocked' at >= 0.9 -- what (f) does with "
     "cep.risk_assessments,\ncep.alerts and the block action.")
 
+NOTE_FLOORS = (
+    "(fl) and (fw) (batch workloads) evaluate nothing: a statement trigger beside the bare "
+    "stream writes the\nrows (f) wrote for the same events in its previous run -- "
+    "cep.risk_assessments, cep.alerts (message,\ndetails), the rule log row, the UPDATE of "
+    "the blocked rows -- found by (user, time, amount) in a\ntable filled from that run; "
+    "(fw) only that; (fl) first locks the statement's keys in cep.rule_keys in key\norder, as "
+    "(f) does (design.md principle 5); (fr) = (fl) + one read of each key's stored rows of "
+    "the\ntrailing hour; (fs) = (fw) + one state row per key rewritten by every statement "
+    "(the least an\nincremental per-key state needs). No rule engine that writes the "
+    "contract's rows under the\ncontract's locks can be faster than (fl), nor, with "
+    "trailing-window rules, than the cheaper of\n(fr) and (fs). pg_cep µs/event of a floor "
+    "is the bare stream's function only.")
+
 
 def print_report(s: dict, heading, subheading, print_table) -> None:
     p = s["parameters"]
@@ -820,7 +1028,7 @@ def print_report(s: dict, heading, subheading, print_table) -> None:
                 continue
             ratio = None if k == "a" else w[f"ratio_{k}_a"]
             paired = None if k == "a" else w[f"paired_ratio_{k}_a"]
-            fg = w["ratio_f_g"] if k == "f" else None
+            fg = w.get(f"ratio_{k}_g") if k in ("f", "fw", "fl", "fr", "fs") else None
             assessed = e.get("assessed_fraction")
             rows.append((w["title"] if k == "a" else "", e["variant"],
                          round(e["median_events_per_second"]), ratio, paired, fg,
@@ -836,6 +1044,7 @@ def print_report(s: dict, heading, subheading, print_table) -> None:
           "both clients). assessed: share of stored events (warm-up\nincluded) with an "
           "assessment; alerts: alert rows (medians).")
     print(NOTE_G)
+    print(NOTE_FLOORS)
 
     subheading("Targets")
     rows = []
@@ -848,6 +1057,15 @@ def print_report(s: dict, heading, subheading, print_table) -> None:
             rows.append((w["title"], f"f/g >= {w['target_f_g']:g}", w["ratio_f_g"],
                          w["paired_ratio_f_g"], "met" if w["target_f_g_met"] else "NOT met"))
     print_table(["workload", "target", "measured", "paired", ""], rows)
+    rows = []
+    for w in s["workloads"].values():
+        for k in ("fw", "fl", "fr", "fs"):
+            if f"ratio_{k}_a" in w:
+                rows.append((w["title"], k, w[f"ratio_{k}_a"], w[f"paired_ratio_{k}_a"],
+                             w[f"ratio_{k}_g"], w[f"paired_ratio_{k}_g"]))
+    if rows:
+        print("\nThe floors against the same targets (what (f) cannot exceed):")
+        print_table(["workload", "floor", "x/a", "paired x/a", "x/g", "paired x/g"], rows)
 
     subheading("Where the time goes (µs per event)")
     rows = []
