@@ -149,7 +149,30 @@ DECLARE
     v_reason text;
     v_bad_id bigint;
     v_micros bigint;
+    v_one_key text;
+    v_one_bad boolean;
 BEGIN
+    SELECT count(*) INTO v_events FROM %7$s AS e;
+    IF v_events = 1 THEN
+        -- (one row, as from a single-row INSERT: the same figures without the aggregate,
+        -- whose executor start cost more than everything else here)
+        SELECT w.watermark, e.t, e.k, %3$s
+        INTO v_watermark, v_max, v_one_key, v_one_bad
+        FROM %7$s AS e
+        CROSS JOIN (
+            SELECT coalesce((
+                SELECT l.watermark FROM cep.stream_log AS l
+                WHERE l.stream_id = %1$s
+                ORDER BY l.watermark DESC
+                LIMIT 1
+            ), '-infinity') AS watermark
+        ) AS w;
+        v_late := CASE WHEN v_max < v_watermark THEN 1 ELSE 0 END;
+        v_bad := CASE WHEN v_one_bad THEN 1 ELSE 0 END;
+        v_min := CASE WHEN v_max >= v_watermark THEN v_max END;
+        v_sketch := CASE WHEN v_max >= v_watermark AND v_one_key IS NOT NULL
+            THEN ARRAY[(pg_catalog.hashtext(v_one_key) & 4095)::smallint] END;
+    ELSIF v_events > 1 THEN
     -- (one aggregate over the batch, no grouping: the watermark is a one-row relation)
     SELECT max(w.watermark),
         count(*),
@@ -171,6 +194,7 @@ BEGIN
             LIMIT 1
         ), '-infinity') AS watermark
     ) AS w;
+    END IF;
 
     IF v_events = 0 THEN
         RETURN NULL;

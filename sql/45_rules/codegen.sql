@@ -779,6 +779,7 @@ DECLARE
     v_into text := '';
     v_vars text := '';
     v_dense text := '';
+    v_split boolean;
     v_hot_cond text := '';
     v_main text;
     v_k text;
@@ -1006,7 +1007,43 @@ $l$,
                 FROM unnest(v_series) AS i)) END
         || format(E'\n    INTO v_rule_alert%s%s\n    FROM al;', v_into,
             CASE WHEN cardinality(v_series) = 0 THEN '' ELSE ', v_rule_hot' END);
-    IF v_windows THEN
+    -- (z-score histories grow in the writing statement, from every event: one statement then)
+    v_split := v_windows AND NOT coalesce(p.log_all, false) AND v_hist = '';
+    IF v_split THEN
+        -- The small form (a few events, e.g. single-row INSERTs) in two statements: the first
+        -- assesses and keeps the events that fired a rule in arrays, the second, only when
+        -- one did, writes what follows. The writes' plan is large, and its executor start
+        -- alone (every CTE and expression initialized) cost more than the rest of a one-row
+        -- assessment; most events fire nothing. Without fired events, the rule log row only.
+        v_main := format(E'IF v_events <= 8%s THEN\n    %s\n    IF v_rule_ids IS NULL THEN\n    %s\n    ELSE\n    %s\n    END IF;\n    ELSE\n    %s\n    END IF;',
+            CASE WHEN cardinality(v_series) = 0 THEN '' ELSE ' AND NOT v_rule_hot' END,
+            cep._rule_assess_sql(rs.rule_set_id, 'cep_new_rows AS n', true)
+                || E'\n    SELECT array_agg(f.id) FILTER (WHERE cardinality(f.pos) > 0),'
+                || E'\n        array_agg(f.k) FILTER (WHERE cardinality(f.pos) > 0),'
+                || E'\n        array_agg(f.t) FILTER (WHERE cardinality(f.pos) > 0),'
+                || E'\n        array_agg(f.pos::text) FILTER (WHERE cardinality(f.pos) > 0)'
+                || v_dense
+                -- (whether one of its keys is dense now, seen after the lock: its rows go into
+                -- the buckets)
+                || CASE WHEN cardinality(v_series) = 0 THEN '' ELSE format(
+                    E',\n        EXISTS (SELECT 1 FROM cep.rule_bucket_keys AS b '
+                    'WHERE b.series_id = ANY (%L::integer []) AND b.k IN (SELECT e.k FROM ev AS e))',
+                    v_series) END
+                || format(E'\n    INTO v_rule_ids, v_rule_ks, v_rule_ts, v_rule_pos%s%s\n    FROM fired AS f;',
+                    (SELECT coalesce(string_agg(format(', %I', 'v_rule_dense_' || i), '' ORDER BY i), '')
+                        FROM unnest(v_series) AS i),
+                    CASE WHEN cardinality(v_series) = 0 THEN '' ELSE ', v_rule_hot' END),
+            format('INSERT INTO cep.rule_log (stream_id, rule_set_id, events, hit_rules, hit_counts) '
+                'VALUES (%s, %s, v_events, ''{}'', ''{}'');', s.stream_id, rs.rule_set_id),
+            E'WITH fired AS (\n        SELECT u.id, u.k, u.t, u.pos::integer [] AS pos\n'
+                || E'        FROM unnest(v_rule_ids, v_rule_ks, v_rule_ts, v_rule_pos) AS u (id, k, t, pos)\n    )'
+                || v_tail
+                || format(E'\n    SELECT min(al.alert_id)%s\n    INTO v_rule_alert%s\n    FROM al;',
+                    CASE WHEN p.block_action IS NOT NULL
+                        THEN E',\n        (SELECT array_agg(c.id) FROM scored AS c WHERE c.blocked)' ELSE '' END,
+                    CASE WHEN p.block_action IS NOT NULL THEN ', v_rule_blocked' ELSE '' END),
+            v_main);
+    ELSIF v_windows THEN
         v_main := format(E'IF v_events <= 8%s THEN\n    %s\n    ELSE\n    %s\n    END IF;',
             CASE WHEN cardinality(v_series) = 0 THEN '' ELSE ' AND NOT v_rule_hot' END,
             cep._rule_assess_sql(rs.rule_set_id, 'cep_new_rows AS n', true) || v_tail || v_last
@@ -1040,6 +1077,10 @@ $r$,
         array_to_string(rs.rule_ids, ','),                -- 2
         array_to_string(rs.versions, ','),                -- 3
         CASE WHEN p.block_action IS NOT NULL THEN E'\n        v_rule_blocked bigint [];' ELSE '' END
+            || CASE WHEN v_split
+                THEN E'\n        v_rule_ids bigint [];\n        v_rule_ks text [];'
+                    || E'\n        v_rule_ts timestamptz [];\n        v_rule_pos text [];'
+                ELSE '' END
             || CASE WHEN cardinality(v_series) > 0
                 THEN E'\n        v_rule_hot boolean := false;' ELSE '' END
             || v_vars,                                    -- 4
