@@ -307,6 +307,30 @@ def test_stats_and_dashboard_match_the_workload(conn):
     assert conn.execute("SELECT ingest_micros_per_event > 0 FROM cep.stream_stats").fetchone()[0]
 
 
+def test_single_row_statements_give_the_same_figures(conn):
+    """One-row statements take their figures from the row, not from the aggregate of larger
+    statements: counters, late events, watermark, the key sketch behind active_keys and the
+    timeline, against the model, row by row and with late rows among them."""
+    setup_stream(conn, "30 seconds")
+    rng = random.Random(12)
+    model = Model(dt.timedelta(seconds=30))
+    rows = gen_workload(rng, 600, 400, 10, 0.05)
+    cur = conn.cursor()
+    for r in rows:
+        cur.execute("INSERT INTO public.ev (id, user_id, amount, created_at) "
+                    "VALUES (%s, %s, %s, %s)", r)
+        model.statement([r])
+    check(conn, model)
+    assert model.late, "the workload has late rows"
+    events_last_hour, active_keys = conn.execute(
+        "SELECT events_last_hour, active_keys FROM cep.dashboard").fetchone()
+    assert events_last_hour == 600
+    assert abs(active_keys - len(model.keys)) <= 0.03 * len(model.keys)
+    tl = conn.execute("SELECT sum(events), sum(late_events), sum(batches) "
+                      "FROM cep.timeline('ev', '1 minute', '10 minutes')").fetchone()
+    assert tl == (600, len(model.late), 600)
+
+
 @pytest.mark.parametrize("most", [None, "4000", "100"])
 def test_dashboard_active_keys_from_a_slice_of_many_sketches(conn, most):
     # Many uncompacted statements: above dashboard_sketch_positions positions in all, the
