@@ -159,14 +159,7 @@ BEGIN
         SELECT w.watermark, e.t, e.k, %3$s
         INTO v_watermark, v_max, v_one_key, v_one_bad
         FROM %7$s AS e
-        CROSS JOIN (
-            SELECT coalesce((
-                SELECT l.watermark FROM cep.stream_log AS l
-                WHERE l.stream_id = %1$s
-                ORDER BY l.watermark DESC
-                LIMIT 1
-            ), '-infinity') AS watermark
-        ) AS w;
+        CROSS JOIN %8$s AS w;
         v_late := CASE WHEN v_max < v_watermark THEN 1 ELSE 0 END;
         v_bad := CASE WHEN v_one_bad THEN 1 ELSE 0 END;
         v_min := CASE WHEN v_max >= v_watermark THEN v_max END;
@@ -184,16 +177,7 @@ BEGIN
             FILTER (WHERE e.t >= w.watermark AND e.k IS NOT NULL)
     INTO v_watermark, v_events, v_late, v_bad, v_min, v_max, v_sketch
     FROM %7$s AS e
-    CROSS JOIN (
-        -- ORDER BY + LIMIT on the (stream_id, watermark DESC) index, and enable_seqscan off
-        -- on this function: the cached plan stays an index probe however the table grew.
-        SELECT coalesce((
-            SELECT l.watermark FROM cep.stream_log AS l
-            WHERE l.stream_id = %1$s
-            ORDER BY l.watermark DESC
-            LIMIT 1
-        ), '-infinity') AS watermark
-    ) AS w;
+    CROSS JOIN %8$s AS w;
     END IF;
 
     IF v_events = 0 THEN
@@ -228,7 +212,18 @@ $body$,
     );
 $log$, s.stream_id, s.allowed_lateness),  -- 6
         -- 7: the batch as (t, k, id, checked columns), read by every statement above
-        cep._batch_sql(s.stream_id)
+        cep._batch_sql(s.stream_id),
+        -- 8: the stream's watermark as a one-row relation: ORDER BY + LIMIT on the (stream_id,
+        -- watermark DESC) index, and enable_seqscan off on the generated function, so that the
+        -- cached plan stays an index probe however the table grew
+        format($w$(
+        SELECT coalesce((
+            SELECT l.watermark FROM cep.stream_log AS l
+            WHERE l.stream_id = %1$s
+            ORDER BY l.watermark DESC
+            LIMIT 1
+        ), '-infinity') AS watermark
+    )$w$, s.stream_id)
     );
 END
 $fn$;
