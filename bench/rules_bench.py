@@ -334,9 +334,23 @@ ORDER BY t.user_id, t.created_at, t.amount, a.event_id
 """
 
 
-def floor_rule_set(decisions: list) -> int:
-    """The rule set (f) assessed with (its id in the rule log rows)."""
-    return max((d[9] for d in decisions), default=0)
+def install_floor(conn, decisions: list, mode: str) -> None:
+    """The floor trigger on the fresh transactions stream, with (f)'s rows to write again."""
+    conn.execute(FLOOR_SETUP_SQL)
+    with conn.cursor().copy("COPY floor_decisions FROM STDIN") as cp:
+        for row in decisions:
+            cp.write_row(row)
+    conn.execute("ANALYZE floor_decisions")
+    sid = conn.execute("SELECT stream_id FROM cep.streams "
+                       "WHERE name = 'transactions'").fetchone()[0]
+    rsid = max((d[9] for d in decisions), default=0)       # the rule set (f) assessed with
+    conn.execute(FLOOR_FUNCTION_SQL.format(sid=sid, rsid=rsid, mode=mode))
+
+
+def floor_expected(decisions: list) -> tuple[int, int, int]:
+    """(assessments, blocked rows, rule alerts) that (f) wrote."""
+    return (len(decisions), sum(1 for d in decisions if d[8]),
+            sum(1 for d in decisions if d[10] is not None))
 
 
 def capture_decisions(conn) -> list[tuple]:
@@ -587,16 +601,7 @@ def _prepare(admin, v: RVariant, base, rule_sets: dict, wl_key: str = "") -> Non
         admin.execute(SEED_SETUP_SQL)
     if v.kind in FLOOR_KINDS:
         admin.execute("DELETE FROM cep.rule_keys")
-        admin.execute(FLOOR_SETUP_SQL)
-        with admin.cursor().copy("COPY floor_decisions FROM STDIN") as cp:
-            for row in rule_sets["decisions"][wl_key]:
-                cp.write_row(row)
-        admin.execute("ANALYZE floor_decisions")
-        sid = admin.execute("SELECT stream_id FROM cep.streams "
-                            "WHERE name = 'transactions'").fetchone()[0]
-        admin.execute(FLOOR_FUNCTION_SQL.format(
-            sid=sid, rsid=floor_rule_set(rule_sets["decisions"][wl_key]),
-            mode=FLOOR_MODES[v.kind]))
+        install_floor(admin, rule_sets["decisions"][wl_key], FLOOR_MODES[v.kind])
     admin.execute("CHECKPOINT")
 
 
@@ -754,8 +759,7 @@ def check_floor(conn, decisions: list) -> dict:
     blocked_t = conn.execute(
         "SELECT count(*) FROM transactions WHERE status = 'blocked'").fetchone()[0]
     stored = conn.execute("SELECT count(*) FROM transactions").fetchone()[0]
-    want = (len(decisions), sum(1 for d in decisions if d[8]),
-            sum(1 for d in decisions if d[10] is not None))
+    want = floor_expected(decisions)
     out.update(assessments=total, assessed_fraction=round(total / stored, 4), alerts=alerts,
                blocked=blocked_t)
     _fail_unless(c, "(f)'s assessments, alerts and blocks written again",
